@@ -1,0 +1,126 @@
+"""Analyse: the dependency groups of a model (Torch-Pruning's DepGraph) and what each channel costs.
+
+A group is every layer that must lose the same channels together: a conv's outputs, the BatchNorm after
+it, the inputs of every consumer, across residual adds and concatenations. For each group we record,
+per convolution or linear layer it touches, whether it loses output or input channels, so that the planner
+can predict MACs and parameters of a plan without applying it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from .custom_ops import CUSTOM_PRUNERS
+from .errors import UnsupportedModelError
+
+COUNTED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+
+
+@dataclass
+class LayerCost:
+    name: str
+    macs: float  # at batch 1
+    params: float  # weight (+ bias)
+    in_channels: int
+    out_channels: int
+    depthwise: bool
+
+
+@dataclass
+class GroupInfo:
+    root: str  # name of the layer whose output channels define the group
+    channels: int
+    group: object  # tp Group with full indices
+    # (layer name, True if the layer loses output channels, root index of each affected element)
+    touches: list[tuple[str, bool, np.ndarray]]
+
+
+@dataclass
+class Analysis:
+    graph: tp.DependencyGraph
+    groups: list[GroupInfo]
+    layers: dict[str, LayerCost]
+    protected: list[str]
+
+    @property
+    def prunable_channels(self) -> int:
+        return sum(g.channels for g in self.groups)
+
+
+def layer_costs(model: nn.Module, example: torch.Tensor) -> dict[str, LayerCost]:
+    costs: dict[str, LayerCost] = {}
+    hooks = []
+
+    def hook(name: str, m: nn.Module):
+        def fn(_m: nn.Module, _inp: object, out: torch.Tensor) -> None:
+            per_sample = out[0].numel()
+            w = m.weight
+            macs = per_sample * (w[0].numel())
+            params = w.numel() + (m.bias.numel() if getattr(m, "bias", None) is not None else 0)
+            if isinstance(m, nn.Linear):
+                in_c, out_c, dw = m.in_features, m.out_features, False
+            else:
+                in_c, out_c = m.in_channels, m.out_channels
+                dw = m.groups > 1 and m.groups == in_c
+            costs[name] = LayerCost(name, float(macs), float(params), in_c, out_c, dw)
+
+        return fn
+
+    for name, m in model.named_modules():
+        if isinstance(m, COUNTED):
+            hooks.append(m.register_forward_hook(hook(name, m)))
+    try:
+        with torch.no_grad():
+            model(example)
+    finally:
+        for h in hooks:
+            h.remove()
+    return costs
+
+
+def analyse(model: nn.Module, example: torch.Tensor, protect: list[str]) -> Analysis:
+    costs = layer_costs(model, example)
+    if not costs:
+        raise UnsupportedModelError("the model has no convolution or linear layer: nothing to prune")
+    names = {m: n for n, m in model.named_modules()}
+    # The layer that produces the output keeps its channels: it is the classifier (or the last conv
+    # of a fully convolutional head). Execution order is the order hooks fired.
+    classifier = list(costs)[-1]
+    patterns = [re.compile(p) for p in protect]
+    protected = [n for n in costs if n == classifier or any(p.search(n) for p in patterns)]
+    ignored = [m for m, n in names.items() if n in protected]
+    try:
+        graph = tp.DependencyGraph().build_dependency(
+            model, example_inputs=example, customized_pruners=CUSTOM_PRUNERS
+        )
+    except Exception as e:
+        raise UnsupportedModelError(
+            f"the dependency graph cannot be traced: {type(e).__name__}: {str(e)[:200]}"
+        ) from None
+
+    groups: list[GroupInfo] = []
+    for group in graph.get_all_groups(ignored_layers=ignored, root_module_types=COUNTED):
+        root_module = group[0].dep.target.module
+        root = names.get(root_module)
+        if root is None or root not in costs:
+            continue
+        touches = []
+        for item in group:
+            layer = names.get(item.dep.target.module)
+            if layer not in costs:
+                continue
+            is_out = graph.is_out_channel_pruning_fn(item.dep.handler)
+            root_idxs = np.asarray([-1 if r is None else r for r in item.root_idxs], dtype=np.int64)
+            touches.append((layer, is_out, root_idxs))
+        groups.append(GroupInfo(root, len(group[0].idxs), group, touches))
+    if not groups:
+        raise UnsupportedModelError(
+            "nothing is prunable: every layer is protected or feeds the output directly"
+        )
+    return Analysis(graph, groups, costs, protected)

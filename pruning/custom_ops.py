@@ -1,0 +1,63 @@
+"""Layers Torch-Pruning cannot see through, written so that it can prune them.
+
+`ChannelSelect` routes input channels to output positions by a fixed index (or a zero channel). It
+expresses the zero-padding shortcut of CIFAR ResNets (and, later, channel shuffles) as a layer whose
+input and output channels are pruned independently, like a 1x1 convolution with a 0/1 matrix.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+import torch_pruning as tp
+from torch import nn
+
+
+class ChannelSelect(nn.Module):
+    """out[:, i] = x[:, src[i]], or zeros where src[i] == -1."""
+
+    def __init__(self, in_channels: int, src: list[int], stride: int = 1) -> None:
+        super().__init__()
+        self.in_channels = in_channels
+        self.stride = stride
+        self.register_buffer("src", torch.tensor(src, dtype=torch.long), persistent=False)
+
+    @property
+    def out_channels(self) -> int:
+        return int(self.src.numel())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stride > 1:
+            x = x[:, :, :: self.stride, :: self.stride]
+        x = F.pad(x, (0, 0, 0, 0, 0, 1))  # channel in_channels is all zeros
+        index = torch.where(self.src < 0, torch.full_like(self.src, self.in_channels), self.src)
+        return x.index_select(1, index)
+
+
+class ChannelSelectPruner(tp.pruner.function.BasePruningFunc):
+    def prune_out_channels(self, layer: ChannelSelect, idxs: list[int]) -> ChannelSelect:
+        keep = [i for i in range(layer.out_channels) if i not in set(idxs)]
+        layer.src = layer.src[keep]
+        return layer
+
+    def prune_in_channels(self, layer: ChannelSelect, idxs: list[int]) -> ChannelSelect:
+        gone = torch.zeros(layer.in_channels, dtype=torch.bool)
+        gone[list(idxs)] = True
+        shift = torch.cumsum(gone.long(), 0)  # how many removed inputs precede each input
+        src = layer.src.clone()
+        valid = src >= 0
+        dropped = valid & gone[src.clamp(min=0)]
+        src[valid] = src[valid] - shift[src[valid]]
+        src[dropped] = -1
+        layer.src = src
+        layer.in_channels -= int(gone.sum())
+        return layer
+
+    def get_out_channels(self, layer: ChannelSelect) -> int:
+        return layer.out_channels
+
+    def get_in_channels(self, layer: ChannelSelect) -> int:
+        return layer.in_channels
+
+
+CUSTOM_PRUNERS: dict[type, tp.pruner.function.BasePruningFunc] = {ChannelSelect: ChannelSelectPruner()}

@@ -1,0 +1,60 @@
+"""Calibration and evaluation data: `.npz` with `x` (model inputs, float) and optional `y` (class labels).
+
+Loaded with allow_pickle=False: an archive holding object arrays is refused, never unpickled.
+"""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import BadDataError
+
+
+@dataclass
+class Dataset:
+    x: np.ndarray  # float32, N x input dims
+    y: np.ndarray | None  # int64 labels
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+    def head(self, n: int) -> Dataset:
+        return Dataset(self.x[:n], None if self.y is None else self.y[:n])
+
+
+def load_npz(data: bytes, max_elements: int = 1 << 31) -> Dataset:
+    try:
+        archive = np.load(io.BytesIO(data), allow_pickle=False)
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
+        raise BadDataError(f"not a readable .npz archive: {str(e)[:200]}") from None
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise BadDataError("data must be an .npz archive with keys x (inputs) and optional y (labels)")
+    with archive:
+        if "x" not in archive.files:
+            raise BadDataError(f"the .npz has no key 'x' (keys: {', '.join(archive.files) or 'none'})")
+        try:
+            x = archive["x"]
+            y = archive["y"] if "y" in archive.files else None
+        except ValueError as e:
+            # object arrays need pickle, which we never allow
+            raise BadDataError(f"the .npz cannot be read without pickle: {str(e)[:160]}") from None
+    if x.size > max_elements:
+        raise BadDataError(f"x has {x.size} elements, over the limit of {max_elements}")
+    if x.ndim < 2 or x.shape[0] == 0:
+        raise BadDataError(f"x must be N x (input dims) with N >= 1, got shape {list(x.shape)}")
+    if not np.issubdtype(x.dtype, np.floating):
+        raise BadDataError(
+            f"x must hold float model inputs exactly as the model takes them (normalised), got {x.dtype}"
+        )
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if not np.isfinite(x).all():
+        raise BadDataError("x holds NaN or infinite values")
+    if y is not None:
+        if y.ndim != 1 or y.shape[0] != x.shape[0] or not np.issubdtype(y.dtype, np.integer):
+            raise BadDataError(f"y must be {x.shape[0]} integer class labels, got {y.dtype} {list(y.shape)}")
+        y = y.astype(np.int64)
+    return Dataset(x, y)

@@ -1,0 +1,58 @@
+"""Errors as types. The API maps `InputError` to 4xx problem+json and the CLI to one line, each in one place."""
+
+from __future__ import annotations
+
+
+class PruningError(Exception):
+    """Base of everything the engine raises on purpose."""
+
+    #: A short machine-readable code, used as the problem type suffix by the API.
+    code = "pruning-error"
+
+
+class InputError(PruningError):
+    """The user's input is at fault: they can fix it by sending something else."""
+
+    code = "bad-input"
+
+
+class UnsafeFormatError(InputError):
+    """Pickles, TorchScript, .pt2 archives: formats we refuse to load because loading runs code."""
+
+    code = "unsafe-format"
+
+
+class BadModelError(InputError):
+    """Not a model we can read: truncated, random, external data, inconsistent."""
+
+    code = "bad-model"
+
+
+class UnsupportedModelError(InputError):
+    """A readable model that we cannot prune (unknown op, nothing prunable, ...)."""
+
+    code = "unsupported-model"
+
+
+class BadDataError(InputError):
+    """Calibration or evaluation data that cannot be used."""
+
+    code = "bad-data"
+
+
+class SpecError(InputError):
+    """A spec that cannot be satisfied for this model (e.g. a signal that needs data it does not have)."""
+
+    code = "bad-spec"
+
+
+class Cancelled(PruningError):
+    """The cancel check said stop; raised between steps."""
+
+    code = "cancelled"
+
+
+class VerificationError(PruningError):
+    """The exported ONNX disagrees with the pruned PyTorch model: never hand out a silently wrong model."""
+
+    code = "verification-failed"

@@ -1,0 +1,294 @@
+"""Import: bytes from a user -> an editable PyTorch module, without ever unpickling anything.
+
+Accepted: ONNX (opset >= 13, one file, no external data) and safetensors + an architecture name.
+Everything that loads by running code (pickles, TorchScript, .pt2 archives) is refused by sniffing
+its bytes, whatever the file is called.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import onnx
+import torch
+from torch import nn
+
+from . import zoo
+from .errors import BadModelError, InputError, UnsafeFormatError, UnsupportedModelError
+
+MIN_OPSET = 13
+SEND_INSTEAD = (
+    "send an ONNX file (export with torch.onnx.export, or `secateurs export`) or safetensors weights "
+    "with --arch (convert a state dict with `secateurs convert-weights`)"
+)
+
+
+@dataclass
+class LoadedModel:
+    module: nn.Module
+    input_name: str
+    output_names: list[str]
+    input_shape: list[int]  # with batch 1
+    dynamic_axes: dict[str, dict[int, str]]
+    opset: int
+    source: str  # "onnx" or "safetensors"
+    onnx_bytes: bytes | None = None  # the original graph, when one was sent
+    arch: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def has_batchnorm(self) -> bool:
+        return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.module.modules())
+
+
+def sniff(data: bytes) -> str:
+    """'onnx', 'safetensors', or raise saying what the bytes are and what to send instead."""
+    if len(data) < 16:
+        raise BadModelError(f"the file is empty or truncated ({len(data)} bytes); " + SEND_INSTEAD)
+    if data[:1] == b"\x80" and data[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        raise UnsafeFormatError("this is a Python pickle (torch.save / .pt / .pth / .pkl): refused; " + SEND_INSTEAD)
+    if data[:4] == b"PK\x03\x04":
+        raise UnsafeFormatError(_describe_zip(data) + ": refused, loading it would run code; " + SEND_INSTEAD)
+    header_len = struct.unpack("<Q", data[:8])[0]
+    if 2 <= header_len <= len(data) - 8 and data[8:9] == b"{":
+        return "safetensors"
+    return "onnx"
+
+
+def _describe_zip(data: bytes) -> str:
+    try:
+        names = zipfile.ZipFile(io.BytesIO(data)).namelist()
+    except zipfile.BadZipFile:
+        return "this is a damaged zip archive"
+    if any(n.endswith("serialized_exported_program.json") or "/models/" in n for n in names) or any(
+        n.endswith("archive_format") for n in names
+    ):
+        return "this is a torch.export .pt2 archive"
+    if any(n.endswith("constants.pkl") or "/code/" in n for n in names):
+        return "this is a TorchScript archive"
+    if any(n.endswith("data.pkl") for n in names):
+        return "this is a torch.save zip (a pickle inside)"
+    if any(n.endswith(".npy") for n in names):
+        return "this is a NumPy .npz archive, not a model"
+    return "this is a zip archive"
+
+
+def load_model(
+    data: bytes,
+    *,
+    arch: str | None = None,
+    num_classes: int | None = None,
+    input_shape: list[int] | None = None,
+) -> LoadedModel:
+    kind = sniff(data)
+    if kind == "safetensors":
+        if arch is None:
+            raise InputError("safetensors weights need an architecture: give --arch (and --num-classes)")
+        return _load_safetensors(data, arch, num_classes, input_shape)
+    if arch is not None:
+        raise InputError("--arch goes with safetensors weights; this file is not safetensors")
+    return _load_onnx(data, input_shape)
+
+
+# ---------------------------------------------------------------------------------------------- safetensors
+
+
+def _load_safetensors(
+    data: bytes, arch: str, num_classes: int | None, input_shape: list[int] | None
+) -> LoadedModel:
+    from safetensors import SafetensorError
+    from safetensors.torch import load as load_safetensors
+
+    try:
+        state = load_safetensors(data)
+    except (SafetensorError, ValueError, json.JSONDecodeError) as e:
+        raise BadModelError(f"the safetensors file cannot be read: {e}") from None
+    if num_classes is None:
+        num_classes = _guess_num_classes(state)
+    model = zoo.build(arch, num_classes)
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state if k not in expected]
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} tensors (first: {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (first: {unexpected[0]})")
+        raise BadModelError(f"the weights do not match arch {arch!r}: " + "; ".join(parts))
+    for k, t in state.items():
+        if tuple(t.shape) != tuple(expected[k].shape):
+            raise BadModelError(
+                f"the weights do not match arch {arch!r} with num_classes={num_classes}: "
+                f"{k} has shape {list(t.shape)}, expected {list(expected[k].shape)}"
+            )
+    model.load_state_dict(state, strict=False)  # strictness checked above, num_batches_tracked may be absent
+    shape = input_shape or zoo.default_input_shape(arch)
+    return LoadedModel(
+        module=model.float().eval(),
+        input_name="input",
+        output_names=["output"],
+        input_shape=[1, *shape[1:]],
+        dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
+        opset=17,
+        source="safetensors",
+        arch=arch,
+    )
+
+
+def _guess_num_classes(state: dict[str, torch.Tensor]) -> int:
+    # The last 2-D (or 4-D 1x1) weight with a bias is the classifier in every zoo architecture.
+    for key in reversed(list(state)):
+        if key.endswith(".weight") and state[key].dim() in (2, 4) and key[: -len("weight")] + "bias" in state:
+            return int(state[key].shape[0])
+    raise InputError("cannot tell the number of classes from the weights: give --num-classes")
+
+
+# --------------------------------------------------------------------------------------------------- ONNX
+
+
+def _load_onnx(data: bytes, input_shape: list[int] | None) -> LoadedModel:
+    try:
+        proto = onnx.load_model_from_string(data)
+    except Exception as e:  # protobuf raises its own DecodeError, or RuntimeError, depending on version
+        raise BadModelError(
+            f"not an ONNX model or safetensors file (protobuf: {str(e)[:120]}); " + SEND_INSTEAD
+        ) from None
+    if not proto.graph.node:
+        raise BadModelError("not an ONNX model (no graph nodes); " + SEND_INSTEAD)
+    _refuse_external_data(proto)
+    opset = _default_opset(proto)
+    if opset < MIN_OPSET:
+        raise BadModelError(f"ONNX opset {opset} is too old: re-export with opset {MIN_OPSET} or newer")
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except Exception as e:
+        raise BadModelError(f"the ONNX model fails onnx.checker: {str(e).splitlines()[0][:300]}") from None
+
+    initializer_names = {i.name for i in proto.graph.initializer}
+    inputs = [i for i in proto.graph.input if i.name not in initializer_names]
+    if len(inputs) != 1:
+        raise UnsupportedModelError(f"models with {len(inputs)} inputs are not supported yet (one image input)")
+    graph_input = inputs[0]
+    dims = graph_input.type.tensor_type.shape.dim
+    shape: list[int] = []
+    dynamic_axes: dict[str, dict[int, str]] = {}
+    for i, d in enumerate(dims):
+        if d.HasField("dim_value") and d.dim_value > 0:
+            shape.append(d.dim_value)
+        else:
+            dynamic_axes.setdefault(graph_input.name, {})[i] = d.dim_param or f"dim{i}"
+            shape.append(-1)
+    if input_shape is not None:
+        if len(input_shape) != len(shape) or any(s not in (-1, g) for s, g in zip(shape, input_shape, strict=True)):
+            raise InputError(f"input_shape {input_shape} does not fit the model's input {shape}")
+        shape = list(input_shape)
+    elif any(s == -1 for s in shape[1:]):
+        raise InputError(f"the model's input {shape} has dynamic dimensions besides batch: give input_shape")
+    shape[0] = 1
+    for out in proto.graph.output:
+        for i, d in enumerate(out.type.tensor_type.shape.dim):
+            if not d.HasField("dim_value"):
+                dynamic_axes.setdefault(out.name, {})[i] = d.dim_param or f"dim{i}"
+
+    module = _to_torch(_prepare(proto))
+    return LoadedModel(
+        module=module,
+        input_name=graph_input.name,
+        output_names=[o.name for o in proto.graph.output],
+        input_shape=shape,
+        dynamic_axes=dynamic_axes,
+        opset=opset,
+        source="onnx",
+        onnx_bytes=data,
+    )
+
+
+def _default_opset(proto: onnx.ModelProto) -> int:
+    for o in proto.opset_import:
+        if o.domain in ("", "ai.onnx"):
+            return int(o.version)
+    raise BadModelError("the ONNX model declares no default-domain opset")
+
+
+def _refuse_external_data(proto: onnx.ModelProto) -> None:
+    tensors = list(proto.graph.initializer)
+    for node in proto.graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.TENSOR:
+                tensors.append(attr.t)
+    for t in tensors:
+        if t.data_location == onnx.TensorProto.EXTERNAL or len(t.external_data) > 0:
+            raise BadModelError(
+                f"tensor {t.name!r} keeps its data in an external file: refused; "
+                "save the model as one file (onnx.save(model, path, save_as_external_data=False))"
+            )
+    for node in proto.graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                raise UnsupportedModelError(f"control flow ({node.op_type}) is not supported in a prunable CNN")
+
+
+def _prepare(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """Pre-passes that make exporter output readable by onnx2torch.
+
+    The legacy exporter de-duplicates identical constant tensors by routing one initializer through
+    `Identity` nodes; onnx2torch looks initializers up by name and cannot follow them, so each such
+    Identity becomes an initializer of its own. `Constant` nodes become initializers for the same reason.
+    """
+    proto_copy = onnx.ModelProto()
+    proto_copy.CopyFrom(proto)
+    graph = proto_copy.graph
+    inits = {i.name: i for i in graph.initializer}
+    kept = []
+    for node in graph.node:
+        if node.op_type == "Identity" and node.input[0] in inits:
+            t = onnx.TensorProto()
+            t.CopyFrom(inits[node.input[0]])
+            t.name = node.output[0]
+            graph.initializer.append(t)
+            inits[t.name] = t
+            continue
+        if node.op_type == "Constant" and len(node.attribute) == 1 and node.attribute[0].name == "value":
+            t = onnx.TensorProto()
+            t.CopyFrom(node.attribute[0].t)
+            t.name = node.output[0]
+            graph.initializer.append(t)
+            inits[t.name] = t
+            continue
+        kept.append(node)
+    del graph.node[:]
+    graph.node.extend(kept)
+    graph_outputs = {o.name for o in graph.output}
+    if graph_outputs & set(inits):
+        raise UnsupportedModelError("a model whose output is a constant has nothing to prune")
+    return proto_copy
+
+
+def _to_torch(proto: onnx.ModelProto) -> nn.Module:
+    from onnx2torch import convert
+
+    try:
+        module = convert(proto)
+    except NotImplementedError as e:
+        raise UnsupportedModelError(f"unsupported ONNX operation: {str(e).splitlines()[0][:200]}") from None
+    except Exception as e:
+        raise UnsupportedModelError(
+            f"the ONNX graph cannot be converted for pruning: {type(e).__name__}: {str(e)[:200]}"
+        ) from None
+    return module.float().eval()
+
+
+def read_file(path: str | Path, limit: int = 4 << 30) -> bytes:
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"no such file: {p}")
+    size = p.stat().st_size
+    if size > limit:
+        raise InputError(f"{p} is {size} bytes, over the {limit}-byte limit")
+    return p.read_bytes()

@@ -1,0 +1,169 @@
+"""Export, verify and measure in ONNX Runtime: what the user downloads is what we checked."""
+
+from __future__ import annotations
+
+import io
+import statistics
+import time
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from torch import nn
+
+from .errors import PruningError, VerificationError
+
+
+def export(
+    model: nn.Module,
+    example: torch.Tensor,
+    *,
+    input_name: str,
+    output_names: list[str],
+    dynamic_axes: dict[str, dict[int, str]],
+    opset: int,
+) -> bytes:
+    buf = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model.eval(),
+            (example,),
+            buf,
+            dynamo=False,
+            opset_version=opset,
+            input_names=[input_name],
+            output_names=output_names,
+            dynamic_axes=dynamic_axes or None,
+            do_constant_folding=True,
+        )
+    data = buf.getvalue()
+    try:
+        onnx.checker.check_model(onnx.load_model_from_string(data), full_check=True)
+    except Exception as e:
+        raise PruningError(f"the exported ONNX fails onnx.checker: {str(e)[:300]}") from None
+    return data
+
+
+def session(data: bytes, threads: int = 1) -> ort.InferenceSession:
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    return ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+
+
+def run(sess: ort.InferenceSession, x: np.ndarray) -> np.ndarray:
+    name = sess.get_inputs()[0].name
+    return sess.run(None, {name: x})[0]
+
+
+def verify(
+    data: bytes, model: nn.Module, inputs: np.ndarray, expected_shape: list[int | str] | None
+) -> float:
+    """max |ORT - torch| on the inputs; raises when beyond ~1e-3 of the output's magnitude."""
+    sess = session(data)
+    got = run(sess, inputs)
+    with torch.no_grad():
+        ref = model(torch.from_numpy(inputs)).detach().cpu().numpy()
+    if got.shape != ref.shape:
+        raise VerificationError(f"ONNX output shape {got.shape} differs from PyTorch's {ref.shape}")
+    diff = float(np.max(np.abs(got - ref))) if got.size else 0.0
+    scale = float(np.max(np.abs(ref))) if ref.size else 1.0
+    tolerance = 1e-3 * max(scale, 1e-3) + 1e-5
+    if not np.isfinite(diff) or diff > tolerance:
+        raise VerificationError(
+            f"the exported ONNX disagrees with the pruned model: max abs diff {diff:.3g} "
+            f"> tolerance {tolerance:.3g} (output magnitude {scale:.3g}); no model was produced"
+        )
+    if expected_shape is not None:
+        for batch in (1, 4):
+            out = run(sess, np.repeat(inputs[:1], batch, axis=0))
+            want = [batch if i == 0 else d for i, d in enumerate(expected_shape)]
+            if [int(d) for d in out.shape] != [d if isinstance(d, int) else int(out.shape[i]) for i, d in enumerate(want)]:
+                raise VerificationError(f"at batch {batch} the output shape is {list(out.shape)}, expected {want}")
+    return diff
+
+
+@dataclass
+class OnnxStats:
+    macs: int
+    params: int
+    bytes: int
+    output_shape: list[int | str]
+
+
+def stats(data: bytes, input_shape: list[int]) -> OnnxStats:
+    """MACs of Conv, ConvTranspose, Gemm and MatMul at the given input shape; parameters = initializer elements."""
+    proto = onnx.load_model_from_string(data)
+    inits = {i.name: i for i in proto.graph.initializer}
+    graph_input = next(i for i in proto.graph.input if i.name not in inits)
+    output_shape: list[int | str] = [
+        d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
+        for d in proto.graph.output[0].type.tensor_type.shape.dim
+    ]
+    # Shapes come from running the graph once at batch 1: static shape inference gives up on the
+    # Shape/Gather/Concat chains the exporter writes for pads and reshapes.
+    wanted: list[str] = []
+    for node in proto.graph.node:
+        if node.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul"):
+            wanted += [n for n in (*node.input[:2], node.output[0]) if n and n not in inits]
+    shapes: dict[str, list[int]] = {name: list(t.dims) for name, t in inits.items()}
+    if wanted:
+        probe = onnx.ModelProto()
+        probe.CopyFrom(proto)
+        del probe.graph.output[:]
+        probe.graph.output.extend([onnx.ValueInfoProto(name=n) for n in dict.fromkeys(wanted)])
+        x = np.zeros(input_shape, dtype=np.float32)
+        values = session(probe.SerializeToString()).run(None, {graph_input.name: x})
+        shapes.update({n: list(v.shape) for n, v in zip(dict.fromkeys(wanted), values, strict=True)})
+
+    def known(name: str) -> list[int] | None:
+        return shapes.get(name)
+
+    macs = 0
+    for node in proto.graph.node:
+        out = known(node.output[0]) if node.output else None
+        if node.op_type == "Conv":
+            w = known(node.input[1])
+            if out is None or w is None:
+                raise PruningError(f"cannot count MACs of {node.name or node.op_type}: unknown shapes")
+            macs += int(np.prod(out)) * int(np.prod(w[1:]))
+        elif node.op_type == "ConvTranspose":
+            x, w = known(node.input[0]), known(node.input[1])
+            if x is None or w is None:
+                raise PruningError(f"cannot count MACs of {node.name or node.op_type}: unknown shapes")
+            macs += int(np.prod(x)) * int(np.prod(w[1:]))
+        elif node.op_type in ("Gemm", "MatMul"):
+            a = known(node.input[0])
+            if out is None or a is None:
+                raise PruningError(f"cannot count MACs of {node.name or node.op_type}: unknown shapes")
+            trans_a = any(at.name == "transA" and at.i for at in node.attribute)
+            k = a[-2] if (node.op_type == "Gemm" and trans_a) else a[-1]
+            macs += int(np.prod(out)) * int(k)
+    params = sum(int(np.prod(t.dims)) for t in proto.graph.initializer if t.data_type in _FLOAT_TYPES)
+    return OnnxStats(macs=macs, params=params, bytes=len(data), output_shape=output_shape)
+
+
+_FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
+
+
+def latency(
+    before: bytes, after: bytes, input_shape: list[int], *, batch: int, threads: int, repeats: int
+) -> tuple[float, float]:
+    """Median ONNX Runtime latency (ms) of both models, runs interleaved so drift hits both alike."""
+    x = np.random.default_rng(0).standard_normal([batch, *input_shape[1:]]).astype(np.float32)
+    sessions = [session(before, threads), session(after, threads)]
+    for s in sessions:
+        for _ in range(3):
+            run(s, x)
+    times: list[list[float]] = [[], []]
+    for _ in range(repeats):
+        for i, s in enumerate(sessions):
+            t0 = time.perf_counter()
+            run(s, x)
+            times[i].append((time.perf_counter() - t0) * 1000)
+    return statistics.median(times[0]), statistics.median(times[1])

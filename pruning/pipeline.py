@@ -1,0 +1,319 @@
+"""The engine's one entry point: import -> analyse -> score -> plan -> apply -> export -> verify -> report."""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import onnx_tools
+from .analysis import COUNTED, Analysis, analyse
+from .data import Dataset
+from .errors import BadDataError, Cancelled, SpecError
+from .loading import LoadedModel, load_model
+from .planner import Planner
+from .signals import ScoringContext, make_scorer
+from .spec import PruneSpec
+
+Progress = Callable[[str, float, str, dict[str, Any]], None]
+CancelCheck = Callable[[], bool]
+
+STAGES = ("import", "analyse", "score", "plan", "apply", "recover", "export", "verify", "report")
+
+
+@dataclass
+class PruneResult:
+    onnx: bytes
+    report: dict[str, Any]
+    model: nn.Module = field(repr=False)
+
+
+class _Run:
+    """Progress, cancellation and stage timing for one call of `prune`."""
+
+    def __init__(self, progress: Progress | None, should_cancel: CancelCheck | None) -> None:
+        self.progress = progress
+        self.should_cancel = should_cancel
+        self.seconds: dict[str, float] = {}
+
+    def check(self) -> None:
+        if self.should_cancel is not None and self.should_cancel():
+            raise Cancelled("the job was cancelled")
+
+    def tell(self, stage: str, fraction: float, message: str, **metrics: Any) -> None:
+        if self.progress is not None:
+            self.progress(stage, min(max(fraction, 0.0), 1.0), message, metrics)
+
+    @contextmanager
+    def stage(self, name: str, fraction: float, message: str):  # type: ignore[no-untyped-def]
+        self.check()
+        self.tell(name, fraction, message)
+        t0 = time.perf_counter()
+        yield
+        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
+
+
+def prune(
+    model: bytes | LoadedModel,
+    spec: PruneSpec,
+    *,
+    arch: str | None = None,
+    num_classes: int | None = None,
+    calibration: Dataset | None = None,
+    evaluation: Dataset | None = None,
+    progress: Progress | None = None,
+    should_cancel: CancelCheck | None = None,
+    device: str | None = None,
+) -> PruneResult:
+    """Prune a model to the spec's target and return the verified ONNX bytes with their report."""
+    run = _Run(progress, should_cancel)
+    torch.manual_seed(0)
+    with run.stage("import", 0.0, "reading the model"):
+        loaded = model if isinstance(model, LoadedModel) else load_model(
+            model, arch=arch, num_classes=num_classes, input_shape=spec.input_shape
+        )
+        _check_data_fits(loaded, calibration, "calibration")
+        _check_data_fits(loaded, evaluation, "evaluation")
+        if spec.needs_data and calibration is None:
+            raise SpecError(
+                f"signal {spec.signal_name!r} / recovery {spec.recovery.method!r} needs calibration data "
+                "(calibration.dataset_id, or --calib DATA.npz)"
+            )
+        net = loaded.module
+        example = torch.zeros(loaded.input_shape)
+        if loaded.onnx_bytes is None:
+            before_onnx = onnx_tools.export(
+                net, example, input_name=loaded.input_name, output_names=loaded.output_names,
+                dynamic_axes=_dynamic_axes(loaded, spec), opset=spec.export.opset,
+            )
+        else:
+            before_onnx = loaded.onnx_bytes
+        original = copy.deepcopy(net)
+        before = onnx_tools.stats(before_onnx, loaded.input_shape)
+
+    channels_before = _channels(net)
+    kind = spec.target.kind
+    goal = spec.target.value
+    steps = spec.schedule.steps
+    dead_note: list[str] = []
+    for step in range(1, steps + 1):
+        step_goal = goal ** (step / steps)  # geometric: every round removes the same share
+        base = 0.4 * (step - 1) / steps
+        with run.stage("analyse", 0.05 + base, f"tracing dependency groups (round {step}/{steps})"):
+            analysis = analyse(net, example, spec.protect)
+        with run.stage("score", 0.15 + base, f"scoring channels with {spec.signal_name}"):
+            scores = _score(net, analysis, spec, loaded)
+        with run.stage("plan", 0.25 + base, f"searching the plan for {kind} <= {step_goal:.3f}"):
+            net = _plan_and_apply(net, original, example, analysis, scores, spec, step_goal, run)
+    run.tell("apply", 0.5, "channels removed", macs_fraction=_fraction(net, original, example, kind))
+
+    with run.stage("export", 0.7, "exporting ONNX"):
+        after_onnx = onnx_tools.export(
+            net, example, input_name=loaded.input_name, output_names=loaded.output_names,
+            dynamic_axes=_dynamic_axes(loaded, spec), opset=max(spec.export.opset, loaded.opset),
+        )
+        after = onnx_tools.stats(after_onnx, loaded.input_shape)
+    with run.stage("verify", 0.8, "checking ONNX Runtime against PyTorch"):
+        probe = _probe_inputs(loaded, calibration)
+        max_abs_diff = onnx_tools.verify(after_onnx, net, probe, before.output_shape)
+        lat_before, lat_after = onnx_tools.latency(
+            before_onnx, after_onnx, loaded.input_shape,
+            batch=spec.measure.batch, threads=spec.measure.threads, repeats=spec.measure.repeats,
+        )
+    with run.stage("report", 0.95, "writing the report"):
+        report: dict[str, Any] = {
+            "signal": spec.signal_name,
+            "target": spec.target.model_dump(exclude_none=True),
+            "scope": spec.scope,
+            "source": loaded.source,
+            "arch": loaded.arch,
+            "input_shape": loaded.input_shape,
+            "macs_before": before.macs,
+            "macs_after": after.macs,
+            "macs_kept": after.macs / before.macs if before.macs else 1.0,
+            "params_before": before.params,
+            "params_after": after.params,
+            "params_kept": after.params / before.params if before.params else 1.0,
+            "onnx_bytes_before": before.bytes,
+            "onnx_bytes_after": after.bytes,
+            "latency_ms_before": round(lat_before, 4),
+            "latency_ms_after": round(lat_after, 4),
+            "latency_batch": spec.measure.batch,
+            "latency_threads": spec.measure.threads,
+            "speedup": lat_before / lat_after if lat_after > 0 else None,
+            "max_abs_diff": max_abs_diff,
+            "layers": _layer_table(channels_before, _channels(net)),
+            "notes": dead_note,
+        }
+        if kind in ("macs", "params"):
+            kept = report[f"{kind}_kept"]
+            report["target_met"] = kept <= goal + 1e-9
+        data = evaluation or calibration
+        if data is not None:
+            report.update(_compare(before_onnx, after_onnx, data))
+    report["stage_seconds"] = {k: round(v, 4) for k, v in run.seconds.items()}
+    run.tell("done", 1.0, "finished", macs_kept=report["macs_kept"])
+    return PruneResult(after_onnx, report, net)
+
+
+# ------------------------------------------------------------------------------------------- the stages
+
+
+def _score(net: nn.Module, analysis: Analysis, spec: PruneSpec, loaded: LoadedModel) -> dict[int, np.ndarray]:
+    ctx = ScoringContext(model=net, has_batchnorm=loaded.has_batchnorm)
+    scorer = make_scorer(spec.signal_name, ctx)
+    scores: dict[int, np.ndarray] = {}
+    for i, g in enumerate(analysis.groups):
+        s = scorer(g.group)
+        if s is None:
+            continue
+        arr = s.detach().float().cpu().numpy().astype(np.float64)
+        if arr.shape != (g.channels,) or not np.isfinite(arr).all():
+            continue
+        scores[i] = np.maximum(arr, 0.0)
+    if not scores:
+        raise SpecError(f"signal {spec.signal_name!r} could score no layer of this model")
+    return scores
+
+
+def _plan_and_apply(
+    net: nn.Module,
+    original: nn.Module,
+    example: torch.Tensor,
+    analysis: Analysis,
+    scores: dict[int, np.ndarray],
+    spec: PruneSpec,
+    goal: float,
+    run: _Run,
+) -> nn.Module:
+    """Search a plan, apply it to a copy, measure; tighten the goal until the measurement fits."""
+    kind = spec.target.kind
+    base_total = _measure(original, example, kind)
+    current = _measure(net, example, kind)
+    extra = 0.0
+    if kind == "macs":
+        extra = max(current - sum(c.macs for c in analysis.layers.values()), 0.0)
+    planner = Planner(
+        analysis, scores, kind=kind, round_to=spec.round_to, layer_floor=spec.layer_floor, extra_macs=extra
+    )
+    # the planner speaks in fractions of the current model; the goal is a fraction of the original
+    local_goal = goal * base_total / current if kind != "channels" else goal
+    best: nn.Module | None = None
+    aim = local_goal
+    for _attempt in range(8):
+        run.check()
+        plan = planner.search(aim, spec.scope)
+        candidate = _apply(analysis, plan.removed, example)
+        measured = _measure(candidate, example, kind) / (base_total if kind != "channels" else current)
+        if measured <= goal + 1e-9:
+            best = candidate
+            if measured >= goal * 0.98 or plan.estimate <= 0:
+                break
+            aim = aim * min(goal / max(measured, 1e-9), 1.05)
+        else:
+            aim = aim * goal / measured * 0.999
+    if best is None:
+        raise SpecError(
+            f"target {kind}={goal:.3f} cannot be reached: even the smallest plan allowed by "
+            f"layer_floor={spec.layer_floor} and the protected layers keeps more"
+        )
+    return best
+
+
+def _apply(analysis: Analysis, removed: dict[int, np.ndarray], example: torch.Tensor) -> nn.Module:
+    """Apply a plan to a copy of the analysed model (the original stays intact for the next attempt)."""
+    import torch_pruning as tp
+
+    from .custom_ops import CUSTOM_PRUNERS
+
+    model = copy.deepcopy(analysis.graph.model)
+    graph = tp.DependencyGraph().build_dependency(
+            model, example_inputs=example, customized_pruners=CUSTOM_PRUNERS
+        )
+    modules = dict(model.named_modules())
+    for g, idxs in removed.items():
+        info = analysis.groups[g]
+        handler = info.group[0].dep.handler
+        group = graph.get_pruning_group(modules[info.root], handler, [int(i) for i in idxs])
+        if graph.check_pruning_group(group):
+            group.prune()
+    return model
+
+
+def _measure(model: nn.Module, example: torch.Tensor, kind: str) -> float:
+    if kind == "params":
+        return float(sum(p.numel() for p in model.parameters()))
+    if kind == "channels":
+        return float(sum(c for c in _channels(model).values()))
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(example)
+    return counter.get_total_flops() / 2
+
+
+def _fraction(model: nn.Module, original: nn.Module, example: torch.Tensor, kind: str) -> float:
+    return _measure(model, example, kind) / max(_measure(original, example, kind), 1e-9)
+
+
+def _channels(model: nn.Module) -> dict[str, int]:
+    out = {}
+    for name, m in model.named_modules():
+        if isinstance(m, COUNTED):
+            out[name] = m.out_features if isinstance(m, nn.Linear) else m.out_channels
+    return out
+
+
+def _layer_table(before: dict[str, int], after: dict[str, int]) -> list[dict[str, Any]]:
+    return [{"name": n, "channels_before": c, "channels_after": after.get(n, 0)} for n, c in before.items()]
+
+
+def _dynamic_axes(loaded: LoadedModel, spec: PruneSpec) -> dict[str, dict[int, str]]:
+    axes = {k: dict(v) for k, v in loaded.dynamic_axes.items()}
+    if spec.export.dynamic_batch:
+        for name in [loaded.input_name, *loaded.output_names]:
+            axes.setdefault(name, {}).setdefault(0, "batch")
+    return axes
+
+
+def _check_data_fits(loaded: LoadedModel, data: Dataset | None, what: str) -> None:
+    if data is None:
+        return
+    want = list(loaded.input_shape[1:])
+    got = list(data.x.shape[1:])
+    if got != want:
+        raise BadDataError(
+            f"{what} data x has per-sample shape {got}, but the model takes {want} "
+            "(give inputs exactly as the model takes them, e.g. NCHW float32, normalised)"
+        )
+
+
+def _probe_inputs(loaded: LoadedModel, data: Dataset | None) -> np.ndarray:
+    if data is not None:
+        return data.x[:4]
+    rng = np.random.default_rng(0)
+    return rng.standard_normal([4, *loaded.input_shape[1:]]).astype(np.float32)
+
+
+def _compare(before: bytes, after: bytes, data: Dataset, limit: int = 2000) -> dict[str, Any]:
+    sessions = [onnx_tools.session(before, 2), onnx_tools.session(after, 2)]
+    d = data.head(limit)
+    preds: list[list[np.ndarray]] = [[], []]
+    for start in range(0, len(d), 64):
+        chunk = d.x[start : start + 64]
+        for i, s in enumerate(sessions):
+            out = onnx_tools.run(s, chunk)
+            preds[i].append(out.reshape(out.shape[0], -1).argmax(axis=1))
+    p0, p1 = np.concatenate(preds[0]), np.concatenate(preds[1])
+    result: dict[str, Any] = {"agreement": float((p0 == p1).mean()), "evaluated_samples": len(d)}
+    if d.y is not None:
+        result["accuracy_before"] = float((p0 == d.y).mean())
+        result["accuracy_after"] = float((p1 == d.y).mean())
+    return result

@@ -1,0 +1,126 @@
+"""Plan: which channels of which group go, so that the target is met and not far under.
+
+Scores are normalised per group (mean 1) so that a single global threshold compares channels of different
+layers (`scope=global`), or every group loses the same fraction (`scope=local`). The planner predicts the
+MACs/parameters of a plan from the layer costs, searches the threshold for the largest plan that fits,
+and the caller then measures the applied plan and tightens the goal if the prediction was optimistic.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+
+import numpy as np
+
+from .analysis import Analysis
+
+
+@dataclass
+class Plan:
+    removed: dict[int, np.ndarray]  # group index -> sorted channel indices to remove
+    estimate: float  # predicted kept fraction of the target quantity
+
+    @property
+    def channels_removed(self) -> int:
+        return sum(len(v) for v in self.removed.values())
+
+
+def auto_round(channels: int) -> int:
+    # ONNX Runtime's CPU convolutions block channels by 8 (AVX2) or 16 (AVX-512): ragged counts waste lanes.
+    return 8 if channels >= 64 else 1
+
+
+class Planner:
+    def __init__(
+        self,
+        analysis: Analysis,
+        scores: dict[int, np.ndarray],
+        *,
+        kind: str,
+        round_to: int | None,
+        layer_floor: float,
+        extra_macs: float = 0.0,
+    ) -> None:
+        self.a = analysis
+        self.kind = kind
+        self.scores = scores
+        self.order = {g: np.argsort(s, kind="stable") for g, s in scores.items()}
+        self.normalised = {g: s / (float(np.mean(s)) + 1e-12) for g, s in scores.items()}
+        self.round = {g: round_to or auto_round(self.a.groups[g].channels) for g in scores}
+        self.max_remove = {}
+        for g in scores:
+            c = self.a.groups[g].channels
+            floor = max(1, math.ceil(layer_floor * c))
+            floor = min(c, math.ceil(floor / self.round[g]) * self.round[g])
+            self.max_remove[g] = c - floor
+        self.extra_macs = extra_macs  # MACs outside conv/linear layers (matmuls), assumed unprunable
+        base = self._cost({})
+        self.base = base if base > 0 else 1.0
+
+    # --- prediction -------------------------------------------------------------------------------
+    def _cost(self, counts: dict[int, int]) -> float:
+        if self.kind == "channels":
+            total = self.a.prunable_channels
+            return float(total - sum(counts.values()))
+        out_rm: dict[str, int] = defaultdict(int)
+        in_rm: dict[str, int] = defaultdict(int)
+        for g, n in counts.items():
+            if n == 0:
+                continue
+            gone = np.zeros(self.a.groups[g].channels, dtype=bool)
+            gone[self.order[g][:n]] = True
+            for layer, is_out, ridx in self.a.groups[g].touches:
+                hit = int(gone[ridx[ridx >= 0]].sum())
+                (out_rm if is_out else in_rm)[layer] += hit
+        total = self.extra_macs if self.kind == "macs" else 0.0
+        for name, c in self.a.layers.items():
+            keep_out = 1 - min(out_rm.get(name, 0), c.out_channels) / c.out_channels
+            keep_in = 1 - min(in_rm.get(name, 0), c.in_channels) / c.in_channels
+            f = keep_out if c.depthwise else keep_out * keep_in
+            total += (c.macs if self.kind == "macs" else c.params) * f
+        return total
+
+    def _rounded(self, g: int, n_remove: int) -> int:
+        c = self.a.groups[g].channels
+        n_remove = min(max(n_remove, 0), self.max_remove[g])
+        r = self.round[g]
+        kept = min(c, math.ceil((c - n_remove) / r) * r)
+        return c - kept
+
+    def counts_at(self, t: float, scope: str) -> dict[int, int]:
+        if scope == "global":
+            return {g: self._rounded(g, int((s < t).sum())) for g, s in self.normalised.items()}
+        return {g: self._rounded(g, int(math.floor(t * self.a.groups[g].channels))) for g in self.scores}
+
+    def fraction(self, counts: dict[int, int]) -> float:
+        return self._cost(counts) / self.base
+
+    # --- search -----------------------------------------------------------------------------------
+    def search(self, goal: float, scope: str) -> Plan:
+        """Largest removal whose predicted kept fraction is <= goal (or the most we may remove)."""
+        if scope == "global":
+            lo, hi = 0.0, max(float(s.max()) for s in self.normalised.values()) + 1.0
+        else:
+            lo, hi = 0.0, 1.0
+        best = self.counts_at(hi, scope)  # removes everything allowed: the smallest reachable
+        if self.fraction(best) > goal:
+            return self._plan(best)
+        best_lo = self.counts_at(lo, scope)
+        if self.fraction(best_lo) <= goal:
+            return self._plan(best_lo)
+        for _ in range(60):
+            mid = (lo + hi) / 2
+            counts = self.counts_at(mid, scope)
+            if self.fraction(counts) <= goal:
+                hi, best = mid, counts
+            else:
+                lo = mid
+            if hi - lo < 1e-9:
+                break
+        return self._plan(best)
+
+    def _plan(self, counts: dict[int, int]) -> Plan:
+        removed = {g: np.sort(self.order[g][:n]) for g, n in counts.items() if n > 0}
+        return Plan(removed, self.fraction(counts))

@@ -1,0 +1,164 @@
+"""The job spec: one pydantic model shared by the engine, the API, the worker and the client.
+
+It imports nothing heavier than pydantic so that the light client validates a spec before any upload.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from .catalog import SIGNALS
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Target(_Strict):
+    """Exactly one budget. Fractions are what is *kept* of the original; `latency_ms` is absolute."""
+
+    macs: float | None = Field(None, gt=0, le=1, description="Fraction of the original MACs kept at most.")
+    params: float | None = Field(None, gt=0, le=1, description="Fraction of the original parameters kept.")
+    channels: float | None = Field(None, gt=0, le=1, description="Fraction of prunable channels kept.")
+    latency_ms: float | None = Field(None, gt=0, description="ONNX Runtime latency budget in milliseconds.")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Target:
+        given = [k for k in ("macs", "params", "channels", "latency_ms") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                "give exactly one of macs, params, channels, latency_ms (got "
+                + (", ".join(given) or "none")
+                + ")"
+            )
+        return self
+
+    @property
+    def kind(self) -> str:
+        for k in ("macs", "params", "channels", "latency_ms"):
+            if getattr(self, k) is not None:
+                return k
+        raise AssertionError("validated target has one field")
+
+    @property
+    def value(self) -> float:
+        return float(getattr(self, self.kind))
+
+    @classmethod
+    def parse_cli(cls, text: str) -> Target:
+        """`macs=0.5` -> Target(macs=0.5)."""
+        key, sep, value = text.partition("=")
+        if not sep:
+            raise ValueError(f"target must look like macs=0.5, got {text!r}")
+        try:
+            number = float(value)
+        except ValueError:
+            raise ValueError(f"target value must be a number, got {value!r}") from None
+        return cls.model_validate({key.strip(): number})
+
+
+class Schedule(_Strict):
+    steps: int = Field(1, ge=1, le=50, description="Prune in this many rounds, re-scoring between them.")
+
+
+class Recovery(_Strict):
+    method: Literal["none", "bn_recalibrate", "reconstruct", "distill", "finetune"] = "none"
+    epochs: float = Field(1.0, gt=0, le=1000)
+    lr: float = Field(0.01, gt=0, le=10)
+    batch_size: int = Field(64, ge=1, le=4096)
+
+
+class DataRef(_Strict):
+    dataset_id: str | None = None
+    samples: int = Field(512, ge=1, le=1_000_000)
+
+
+class Export(_Strict):
+    opset: int = Field(17, ge=13, le=21)
+    dynamic_batch: bool = True
+
+
+class Measure(_Strict):
+    """How latency is measured in ONNX Runtime, before and after, interleaved."""
+
+    batch: int = Field(1, ge=1, le=1024)
+    threads: int = Field(1, ge=1, le=256)
+    repeats: int = Field(30, ge=3, le=10_000)
+
+
+class PruneSpec(_Strict):
+    signal: str | dict[str, object] = "l2_norm"
+    target: Target = Field(default_factory=lambda: Target(macs=0.5))
+    scope: Literal["global", "local"] = "global"
+    round_to: int | None = Field(
+        None,
+        ge=1,
+        le=512,
+        description="Keep channel counts at multiples of this; null picks per layer (8 for wide layers).",
+    )
+    layer_floor: float = Field(
+        0.1, gt=0, le=1, description="Fraction of each layer's channels that is always kept."
+    )
+    protect: list[str] = Field(default_factory=list, description="Regexes of layer names never pruned.")
+    schedule: Schedule = Field(default_factory=Schedule)
+    recovery: Recovery = Field(default_factory=Recovery)
+    calibration: DataRef = Field(default_factory=DataRef)
+    evaluation: DataRef = Field(default_factory=DataRef)
+    export: Export = Field(default_factory=Export)
+    measure: Measure = Field(default_factory=Measure)
+    input_shape: list[int] | None = Field(
+        None,
+        min_length=2,
+        max_length=6,
+        description="One input's shape including batch, when the model does not fix it (e.g. [1,3,224,224]).",
+    )
+
+    @field_validator("signal")
+    @classmethod
+    def _known_signal(cls, v: str | dict[str, object]) -> str | dict[str, object]:
+        if isinstance(v, str):
+            if v not in SIGNALS:
+                raise ValueError(f"unknown signal {v!r}; known: {', '.join(sorted(SIGNALS))}")
+            return v
+        raise ValueError("composed signals ({'compose': {...}}) are not available yet; use a signal name")
+
+    @field_validator("protect")
+    @classmethod
+    def _regexes(cls, v: list[str]) -> list[str]:
+        for pattern in v:
+            try:
+                re.compile(pattern)
+            except re.error as e:
+                raise ValueError(f"protect pattern {pattern!r} is not a valid regex: {e}") from None
+        return v
+
+    @field_validator("input_shape")
+    @classmethod
+    def _shape(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None:
+            if any(d < 1 or d > 65536 for d in v):
+                raise ValueError("input_shape dimensions must be between 1 and 65536")
+            total = 1
+            for d in v:
+                total *= d
+            if total > 2**28:
+                raise ValueError("input_shape is too large (more than 2^28 elements)")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> PruneSpec:
+        if self.target.kind == "latency_ms":
+            raise ValueError("target.latency_ms is not available yet; use macs, params or channels")
+        return self
+
+    @property
+    def signal_name(self) -> str:
+        return self.signal if isinstance(self.signal, str) else "compose"
+
+    @property
+    def needs_data(self) -> bool:
+        info = SIGNALS.get(self.signal_name)
+        return bool(info and info.needs_data) or self.recovery.method not in ("none",)
