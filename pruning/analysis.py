@@ -16,7 +16,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from .custom_ops import CUSTOM_PRUNERS
+from .custom_ops import CUSTOM_PRUNERS, ChannelSelect
 from .errors import UnsupportedModelError
 
 COUNTED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
@@ -39,6 +39,21 @@ class GroupInfo:
     group: object  # tp Group with full indices
     # (layer name, True if the layer loses output channels, root index of each affected element)
     touches: list[tuple[str, bool, np.ndarray]]
+    # Grouped convolutions and GroupNorm split the channels into blocks that must stay equal in size:
+    # the planner removes "units", unit j being channel j of every block.
+    blocks: int = 1
+
+    @property
+    def units(self) -> int:
+        return self.channels // self.blocks
+
+    def unit_scores(self, scores: np.ndarray) -> np.ndarray:
+        return scores.reshape(self.blocks, self.units).mean(axis=0)
+
+    def expand(self, units: np.ndarray) -> np.ndarray:
+        """Unit indices -> channel indices (sorted)."""
+        offsets = np.arange(self.blocks)[:, None] * self.units
+        return np.sort((offsets + np.asarray(units)[None, :]).ravel())
 
 
 @dataclass
@@ -105,10 +120,10 @@ def analyse(model: nn.Module, example: torch.Tensor, protect: list[str]) -> Anal
         ) from None
 
     groups: list[GroupInfo] = []
-    for group in graph.get_all_groups(ignored_layers=ignored, root_module_types=COUNTED):
+    for group in graph.get_all_groups(ignored_layers=ignored, root_module_types=(*COUNTED, ChannelSelect)):
         root_module = group[0].dep.target.module
         root = names.get(root_module)
-        if root is None or root not in costs:
+        if root is None or (root not in costs and not isinstance(root_module, ChannelSelect)):
             continue
         touches = []
         for item in group:
@@ -118,9 +133,25 @@ def analyse(model: nn.Module, example: torch.Tensor, protect: list[str]) -> Anal
             is_out = graph.is_out_channel_pruning_fn(item.dep.handler)
             root_idxs = np.asarray([-1 if r is None else r for r in item.root_idxs], dtype=np.int64)
             touches.append((layer, is_out, root_idxs))
-        groups.append(GroupInfo(root, len(group[0].idxs), group, touches))
+        channels = len(group[0].idxs)
+        blocks = _blocks(group, channels)
+        groups.append(GroupInfo(root, channels, group, touches, blocks))
     if not groups:
         raise UnsupportedModelError(
             "nothing is prunable: every layer is protected or feeds the output directly"
         )
     return Analysis(graph, groups, costs, protected)
+
+
+def _blocks(group: object, channels: int) -> int:
+    """How many equal blocks the group's channels form (grouped conv, GroupNorm); 1 when free."""
+    blocks = 1
+    for item in group:  # type: ignore[attr-defined]
+        m = item.dep.target.module
+        if isinstance(m, nn.modules.conv._ConvNd) and 1 < m.groups < m.out_channels:
+            blocks = max(blocks, m.groups)
+        elif isinstance(m, nn.GroupNorm):
+            blocks = max(blocks, m.num_groups)
+    if channels % blocks:
+        return 1
+    return blocks

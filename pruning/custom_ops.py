@@ -16,10 +16,14 @@ from torch import nn
 class ChannelSelect(nn.Module):
     """out[:, i] = x[:, src[i]], or zeros where src[i] == -1."""
 
-    def __init__(self, in_channels: int, src: list[int], stride: int = 1) -> None:
+    def __init__(self, in_channels: int, src: list[int], stride: int = 1, derived: bool = False) -> None:
         super().__init__()
         self.in_channels = in_channels
         self.stride = stride
+        # Derived from a shuffle or slice of the original graph: an output whose source channel was pruned
+        # is all zeros and is removed with it (see pipeline._drop_zero_routes). A model's own zero padding
+        # (CIFAR ResNet shortcuts) is not derived and stays.
+        self.derived = derived
         self.register_buffer("src", torch.tensor(src, dtype=torch.long), persistent=False)
 
     @property

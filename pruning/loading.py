@@ -196,7 +196,8 @@ def _load_onnx(data: bytes, input_shape: list[int] | None) -> LoadedModel:
             if not d.HasField("dim_value"):
                 dynamic_axes.setdefault(out.name, {})[i] = d.dim_param or f"dim{i}"
 
-    module = _to_torch(_prepare(proto))
+    module = _to_torch(_prepare(proto), torch.zeros(shape))
+    _check_conversion(data, module, input_name=graph_input.name, shape=shape)
     return LoadedModel(
         module=module,
         input_name=graph_input.name,
@@ -270,7 +271,7 @@ def _prepare(proto: onnx.ModelProto) -> onnx.ModelProto:
     return proto_copy
 
 
-def _to_torch(proto: onnx.ModelProto) -> nn.Module:
+def _to_torch(proto: onnx.ModelProto, example: torch.Tensor) -> nn.Module:
     from onnx2torch import convert
 
     try:
@@ -281,7 +282,43 @@ def _to_torch(proto: onnx.ModelProto) -> nn.Module:
         raise UnsupportedModelError(
             f"the ONNX graph cannot be converted for pruning: {type(e).__name__}: {str(e)[:200]}"
         ) from None
-    return module.float().eval()
+    from .graph_passes import run_all
+
+    try:
+        return run_all(module.float().eval(), example)
+    except Exception as e:
+        raise UnsupportedModelError(
+            f"the converted graph cannot be prepared for pruning: {type(e).__name__}: {str(e)[:200]}"
+        ) from None
+
+
+def _check_conversion(data: bytes, module: nn.Module, *, input_name: str, shape: list[int]) -> None:
+    """The editable graph must compute what the sent graph computes, or every later check is moot."""
+    import numpy as np
+    import onnxruntime as ort
+
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    try:
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        sess = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+        expected = sess.run(None, {input_name: x})[0]
+    except Exception as e:
+        raise BadModelError(f"ONNX Runtime cannot run the model: {str(e).splitlines()[0][:200]}") from None
+    with torch.no_grad():
+        got = module(torch.from_numpy(x))
+    got = got[0] if isinstance(got, (tuple, list)) else got
+    got_np = got.detach().numpy()
+    if got_np.shape != expected.shape:
+        raise UnsupportedModelError(
+            f"the converted graph gives output shape {list(got_np.shape)}, ONNX Runtime {list(expected.shape)}"
+        )
+    diff = float(np.max(np.abs(got_np - expected))) if expected.size else 0.0
+    if not diff <= 1e-3 * max(float(np.max(np.abs(expected))), 1e-3) + 1e-5:
+        raise UnsupportedModelError(
+            f"the converted graph does not reproduce the model's output (max abs diff {diff:.3g}); "
+            "an operation is not converted faithfully"
+        )
 
 
 def read_file(path: str | Path, limit: int = 4 << 30) -> bytes:

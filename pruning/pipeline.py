@@ -177,7 +177,7 @@ def _score(net: nn.Module, analysis: Analysis, spec: PruneSpec, loaded: LoadedMo
         arr = s.detach().float().cpu().numpy().astype(np.float64)
         if arr.shape != (g.channels,) or not np.isfinite(arr).all():
             continue
-        scores[i] = np.maximum(arr, 0.0)
+        scores[i] = np.maximum(g.unit_scores(arr), 0.0)
     if not scores:
         raise SpecError(f"signal {spec.signal_name!r} could score no layer of this model")
     return scores
@@ -244,7 +244,25 @@ def _apply(analysis: Analysis, removed: dict[int, np.ndarray], example: torch.Te
         group = graph.get_pruning_group(modules[info.root], handler, [int(i) for i in idxs])
         if graph.check_pruning_group(group):
             group.prune()
+    _drop_zero_routes(model, graph)
     return model
+
+
+def _drop_zero_routes(model: nn.Module, graph: object) -> None:
+    """Outputs of derived channel routes whose source was pruned carry zeros: remove them too, which
+    is exact, and repeat, since removing them can zero the routes downstream."""
+    from .custom_ops import ChannelSelect
+
+    for _ in range(1000):
+        for m in model.modules():
+            if isinstance(m, ChannelSelect) and m.derived and bool((m.src < 0).any()):
+                idxs = [int(i) for i in torch.nonzero(m.src < 0).flatten()]
+                pruner = graph.get_pruner_of_module(m)  # type: ignore[attr-defined]
+                group = graph.get_pruning_group(m, pruner.prune_out_channels, idxs)  # type: ignore[attr-defined]
+                group.prune()
+                break
+        else:
+            return
 
 
 def _measure(model: nn.Module, example: torch.Tensor, kind: str) -> float:

@@ -48,10 +48,14 @@ class Planner:
         self.scores = scores
         self.order = {g: np.argsort(s, kind="stable") for g, s in scores.items()}
         self.normalised = {g: s / (float(np.mean(s)) + 1e-12) for g, s in scores.items()}
-        self.round = {g: round_to or auto_round(self.a.groups[g].channels) for g in scores}
+        # all counts below are in units (see GroupInfo.blocks); a unit is `blocks` channels
+        self.round = {}
+        for g in scores:
+            info = self.a.groups[g]
+            self.round[g] = max(1, (round_to or auto_round(info.channels)) // info.blocks)
         self.max_remove = {}
         for g in scores:
-            c = self.a.groups[g].channels
+            c = self.a.groups[g].units
             floor = max(1, math.ceil(layer_floor * c))
             floor = min(c, math.ceil(floor / self.round[g]) * self.round[g])
             self.max_remove[g] = c - floor
@@ -63,14 +67,15 @@ class Planner:
     def _cost(self, counts: dict[int, int]) -> float:
         if self.kind == "channels":
             total = self.a.prunable_channels
-            return float(total - sum(counts.values()))
+            return float(total - sum(n * self.a.groups[g].blocks for g, n in counts.items()))
         out_rm: dict[str, int] = defaultdict(int)
         in_rm: dict[str, int] = defaultdict(int)
         for g, n in counts.items():
             if n == 0:
                 continue
-            gone = np.zeros(self.a.groups[g].channels, dtype=bool)
-            gone[self.order[g][:n]] = True
+            info = self.a.groups[g]
+            gone = np.zeros(info.channels, dtype=bool)
+            gone[info.expand(self.order[g][:n])] = True
             for layer, is_out, ridx in self.a.groups[g].touches:
                 hit = int(gone[ridx[ridx >= 0]].sum())
                 (out_rm if is_out else in_rm)[layer] += hit
@@ -83,7 +88,7 @@ class Planner:
         return total
 
     def _rounded(self, g: int, n_remove: int) -> int:
-        c = self.a.groups[g].channels
+        c = self.a.groups[g].units
         n_remove = min(max(n_remove, 0), self.max_remove[g])
         r = self.round[g]
         kept = min(c, math.ceil((c - n_remove) / r) * r)
@@ -92,7 +97,7 @@ class Planner:
     def counts_at(self, t: float, scope: str) -> dict[int, int]:
         if scope == "global":
             return {g: self._rounded(g, int((s < t).sum())) for g, s in self.normalised.items()}
-        return {g: self._rounded(g, int(math.floor(t * self.a.groups[g].channels))) for g in self.scores}
+        return {g: self._rounded(g, int(math.floor(t * self.a.groups[g].units))) for g in self.scores}
 
     def fraction(self, counts: dict[int, int]) -> float:
         return self._cost(counts) / self.base
@@ -122,5 +127,5 @@ class Planner:
         return self._plan(best)
 
     def _plan(self, counts: dict[int, int]) -> Plan:
-        removed = {g: np.sort(self.order[g][:n]) for g, n in counts.items() if n > 0}
+        removed = {g: self.a.groups[g].expand(self.order[g][:n]) for g, n in counts.items() if n > 0}
         return Plan(removed, self.fraction(counts))

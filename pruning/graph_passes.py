@@ -1,0 +1,200 @@
+"""Rewrites of the converted ONNX graph (a torch.fx GraphModule) into layers Torch-Pruning understands.
+
+onnx2torch keeps every ONNX op as a module and every initializer outside a Conv/Gemm as a buffer.
+Torch-Pruning only prunes parameters of layers it knows, so:
+- `MatMul(x, W)` with a constant W (plus a following `Add(b)`) becomes an `nn.Linear` (ConvNeXt's
+  pointwise MLPs, transformer projections);
+- per-channel float constants feeding element-wise ops (layer scales, biases, positional embeddings)
+  become parameters, which Torch-Pruning prunes along with the channels they broadcast over;
+- chains of reshapes, transposes and slices that only move channels around (channel shuffle, chunk)
+  become one `ChannelSelect` with its index list: Torch-Pruning loops forever on a shuffle's reshapes, and
+  a slice's constant bounds would be stale after pruning, while an index list is pruned with the channels.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import fx, nn
+
+
+def _module(gm: fx.GraphModule, node: fx.Node) -> nn.Module | None:
+    if node.op != "call_module":
+        return None
+    return gm.get_submodule(str(node.target))
+
+
+def _constant(gm: fx.GraphModule, node: object) -> torch.Tensor | None:
+    if not isinstance(node, fx.Node) or node.op != "get_attr":
+        return None
+    value = gm
+    for part in str(node.target).split("."):
+        value = getattr(value, part)
+    return value if isinstance(value, torch.Tensor) else None
+
+
+def _kind(m: nn.Module | None) -> str:
+    return type(m).__name__ if m is not None else ""
+
+
+def linearize_matmuls(gm: fx.GraphModule) -> int:
+    changed = 0
+    for node in list(gm.graph.nodes):
+        m = _module(gm, node)
+        if _kind(m) != "OnnxMatMul" or len(node.args) != 2:
+            continue
+        x, w_node = node.args
+        w = _constant(gm, w_node)
+        if w is None or w.dim() != 2 or not w.is_floating_point():
+            continue
+        in_features, out_features = w.shape
+        bias = None
+        users = list(node.users)
+        add = users[0] if len(users) == 1 else None
+        add_module = _module(gm, add) if add is not None else None
+        if add is not None and _kind(add_module) == "OnnxBinaryMathOperation" and add_module.math_op_function is torch.add:
+            other = add.args[0] if add.args[1] is node else add.args[1]
+            b = _constant(gm, other)
+            if b is not None and b.dim() == 1 and b.shape[0] == out_features and getattr(add_module, "broadcast", None) != 1:
+                bias = b
+        linear = nn.Linear(in_features, out_features, bias=bias is not None)
+        with torch.no_grad():
+            linear.weight.copy_(w.t())
+            if bias is not None:
+                linear.bias.copy_(bias)
+        name = f"linear_{changed}_" + str(node.target).replace("/", "_").replace(".", "_")
+        gm.add_submodule(name, linear)
+        replaced = add if bias is not None else node
+        with gm.graph.inserting_before(node):
+            new = gm.graph.call_module(name, (x,))
+        replaced.replace_all_uses_with(new)
+        if bias is not None:
+            gm.graph.erase_node(add)
+        gm.graph.erase_node(node)
+        changed += 1
+    if changed:
+        _finish(gm)
+    return changed
+
+
+ELEMENTWISE = {"OnnxBinaryMathOperation"}
+
+
+def parametrize_constants(gm: fx.GraphModule) -> int:
+    """Float constants with more than one element that feed element-wise ops become parameters."""
+    changed = 0
+    for node in gm.graph.nodes:
+        if _kind(_module(gm, node)) not in ELEMENTWISE:
+            continue
+        for arg in node.args:
+            t = _constant(gm, arg)
+            if t is None or isinstance(t, nn.Parameter) or not t.is_floating_point() or t.numel() <= 1:
+                continue
+            owner_name, _, attr = str(arg.target).rpartition(".")
+            owner = gm.get_submodule(owner_name) if owner_name else gm
+            delattr(owner, attr)
+            owner.register_parameter(attr, nn.Parameter(t.detach().clone(), requires_grad=True))
+            changed += 1
+    return changed
+
+
+ROUTING = {"OnnxReshape", "OnnxTranspose", "OnnxSlice", "OnnxSliceV9", "OnnxSqueezeStaticAxes",
+           "OnnxUnsqueezeStaticAxes"}
+
+
+class _Recorder(fx.Interpreter):
+    def __init__(self, gm: fx.GraphModule) -> None:
+        super().__init__(gm)
+        self.values: dict[fx.Node, object] = {}
+
+    def run_node(self, n: fx.Node) -> object:
+        out = super().run_node(n)
+        self.values[n] = out
+        return out
+
+
+def _is_nchw(v: object) -> bool:
+    return isinstance(v, torch.Tensor) and v.dim() == 4 and v.shape[0] == 1
+
+
+def channel_routes(gm: fx.GraphModule, example: torch.Tensor) -> int:
+    """Replace channel-only data movement by `ChannelSelect` (see the module docstring)."""
+    from .custom_ops import ChannelSelect
+
+    rec = _Recorder(gm)
+    with torch.no_grad():
+        rec.run(example)
+    values = rec.values
+    changed = 0
+    for end in list(gm.graph.nodes):
+        if _kind(_module(gm, end)) not in ROUTING or not _is_nchw(values.get(end)):
+            continue
+        chain = [end]
+        start = end.args[0]
+        while (
+            isinstance(start, fx.Node)
+            and _kind(_module(gm, start)) in ROUTING
+            and len(start.users) == 1
+            and not _is_nchw(values.get(start))
+        ):
+            chain.append(start)
+            start = start.args[0]
+        if not isinstance(start, fx.Node) or not _is_nchw(values.get(start)):
+            continue
+        src_val = values[start]
+        out_val = values[end]
+        assert isinstance(src_val, torch.Tensor) and isinstance(out_val, torch.Tensor)
+        if out_val.shape[2:] != src_val.shape[2:]:
+            continue
+        src = _selection(gm, list(reversed(chain)), start, values, src_val)
+        if src is None:
+            continue
+        name = f"channel_select_{changed}"
+        gm.add_submodule(name, ChannelSelect(int(src_val.shape[1]), src, derived=True))
+        with gm.graph.inserting_after(start):
+            new = gm.graph.call_module(name, (start,))
+        end.replace_all_uses_with(new)
+        values[new] = out_val  # routes downstream of this one start from it
+        changed += 1
+    if changed:
+        _finish(gm)
+    return changed
+
+
+def _selection(
+    gm: fx.GraphModule, chain: list[fx.Node], start: fx.Node, values: dict[fx.Node, object], x: torch.Tensor
+) -> list[int] | None:
+    """Run the chain on a tensor whose every element holds its own index; a pure channel selection
+    maps output (i, h, w) to input (src[i], h, w) for every position."""
+    _, c, h, w = x.shape
+    index = torch.arange(c * h * w, dtype=torch.float64).reshape(1, c, h, w)
+    cur: object = index
+    prev = start
+    try:
+        for node in chain:
+            args = tuple(cur if a is prev else values.get(a, a) if isinstance(a, fx.Node) else a for a in node.args)
+            cur = _module(gm, node)(*args)  # type: ignore[misc]
+            prev = node
+    except Exception:
+        return None
+    if not isinstance(cur, torch.Tensor) or cur.dim() != 4 or cur.shape[2:] != (h, w):
+        return None
+    channel = torch.div(cur[0, :, 0, 0], h * w, rounding_mode="floor").long()
+    expected = channel[:, None, None] * (h * w) + torch.arange(h * w, dtype=torch.float64).reshape(h, w)[None]
+    if not torch.equal(cur[0], expected.to(cur.dtype)):
+        return None
+    return [int(v) for v in channel]
+
+
+def _finish(gm: fx.GraphModule) -> None:
+    gm.graph.eliminate_dead_code()
+    gm.graph.lint()
+    gm.delete_all_unused_submodules()
+    gm.recompile()
+
+
+def run_all(gm: nn.Module, example: torch.Tensor) -> nn.Module:
+    if isinstance(gm, fx.GraphModule):
+        channel_routes(gm, example)
+        linearize_matmuls(gm)
+        parametrize_constants(gm)
+    return gm
