@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import struct
 import zipfile
 from dataclasses import dataclass, field
@@ -277,7 +278,9 @@ def _to_torch(proto: onnx.ModelProto, example: torch.Tensor) -> nn.Module:
     try:
         module = convert(proto)
     except NotImplementedError as e:
-        raise UnsupportedModelError(f"unsupported ONNX operation: {str(e).splitlines()[0][:200]}") from None
+        found = re.search(r"operation_type='([^']+)', version=(\d+)", str(e))
+        what = f"{found.group(1)} (opset {found.group(2)})" if found else str(e).splitlines()[0][:200]
+        raise UnsupportedModelError(f"unsupported ONNX operation {what}: it cannot be converted for pruning") from None
     except Exception as e:
         raise UnsupportedModelError(
             f"the ONNX graph cannot be converted for pruning: {type(e).__name__}: {str(e)[:200]}"

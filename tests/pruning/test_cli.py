@@ -93,3 +93,52 @@ def test_spec_file_is_used_and_flags_override_it(tmp_path):
     assert proc.returncode == 0, proc.stderr
     r = json.loads(report.read_text())
     assert r["signal"] == "l1_norm" and r["target"] == {"macs": 0.5} and r["macs_kept"] <= 0.5
+
+
+def _onnx(nodes, inputs, outputs, inits=()):
+    from onnx import helper
+
+    graph = helper.make_graph(nodes, "g", inputs, outputs, list(inits))
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+
+
+def test_a_graph_with_nothing_prunable_is_a_clear_error(tmp_path):
+    import numpy as np
+    from onnx import TensorProto, helper
+
+    w = helper.make_tensor("w", TensorProto.FLOAT, [10, 3, 1, 1], np.ones(30, np.float32))
+    data = _onnx(
+        [helper.make_node("Conv", ["x", "w"], ["y"])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 10, 8, 8])],
+        [w],
+    )
+    src = tmp_path / "one_conv.onnx"
+    src.write_bytes(data)
+    proc = secateurs("prune", str(src), "-o", str(tmp_path / "o.onnx"))
+    assert proc.returncode == 2 and "nothing is prunable" in proc.stderr, proc.stderr
+    assert _error_lines(proc) == 1
+
+
+def test_an_unsupported_op_is_named(tmp_path):
+    import numpy as np
+    from onnx import TensorProto, helper
+
+    w = helper.make_tensor("w", TensorProto.FLOAT, [4, 3, 1, 1], np.ones(12, np.float32))
+    data = _onnx(
+        [helper.make_node("Conv", ["x", "w"], ["c"]), helper.make_node("Hardmax", ["c"], ["y"], axis=1)],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 8, 8])],
+        [w],
+    )
+    src = tmp_path / "hardmax.onnx"
+    src.write_bytes(data)
+    out = tmp_path / "o.onnx"
+    proc = secateurs("prune", str(src), "-o", str(out))
+    assert proc.returncode == 2 and "Hardmax" in proc.stderr, proc.stderr
+    assert _error_lines(proc) == 1 and not out.exists()
+
+
+def _error_lines(proc) -> int:
+    assert "Traceback" not in proc.stderr
+    return sum(1 for line in proc.stderr.splitlines() if not line.startswith("["))
