@@ -33,12 +33,21 @@ class LayerCost:
 
 
 @dataclass
+class Touch:
+    """One conv/linear layer in a group: which of its channels (local indices) go with which root channel."""
+
+    layer: str
+    is_out: bool  # True: the layer loses output channels; False: input channels (it consumes the group)
+    idxs: np.ndarray  # the layer's own channel (or feature) indices
+    root_idxs: np.ndarray  # the root channel each of them follows (-1: none)
+
+
+@dataclass
 class GroupInfo:
     root: str  # name of the layer whose output channels define the group
     channels: int
     group: object  # tp Group with full indices
-    # (layer name, True if the layer loses output channels, root index of each affected element)
-    touches: list[tuple[str, bool, np.ndarray]]
+    touches: list[Touch]
     # Grouped convolutions and GroupNorm split the channels into blocks that must stay equal in size:
     # the planner removes "units", unit j being channel j of every block.
     blocks: int = 1
@@ -66,6 +75,17 @@ class Analysis:
     @property
     def prunable_channels(self) -> int:
         return sum(g.channels for g in self.groups)
+
+    def channel_macs(self, g: int) -> np.ndarray:
+        """MACs each channel of group g costs (per-channel share of every layer it touches)."""
+        info = self.groups[g]
+        cost = np.zeros(info.channels)
+        for t in info.touches:
+            c = self.layers[t.layer]
+            per = c.macs / (c.out_channels if t.is_out or c.depthwise else c.in_channels)
+            valid = t.root_idxs >= 0
+            np.add.at(cost, t.root_idxs[valid], per)
+        return cost
 
 
 def layer_costs(model: nn.Module, example: torch.Tensor) -> dict[str, LayerCost]:
@@ -132,7 +152,8 @@ def analyse(model: nn.Module, example: torch.Tensor, protect: list[str]) -> Anal
                 continue
             is_out = graph.is_out_channel_pruning_fn(item.dep.handler)
             root_idxs = np.asarray([-1 if r is None else r for r in item.root_idxs], dtype=np.int64)
-            touches.append((layer, is_out, root_idxs))
+            local = np.asarray([int(i) for i in item.idxs], dtype=np.int64)
+            touches.append(Touch(layer, is_out, local, root_idxs))
         channels = len(group[0].idxs)
         blocks = _blocks(group, channels)
         groups.append(GroupInfo(root, channels, group, touches, blocks))

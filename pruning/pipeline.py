@@ -13,13 +13,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import onnx_tools
+from . import onnx_tools, recovery
 from .analysis import COUNTED, Analysis, analyse
 from .data import Dataset
 from .errors import BadDataError, Cancelled, SpecError
 from .loading import LoadedModel, load_model
 from .planner import Planner
 from .signals import ScoringContext, make_scorer
+from .signals.compose import composed
 from .spec import PruneSpec
 
 Progress = Callable[[str, float, str, dict[str, Any]], None]
@@ -75,6 +76,7 @@ def prune(
     """Prune a model to the spec's target and return the verified ONNX bytes with their report."""
     run = _Run(progress, should_cancel)
     torch.manual_seed(0)
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     with run.stage("import", 0.0, "reading the model"):
         loaded = model if isinstance(model, LoadedModel) else load_model(
             model, arch=arch, num_classes=num_classes, input_shape=spec.input_shape
@@ -86,6 +88,8 @@ def prune(
                 f"signal {spec.signal_name!r} / recovery {spec.recovery.method!r} needs calibration data "
                 "(calibration.dataset_id, or --calib DATA.npz)"
             )
+        if spec.needs_labels and (calibration is None or calibration.y is None):
+            raise SpecError("recovery finetune needs labels: calibration data with a y array")
         net = loaded.module
         example = torch.zeros(loaded.input_shape)
         if loaded.onnx_bytes is None:
@@ -95,32 +99,53 @@ def prune(
             )
         else:
             before_onnx = loaded.onnx_bytes
-        original = copy.deepcopy(net)
         before = onnx_tools.stats(before_onnx, loaded.input_shape)
+        original = copy.deepcopy(net).to(dev).eval()
+        net = net.to(dev)
+        example = example.to(dev)
 
     channels_before = _channels(net)
     kind = spec.target.kind
     goal = spec.target.value
     steps = spec.schedule.steps
-    dead_note: list[str] = []
+    origin = {name: np.arange(c) for name, c in channels_before.items()}
+    extra: dict[str, Any] = {}
+    options: dict[str, Any] = {}
     for step in range(1, steps + 1):
         step_goal = goal ** (step / steps)  # geometric: every round removes the same share
         base = 0.4 * (step - 1) / steps
         with run.stage("analyse", 0.05 + base, f"tracing dependency groups (round {step}/{steps})"):
             analysis = analyse(net, example, spec.protect)
         with run.stage("score", 0.15 + base, f"scoring channels with {spec.signal_name}"):
-            scores = _score(net, analysis, spec, loaded)
+            ctx = ScoringContext(
+                model=net, analysis=analysis, calibration=calibration, teacher=original,
+                samples=spec.calibration.samples, device=str(dev), has_batchnorm=loaded.has_batchnorm,
+            )
+            scores = _score(ctx, spec)
+            extra.update(ctx.report)
+            options.update(ctx.options)
         with run.stage("plan", 0.25 + base, f"searching the plan for {kind} <= {step_goal:.3f}"):
-            net = _plan_and_apply(net, original, example, analysis, scores, spec, step_goal, run)
-    run.tell("apply", 0.5, "channels removed", macs_fraction=_fraction(net, original, example, kind))
+            net, kept = _plan_and_apply(net, original, example, analysis, scores, spec, step_goal, run, ctx)
+            origin = {n: origin[n][k] for n, k in kept.items() if n in origin}
+        if calibration is not None and steps > 1 and step < steps and spec.recovery.method != "none":
+            with run.stage("recover", 0.3 + base, "re-estimating BatchNorm between rounds"):
+                recovery.bn_recalibrate(net, calibration, samples=spec.calibration.samples, device=dev)
+    run.tell("apply", 0.5, "channels removed", **{f"{kind}_fraction": _fraction(net, original, example, kind)})
 
-    with run.stage("export", 0.7, "exporting ONNX"):
+    method = spec.recovery.method
+    if (method != "none" or options.get("reconstruct")) and calibration is not None:
+        with run.stage("recover", 0.55, f"recovering accuracy ({method})"):
+            extra["recovery"] = _recover(net, original, origin, calibration, spec, dev, run, options)
+
+    net = net.cpu().eval()
+    example = example.cpu()
+    with run.stage("export", 0.85, "exporting ONNX"):
         after_onnx = onnx_tools.export(
             net, example, input_name=loaded.input_name, output_names=loaded.output_names,
             dynamic_axes=_dynamic_axes(loaded, spec), opset=max(spec.export.opset, loaded.opset),
         )
         after = onnx_tools.stats(after_onnx, loaded.input_shape)
-    with run.stage("verify", 0.8, "checking ONNX Runtime against PyTorch"):
+    with run.stage("verify", 0.9, "checking ONNX Runtime against PyTorch"):
         probe = _probe_inputs(loaded, calibration)
         max_abs_diff = onnx_tools.verify(after_onnx, net, probe, before.output_shape)
         lat_before, lat_after = onnx_tools.latency(
@@ -130,6 +155,7 @@ def prune(
     with run.stage("report", 0.95, "writing the report"):
         report: dict[str, Any] = {
             "signal": spec.signal_name,
+            "signal_spec": spec.model_dump(mode="json")["signal"],
             "target": spec.target.model_dump(exclude_none=True),
             "scope": spec.scope,
             "source": loaded.source,
@@ -150,14 +176,15 @@ def prune(
             "speedup": lat_before / lat_after if lat_after > 0 else None,
             "max_abs_diff": max_abs_diff,
             "layers": _layer_table(channels_before, _channels(net)),
-            "notes": dead_note,
+            "device": dev.type,
+            **extra,
         }
         if kind in ("macs", "params"):
-            kept = report[f"{kind}_kept"]
-            report["target_met"] = kept <= goal + 1e-9
+            report["target_met"] = report[f"{kind}_kept"] <= goal + 1e-9
         data = evaluation or calibration
         if data is not None:
             report.update(_compare(before_onnx, after_onnx, data))
+            report["evaluated_on"] = "evaluation" if evaluation is not None else "calibration"
     report["stage_seconds"] = {k: round(v, 4) for k, v in run.seconds.items()}
     run.tell("done", 1.0, "finished", macs_kept=report["macs_kept"])
     return PruneResult(after_onnx, report, net)
@@ -166,21 +193,52 @@ def prune(
 # ------------------------------------------------------------------------------------------- the stages
 
 
-def _score(net: nn.Module, analysis: Analysis, spec: PruneSpec, loaded: LoadedModel) -> dict[int, np.ndarray]:
-    ctx = ScoringContext(model=net, has_batchnorm=loaded.has_batchnorm)
-    scorer = make_scorer(spec.signal_name, ctx)
+def _score(ctx: ScoringContext, spec: PruneSpec) -> dict[int, np.ndarray]:
+    if isinstance(spec.signal, str):
+        scorer = make_scorer(spec.signal, ctx)
+    else:
+        scorer = composed(ctx, spec.signal.compose.model_dump())
     scores: dict[int, np.ndarray] = {}
-    for i, g in enumerate(analysis.groups):
-        s = scorer(g.group)
+    for i, g in enumerate(ctx.analysis.groups):
+        s = scorer(i)
         if s is None:
             continue
-        arr = s.detach().float().cpu().numpy().astype(np.float64)
+        arr = np.asarray(s, dtype=np.float64)
         if arr.shape != (g.channels,) or not np.isfinite(arr).all():
             continue
         scores[i] = np.maximum(g.unit_scores(arr), 0.0)
     if not scores:
         raise SpecError(f"signal {spec.signal_name!r} could score no layer of this model")
+    ctx.forced = {g: f for g, f in ctx.forced.items() if g in scores and ctx.analysis.groups[g].blocks == 1}
     return scores
+
+
+def _recover(net: nn.Module, original: nn.Module, origin: dict[str, np.ndarray], data: Dataset,
+             spec: PruneSpec, dev: torch.device, run: _Run, options: dict[str, Any]) -> dict[str, Any]:
+    r = spec.recovery
+    method = r.method
+    samples = spec.calibration.samples
+    out: dict[str, Any] = {"method": method}
+
+    def tick(fraction: float, message: str, metrics: dict[str, float]) -> None:
+        run.check()
+        run.tell("recover", 0.55 + 0.3 * fraction, message, **metrics)
+
+    has_bn = recovery.has_batchnorm(net)
+    refit = method == "reconstruct" or bool(options.get("reconstruct"))
+    if refit:
+        # Each layer is refit to the original layer's output (before its BatchNorm), so the refit runs
+        # against the original statistics and BatchNorm is re-estimated afterwards.
+        out["layers_refit"] = recovery.reconstruct(net, original, origin, data, samples=samples, device=dev, tick=tick)
+    if has_bn:  # cheap, nearly always a gain, and the better starting point for training
+        out["bn_recalibrated"] = recovery.bn_recalibrate(net, data, samples=samples, device=dev)
+    if method in ("distill", "finetune"):
+        out.update(recovery.train(
+            net, data, teacher=original if method == "distill" else None, epochs=r.epochs, lr=r.lr,
+            batch_size=r.batch_size, device=dev, tick=tick, temperature=r.temperature,
+            max_seconds=None if r.max_minutes is None else r.max_minutes * 60,
+        ))
+    return out
 
 
 def _plan_and_apply(
@@ -192,8 +250,10 @@ def _plan_and_apply(
     spec: PruneSpec,
     goal: float,
     run: _Run,
-) -> nn.Module:
-    """Search a plan, apply it to a copy, measure; tighten the goal until the measurement fits."""
+    ctx: ScoringContext,
+) -> tuple[nn.Module, dict[str, np.ndarray]]:
+    """Search a plan, apply it to a copy, measure; tighten the goal until the measurement fits.
+    Returns the pruned copy and, per layer, which of its output channels it kept."""
     kind = spec.target.kind
     base_total = _measure(original, example, kind)
     current = _measure(net, example, kind)
@@ -201,17 +261,18 @@ def _plan_and_apply(
     if kind == "macs":
         extra = max(current - sum(c.macs for c in analysis.layers.values()), 0.0)
     planner = Planner(
-        analysis, scores, kind=kind, round_to=spec.round_to, layer_floor=spec.layer_floor, extra_macs=extra
+        analysis, scores, kind=kind, round_to=spec.round_to, layer_floor=spec.layer_floor, extra_macs=extra,
+        forced=ctx.forced,
     )
     # the planner speaks in fractions of the current model; the goal is a fraction of the original
     local_goal = goal * base_total / current if kind != "channels" else goal
-    best: nn.Module | None = None
+    best: tuple[nn.Module, dict[str, np.ndarray]] | None = None
     aim = local_goal
     for _attempt in range(8):
         run.check()
         plan = planner.search(aim, spec.scope)
-        candidate = _apply(analysis, plan.removed, example)
-        measured = _measure(candidate, example, kind) / (base_total if kind != "channels" else current)
+        candidate = _apply(analysis, plan.removed, example, ctx)
+        measured = _measure(candidate[0], example, kind) / (base_total if kind != "channels" else current)
         if measured <= goal + 1e-9:
             best = candidate
             if measured >= goal * 0.98 or plan.estimate <= 0:
@@ -227,17 +288,25 @@ def _plan_and_apply(
     return best
 
 
-def _apply(analysis: Analysis, removed: dict[int, np.ndarray], example: torch.Tensor) -> nn.Module:
-    """Apply a plan to a copy of the analysed model (the original stays intact for the next attempt)."""
+def _apply(
+    analysis: Analysis, removed: dict[int, np.ndarray], example: torch.Tensor, ctx: ScoringContext
+) -> tuple[nn.Module, dict[str, np.ndarray]]:
+    """Apply a plan to a copy of the analysed model (the original stays intact for the next attempt):
+    fold what the signal asked into the surviving weights, then remove the channels."""
     import torch_pruning as tp
 
     from .custom_ops import CUSTOM_PRUNERS
 
     model = copy.deepcopy(analysis.graph.model)
-    graph = tp.DependencyGraph().build_dependency(
-            model, example_inputs=example, customized_pruners=CUSTOM_PRUNERS
-        )
     modules = dict(model.named_modules())
+    _fold(analysis, removed, modules, ctx)
+    kept = {name: np.arange(c) for name, c in _channels(model).items()}
+    for g, idxs in removed.items():
+        for t in analysis.groups[g].touches:
+            if t.is_out and t.layer in kept:
+                gone = t.idxs[np.isin(t.root_idxs, idxs)]
+                kept[t.layer] = np.setdiff1d(kept[t.layer], gone)
+    graph = tp.DependencyGraph().build_dependency(model, example_inputs=example, customized_pruners=CUSTOM_PRUNERS)
     for g, idxs in removed.items():
         info = analysis.groups[g]
         handler = info.group[0].dep.handler
@@ -245,7 +314,40 @@ def _apply(analysis: Analysis, removed: dict[int, np.ndarray], example: torch.Te
         if graph.check_pruning_group(group):
             group.prune()
     _drop_zero_routes(model, graph)
-    return model
+    return model, kept
+
+
+@torch.no_grad()
+def _fold(analysis: Analysis, removed: dict[int, np.ndarray], modules: dict[str, nn.Module], ctx: ScoringContext) -> None:
+    """Before a channel goes, move what it carried into its consumers: a constant into their bias (dead
+    units), a near-copy of a kept channel into that channel's weights (similarity)."""
+    for g, idxs in removed.items():
+        merges = ctx.merges.get(g, {})
+        for t in analysis.groups[g].touches:
+            if t.is_out:
+                continue
+            m = modules.get(t.layer)
+            if not isinstance(m, (nn.Conv2d, nn.Linear)) or getattr(m, "groups", 1) != 1:
+                continue
+            local_of = {int(r): int(loc) for loc, r in zip(t.idxs, t.root_idxs, strict=True) if r >= 0}
+            folds = ctx.folds.get(t.layer, {})
+            for j in idxs:
+                loc = local_of.get(int(j))
+                if loc is None:
+                    continue
+                w_j = m.weight[:, loc]
+                beta = folds.get(loc, (None, 0.0, 0.0))[2]
+                if int(j) in merges:
+                    keep, alpha, beta = merges[int(j)]
+                    k_loc = local_of.get(keep)
+                    if k_loc is None:
+                        continue
+                    m.weight[:, k_loc] += alpha * w_j
+                if beta:
+                    shift = beta * w_j.reshape(w_j.shape[0], -1).sum(1)
+                    if m.bias is None:
+                        m.bias = nn.Parameter(torch.zeros(m.weight.shape[0], device=m.weight.device))
+                    m.bias += shift
 
 
 def _drop_zero_routes(model: nn.Module, graph: object) -> None:

@@ -1,7 +1,8 @@
 """Plan: which channels of which group go, so that the target is met and not far under.
 
-Scores are normalised per group (mean 1) so that a single global threshold compares channels of different
-layers (`scope=global`), or every group loses the same fraction (`scope=local`). The planner predicts the
+Scores arrive normalised per group by the signal, so that a single global threshold compares channels of
+different layers (`scope=global`); or every group loses the same fraction (`scope=local`). Channels a
+signal forces out (dead units) go first in either scope. The planner predicts the
 MACs/parameters of a plan from the layer costs, searches the threshold for the largest plan that fits,
 and the caller then measures the applied plan and tightens the goal if the prediction was optimistic.
 """
@@ -42,12 +43,17 @@ class Planner:
         round_to: int | None,
         layer_floor: float,
         extra_macs: float = 0.0,
+        forced: dict[int, np.ndarray] | None = None,
     ) -> None:
         self.a = analysis
         self.kind = kind
-        self.scores = scores
-        self.order = {g: np.argsort(s, kind="stable") for g, s in scores.items()}
-        self.normalised = {g: s / (float(np.mean(s)) + 1e-12) for g, s in scores.items()}
+        self.scores = {g: s.copy() for g, s in scores.items()}
+        self.forced = {g: len(f) for g, f in (forced or {}).items() if g in scores}
+        for g, f in (forced or {}).items():
+            if g in self.scores:
+                self.scores[g][f] = -1.0  # below any threshold: removed first
+        self.order = {g: np.argsort(s, kind="stable") for g, s in self.scores.items()}
+        self.normalised = self.scores
         # all counts below are in units (see GroupInfo.blocks); a unit is `blocks` channels
         self.round = {}
         for g in scores:
@@ -76,9 +82,9 @@ class Planner:
             info = self.a.groups[g]
             gone = np.zeros(info.channels, dtype=bool)
             gone[info.expand(self.order[g][:n])] = True
-            for layer, is_out, ridx in self.a.groups[g].touches:
-                hit = int(gone[ridx[ridx >= 0]].sum())
-                (out_rm if is_out else in_rm)[layer] += hit
+            for t in info.touches:
+                hit = int(gone[t.root_idxs[t.root_idxs >= 0]].sum())
+                (out_rm if t.is_out else in_rm)[t.layer] += hit
         total = self.extra_macs if self.kind == "macs" else 0.0
         for name, c in self.a.layers.items():
             keep_out = 1 - min(out_rm.get(name, 0), c.out_channels) / c.out_channels
@@ -97,7 +103,10 @@ class Planner:
     def counts_at(self, t: float, scope: str) -> dict[int, int]:
         if scope == "global":
             return {g: self._rounded(g, int((s < t).sum())) for g, s in self.normalised.items()}
-        return {g: self._rounded(g, int(math.floor(t * self.a.groups[g].units))) for g in self.scores}
+        return {
+            g: self._rounded(g, max(int(math.floor(t * self.a.groups[g].units)), self.forced.get(g, 0)))
+            for g in self.scores
+        }
 
     def fraction(self, counts: dict[int, int]) -> float:
         return self._cost(counts) / self.base

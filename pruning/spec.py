@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from .catalog import SIGNALS
+from .catalog import COMPOSE_AXES, NEEDS_WEIGHTS, SIGNALS
 
 
 class _Strict(BaseModel):
@@ -60,15 +60,42 @@ class Target(_Strict):
         return cls.model_validate({key.strip(): number})
 
 
+class Compose(_Strict):
+    """A signal from the taxonomy's axes (see `GET /v1/signals`)."""
+
+    measure: Literal["weight", "bn_scale", "activation", "gradient", "activation_gradient", "random"]
+    reduce: str
+    aggregate: Literal["sum", "mean", "max", "first"] = "mean"
+    normalize: Literal["none", "mean", "max", "l2", "sum"] = "mean"
+    per_mac: bool = False
+
+    @model_validator(mode="after")
+    def _reduce_fits_measure(self) -> Compose:
+        allowed = COMPOSE_AXES["measure"][self.measure]["reduce"]  # type: ignore[index]
+        if self.reduce not in allowed:
+            raise ValueError(f"reduce {self.reduce!r} does not apply to measure {self.measure!r}; use one of {allowed}")
+        return self
+
+    @property
+    def needs(self) -> list[str]:
+        return list(COMPOSE_AXES["measure"][self.measure]["needs"])  # type: ignore[index]
+
+
+class ComposedSignal(_Strict):
+    compose: Compose
+
+
 class Schedule(_Strict):
     steps: int = Field(1, ge=1, le=50, description="Prune in this many rounds, re-scoring between them.")
 
 
 class Recovery(_Strict):
     method: Literal["none", "bn_recalibrate", "reconstruct", "distill", "finetune"] = "none"
-    epochs: float = Field(1.0, gt=0, le=1000)
+    epochs: float = Field(1.0, gt=0, le=1000, description="Passes over the calibration data (distill, finetune).")
     lr: float = Field(0.01, gt=0, le=10)
     batch_size: int = Field(64, ge=1, le=4096)
+    temperature: float = Field(4.0, gt=0, le=100, description="Distillation temperature.")
+    max_minutes: float | None = Field(None, gt=0, le=10080, description="Stop training after this long.")
 
 
 class DataRef(_Strict):
@@ -90,7 +117,7 @@ class Measure(_Strict):
 
 
 class PruneSpec(_Strict):
-    signal: str | dict[str, object] = "l2_norm"
+    signal: str | ComposedSignal = "l2_norm"
     target: Target = Field(default_factory=lambda: Target(macs=0.5))
     scope: Literal["global", "local"] = "global"
     round_to: int | None = Field(
@@ -118,12 +145,10 @@ class PruneSpec(_Strict):
 
     @field_validator("signal")
     @classmethod
-    def _known_signal(cls, v: str | dict[str, object]) -> str | dict[str, object]:
-        if isinstance(v, str):
-            if v not in SIGNALS:
-                raise ValueError(f"unknown signal {v!r}; known: {', '.join(sorted(SIGNALS))}")
-            return v
-        raise ValueError("composed signals ({'compose': {...}}) are not available yet; use a signal name")
+    def _known_signal(cls, v: str | ComposedSignal) -> str | ComposedSignal:
+        if isinstance(v, str) and v not in SIGNALS:
+            raise ValueError(f"unknown signal {v!r}; known: {', '.join(sorted(SIGNALS))}")
+        return v
 
     @field_validator("protect")
     @classmethod
@@ -159,6 +184,16 @@ class PruneSpec(_Strict):
         return self.signal if isinstance(self.signal, str) else "compose"
 
     @property
+    def signal_needs(self) -> list[str]:
+        if isinstance(self.signal, ComposedSignal):
+            return self.signal.compose.needs
+        return list(SIGNALS[self.signal].needs)
+
+    @property
     def needs_data(self) -> bool:
-        info = SIGNALS.get(self.signal_name)
-        return bool(info and info.needs_data) or self.recovery.method not in ("none",)
+        """Whether the job needs calibration data: a data-driven signal, or any recovery."""
+        return any(n != NEEDS_WEIGHTS for n in self.signal_needs) or self.recovery.method != "none"
+
+    @property
+    def needs_labels(self) -> bool:
+        return self.recovery.method == "finetune"

@@ -1,38 +1,37 @@
-"""Data-free weight signals: group L1/L2 magnitude, FPGM, and the random baseline.
-
-Scores are aggregated over every coupled layer of the group (Torch-Pruning's group importance with
-mean reduction) and left unnormalised; the planner normalises.
-"""
+"""FPGM (He et al. 2019): a filter close to the geometric median of its layer's filters is the most
+replaceable by the others. Scored as the sum of Euclidean distances from the filter to every other
+filter of its layer (the paper's approximation of distance to the median), averaged over the layers
+of the group whose output channels these are."""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
-import torch_pruning as tp
+from torch import nn
 
-from .base import Scorer, ScoringContext, register
-
-
-@register("l1_norm")
-def l1_norm(ctx: ScoringContext) -> Scorer:
-    return tp.importance.GroupMagnitudeImportance(p=1, group_reduction="mean", normalizer=None)
-
-
-@register("l2_norm")
-def l2_norm(ctx: ScoringContext) -> Scorer:
-    return tp.importance.GroupMagnitudeImportance(p=2, group_reduction="mean", normalizer=None)
+from .base import GroupScorer, ScoringContext, normalise, register
 
 
 @register("fpgm")
-def fpgm(ctx: ScoringContext) -> Scorer:
-    return tp.importance.FPGMImportance(p=2, group_reduction="mean", normalizer=None)
+def fpgm(ctx: ScoringContext) -> GroupScorer:
+    modules = dict(ctx.model.named_modules())
 
+    @torch.no_grad()
+    def scorer(g: int) -> np.ndarray | None:
+        info = ctx.analysis.groups[g]
+        total = np.zeros(info.channels)
+        seen = 0
+        for t in info.touches:
+            m = modules.get(t.layer)
+            if not t.is_out or not isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
+                continue
+            valid = t.root_idxs >= 0
+            filters = m.weight.detach().double()[torch.from_numpy(t.idxs[valid])].flatten(1)
+            dist = torch.cdist(filters[None], filters[None])[0].sum(0).cpu().numpy()
+            np.add.at(total, t.root_idxs[valid], dist)
+            seen += 1
+        if seen == 0:
+            return None
+        return normalise(total / seen, "mean")
 
-@register("random")
-def random(ctx: ScoringContext) -> Scorer:
-    generator = torch.Generator().manual_seed(ctx.seed)
-
-    def score(group: object) -> torch.Tensor:
-        n = len(group[0].idxs)  # type: ignore[index]
-        return torch.rand(n, generator=generator) + 1e-6
-
-    return score
+    return scorer

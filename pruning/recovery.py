@@ -1,0 +1,247 @@
+"""Recovery: win back what pruning cost, from calibration data, without (or with) labels.
+
+- `bn_recalibrate`: re-estimate BatchNorm statistics on the pruned network's own feature maps;
+- `reconstruct`: least-squares refit of every layer, in order, so that its output on calibration data
+  matches the original layer's output on the kept channels (closed form);
+- `distill`: label-free knowledge distillation from the original model on the calibration inputs;
+- `finetune`: supervised fine-tuning with the calibration labels.
+The same code runs on CUDA or CPU: the device is chosen once by the caller.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .data import Dataset
+from .errors import SpecError
+
+Tick = Callable[[float, str, dict[str, float]], None]  # fraction, message, metrics; may raise Cancelled
+
+
+def _batches(data: Dataset, n: int, batch_size: int, device: torch.device | str, shuffle: bool = False,
+             generator: torch.Generator | None = None):  # type: ignore[no-untyped-def]
+    idx = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+    for start in range(0, n, batch_size):
+        sel = idx[start : start + batch_size].numpy()
+        x = torch.from_numpy(data.x[sel]).to(device)
+        y = None if data.y is None else torch.from_numpy(data.y[sel]).to(device)
+        yield x, y
+
+
+def _logits(out: object) -> torch.Tensor:
+    if isinstance(out, (tuple, list)):
+        out = out[0]
+    assert isinstance(out, torch.Tensor)
+    return out.reshape(out.shape[0], -1)
+
+
+def has_batchnorm(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+@torch.no_grad()
+def bn_recalibrate(model: nn.Module, data: Dataset, *, samples: int, batch_size: int = 64,
+                   device: torch.device | str = "cpu") -> bool:
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return False
+    saved = [(m.momentum, m.training) for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the whole calibration pass
+    model.eval()
+    for m in bns:
+        m.train()
+    for x, _ in _batches(data, min(samples, len(data)), batch_size, device):
+        model(x)
+    for m, (momentum, _) in zip(bns, saved, strict=True):
+        m.momentum = momentum
+    model.eval()
+    return True
+
+
+class _Stop(Exception):
+    pass
+
+
+def _capture(model: nn.Module, name: str, data: Dataset, n: int, device: torch.device | str,
+             want: str, positions: dict[int, torch.Tensor] | None, per_image: int, seed: int):  # type: ignore[no-untyped-def]
+    """Rows of one layer's input patches (`want="input"`) or outputs (`"output"`) at sampled positions."""
+    module = dict(model.named_modules())[name]
+    rows: list[torch.Tensor] = []
+    chosen: dict[int, torch.Tensor] = {} if positions is None else positions
+    state = {"offset": 0}
+    gen = torch.Generator().manual_seed(seed)
+
+    def pick(batch: int, count: int) -> torch.Tensor:
+        key = state["offset"]
+        if key not in chosen:
+            chosen[key] = torch.randint(count, (batch, per_image), generator=gen)
+        return chosen[key]
+
+    def pre(m: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+        if want != "input":
+            return
+        x = inputs[0].detach()
+        if isinstance(m, nn.Conv2d):
+            cols = F.unfold(x, m.kernel_size, m.dilation, m.padding, m.stride)  # [N, Cin*k*k, L]
+            p = pick(cols.shape[0], cols.shape[2]).to(cols.device)
+            cols = cols.gather(2, p[:, None, :].expand(cols.shape[0], cols.shape[1], p.shape[1]))
+            rows.append(cols.permute(0, 2, 1).reshape(-1, cols.shape[1]).double().cpu())
+        else:
+            flat = x.reshape(x.shape[0], -1, x.shape[-1])
+            p = pick(flat.shape[0], flat.shape[1]).to(flat.device)
+            rows.append(flat.gather(1, p[:, :, None].expand(-1, -1, flat.shape[2])).reshape(-1, flat.shape[2]).double().cpu())
+        raise _Stop
+
+    def post(m: nn.Module, inputs: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
+        if want != "output":
+            return
+        y = out.detach()
+        if isinstance(m, nn.Conv2d):
+            flat = y.reshape(y.shape[0], y.shape[1], -1)
+            p = pick(flat.shape[0], flat.shape[2]).to(flat.device)
+            sel = flat.gather(2, p[:, None, :].expand(-1, flat.shape[1], -1))
+            rows.append(sel.permute(0, 2, 1).reshape(-1, flat.shape[1]).double().cpu())
+        else:
+            flat = y.reshape(y.shape[0], -1, y.shape[-1])
+            p = pick(flat.shape[0], flat.shape[1]).to(flat.device)
+            rows.append(flat.gather(1, p[:, :, None].expand(-1, -1, flat.shape[2])).reshape(-1, flat.shape[2]).double().cpu())
+        raise _Stop
+
+    handles = [module.register_forward_pre_hook(pre), module.register_forward_hook(post)]
+    try:
+        with torch.no_grad():
+            for x, _ in _batches(data, n, 64, device):
+                try:
+                    model(x)
+                except _Stop:
+                    pass
+                state["offset"] += 1
+    finally:
+        for h in handles:
+            h.remove()
+    return torch.cat(rows), chosen
+
+
+def reconstruct(model: nn.Module, original: nn.Module, origin: dict[str, np.ndarray], data: Dataset, *,
+                samples: int, device: torch.device | str = "cpu", tick: Tick | None = None,
+                ridge: float = 1e-3) -> int:
+    """Refit each conv (groups=1) and linear layer whose inputs changed, in execution order, so that on
+    calibration data its output equals the original layer's output on the channels it kept."""
+    model.eval()
+    original.eval()
+    order: list[str] = []
+    hooks = []
+    for name, m in model.named_modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            hooks.append(m.register_forward_hook(lambda mod, i, o, n=name: order.append(n) if n not in order else None))
+    with torch.no_grad():
+        model(torch.from_numpy(data.x[:1]).to(device))
+    for h in hooks:
+        h.remove()
+    pruned_modules = dict(model.named_modules())
+    orig_modules = dict(original.named_modules())
+    n = min(samples, len(data))
+    refit = 0
+    for i, name in enumerate(order):
+        m, o = pruned_modules[name], orig_modules.get(name)
+        if o is None or type(o) is not type(m) or getattr(m, "groups", 1) != 1:
+            continue
+        in_now = m.in_channels if isinstance(m, nn.Conv2d) else m.in_features
+        in_was = o.in_channels if isinstance(o, nn.Conv2d) else o.in_features
+        if in_now == in_was:
+            continue  # same inputs: nothing to compensate at this layer
+        features = m.weight[0].numel()
+        per_image = max(1, math.ceil(min(8192, 2 * features + 256) / n))
+        x, pos = _capture(model, name, data, n, device, "input", None, per_image, seed=i)
+        y, _ = _capture(original, name, data, n, device, "output", pos, per_image, seed=i)
+        kept = origin.get(name)
+        if kept is not None:
+            y = y[:, torch.from_numpy(kept)]
+        if y.shape[1] != m.weight.shape[0]:
+            continue
+        ones = torch.ones(x.shape[0], 1, dtype=x.dtype)
+        xa = torch.cat([x, ones], 1) if m.bias is not None else x
+        gram = xa.T @ xa
+        gram += ridge * gram.diagonal().mean().clamp(min=1e-12) * torch.eye(gram.shape[0], dtype=gram.dtype)
+        theta = torch.linalg.solve(gram, xa.T @ y)  # [features(+1), Cout]
+        with torch.no_grad():
+            w = theta[:features].T.reshape(m.weight.shape)
+            m.weight.copy_(w.to(m.weight.dtype))
+            if m.bias is not None:
+                m.bias.copy_(theta[features].to(m.bias.dtype))
+        refit += 1
+        if tick is not None:
+            tick((i + 1) / len(order), f"refit {name}", {"layers_refit": float(refit)})
+    return refit
+
+
+def _augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Random horizontal flips and 4-pixel crops, for image batches (N, C, H, W) of 16 pixels or more."""
+    if x.dim() != 4 or min(x.shape[2:]) < 16:
+        return x
+    flip = torch.rand(x.shape[0], generator=generator) < 0.5
+    x = torch.where(flip.to(x.device)[:, None, None, None], x.flip(3), x)
+    h, w = x.shape[2:]
+    padded = F.pad(x, (4, 4, 4, 4))
+    dy, dx = (int(v) for v in torch.randint(0, 9, (2,), generator=generator))
+    return padded[:, :, dy : dy + h, dx : dx + w]
+
+
+def train(model: nn.Module, data: Dataset, *, teacher: nn.Module | None, epochs: float, lr: float,
+          batch_size: int, device: torch.device | str, tick: Tick | None = None, temperature: float = 4.0,
+          max_seconds: float | None = None, seed: int = 0) -> dict[str, float]:
+    """SGD with momentum and a cosine schedule; distillation from `teacher` when given (no labels
+    needed), else cross-entropy on the labels."""
+    if teacher is None and data.y is None:
+        raise SpecError("recovery finetune needs labels: give calibration data with a y array, or use distill")
+    n = len(data)
+    steps_per_epoch = max(1, math.ceil(n / batch_size))
+    total = max(1, int(round(epochs * steps_per_epoch)))
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=5e-4, nesterov=True)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, total)
+    gen = torch.Generator().manual_seed(seed)
+    if teacher is not None:
+        teacher.eval()
+    step, t0, last = 0, time.monotonic(), 0.0
+    running = 0.0
+    while step < total:
+        model.train()
+        for x, y in _batches(data, n, batch_size, device, shuffle=True, generator=gen):
+            if step >= total:
+                break
+            x = _augment(x, gen)
+            out = _logits(model(x))
+            if teacher is not None:
+                with torch.no_grad():
+                    target = _logits(teacher(x))
+                loss = F.kl_div(F.log_softmax(out / temperature, 1), F.softmax(target / temperature, 1),
+                                reduction="batchmean") * temperature**2
+            else:
+                assert y is not None
+                loss = F.cross_entropy(out, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            step += 1
+            running = 0.9 * running + 0.1 * float(loss) if step > 1 else float(loss)
+            now = time.monotonic()
+            if tick is not None and (now - last > 2.0 or step == total):
+                last = now
+                tick(step / total, f"step {step}/{total}", {"loss": running, "epoch": step / steps_per_epoch})
+            if max_seconds is not None and now - t0 > max_seconds:
+                total = step
+                break
+    model.eval()
+    return {"steps": float(step), "epochs": step / steps_per_epoch, "loss": running,
+            "seconds": time.monotonic() - t0}

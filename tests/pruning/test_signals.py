@@ -1,0 +1,195 @@
+"""Each signal's definition, checked on tiny hand-made networks where the right answer is known."""
+
+import numpy as np
+import pytest
+import torch
+from secateurs.pruning.analysis import analyse
+from secateurs.pruning.data import Dataset
+from secateurs.pruning.pipeline import _apply, _score
+from secateurs.pruning.signals import ScoringContext
+from secateurs.pruning.spec import PruneSpec
+from torch import nn
+
+
+class Tiny(nn.Module):
+    """conv1 (3->4) -> ReLU -> conv2 (4->6) -> ReLU -> pool -> fc (6->3). We rig conv1's channels."""
+
+    def __init__(self, bn: bool = False) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4) if bn else nn.Identity()
+        self.conv2 = nn.Conv2d(4, 6, 3, padding=1)
+        self.fc = nn.Linear(6, 3)
+
+    def forward(self, x):
+        x = torch.relu(self.bn(self.conv1(x)))
+        x = torch.relu(self.conv2(x))
+        return self.fc(x.mean((2, 3)))
+
+
+def _data(n=64, labels=True):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, 3, 8, 8, generator=g).numpy()
+    y = torch.randint(0, 3, (n,), generator=g).numpy() if labels else None
+    return Dataset(x, y)
+
+
+def _scores(model, signal, data=None, **options):
+    model.eval()
+    example = torch.zeros(1, 3, 8, 8)
+    analysis = analyse(model, example, [])
+    import copy
+
+    ctx = ScoringContext(model=model, analysis=analysis, calibration=data, teacher=copy.deepcopy(model),
+                         samples=64, has_batchnorm=any(isinstance(m, nn.BatchNorm2d) for m in model.modules()),
+                         options=options)
+    spec = PruneSpec.model_validate({"signal": signal} if isinstance(signal, str) else {"signal": signal})
+    scores = _score(ctx, spec)
+    by_root = {analysis.groups[g].root: s for g, s in scores.items()}
+    return by_root["conv1"], ctx, analysis
+
+
+def _net(seed=0, bn=False):
+    torch.manual_seed(seed)
+    return Tiny(bn)
+
+
+def test_l1_and_l2_rank_the_smallest_weights_last():
+    m = _net()
+    with torch.no_grad():
+        m.conv1.weight[1] *= 0.01  # channel 1: tiny filter...
+        m.conv2.weight[:, 1] *= 0.01  # ...and tiny consumer weights
+    for signal in ("l1_norm", "l2_norm"):
+        s, _, _ = _scores(m, signal)
+        assert np.argmin(s) == 1, (signal, s)
+
+
+def test_bn_scale_reads_gamma():
+    m = _net(bn=True)
+    with torch.no_grad():
+        m.bn.weight.copy_(torch.tensor([1.0, 0.5, 0.01, 2.0]))
+    s, _, _ = _scores(m, "bn_scale")
+    assert list(np.argsort(s)) == [2, 1, 0, 3]
+
+
+def test_fpgm_removes_the_filter_at_the_geometric_median():
+    m = _net()
+    with torch.no_grad():
+        base = torch.randn(3, 3, 3)
+        d1, d2 = torch.zeros(27), torch.zeros(27)
+        d1[0], d2[1] = 4.0, 4.0  # orthogonal, equal length
+        m.conv1.weight[0] = base + d1.reshape(3, 3, 3)
+        m.conv1.weight[1] = base - d1.reshape(3, 3, 3)
+        m.conv1.weight[2] = base + d2.reshape(3, 3, 3)
+        m.conv1.weight[3] = base  # the geometric median of the four: the most replaceable
+        m.conv2.weight[:] = m.conv2.weight[:, :1]  # consumers read every channel alike
+    s, _, _ = _scores(m, "fpgm")
+    assert np.argmin(s) == 3
+
+
+def test_random_is_reproducible_and_spread():
+    a, _, _ = _scores(_net(), "random")
+    b, _, _ = _scores(_net(), "random")
+    assert np.array_equal(a, b) and len(set(a.round(6))) == 4
+
+
+def _dead_channel_net():
+    m = _net()
+    with torch.no_grad():
+        m.conv1.weight[2].zero_()
+        m.conv1.bias[2] = -1.0  # after the ReLU, channel 2 is zero everywhere
+    return m
+
+
+@pytest.mark.parametrize("signal", ["activation_mean", "apoz"])
+def test_activation_statistics_put_the_dead_channel_last(signal):
+    s, _, _ = _scores(_dead_channel_net(), signal, _data())
+    assert np.argmin(s) == 2 and s[2] == 0
+
+
+def test_dead_units_are_forced_out_and_counted():
+    s, ctx, analysis = _scores(_dead_channel_net(), "dead_units", _data())
+    group = next(g for g, info in enumerate(analysis.groups) if info.root == "conv1")
+    assert list(ctx.forced[group]) == [2]
+    assert ctx.report["dead_channels"] >= 1
+
+
+def test_a_constant_dead_unit_is_folded_into_the_next_bias_exactly():
+    m = _net()
+    with torch.no_grad():
+        m.conv1.weight[2].zero_()
+        m.conv1.bias[2] = 0.7  # constant 0.7 after the ReLU
+        m.conv2.padding = (0, 0)  # no border effects: the fold is exact
+    m.conv2.padding = (0, 0)
+    data = _data()
+    _, ctx, analysis = _scores(m, "dead_units", data)
+    group = next(g for g, info in enumerate(analysis.groups) if info.root == "conv1")
+    pruned, _ = _apply(analysis, {group: np.array([2])}, torch.zeros(1, 3, 8, 8), ctx)
+    x = torch.from_numpy(data.x[:8])
+    assert pruned.conv1.out_channels == 3
+    torch.testing.assert_close(pruned(x), m(x), atol=1e-5, rtol=1e-5)
+
+
+def _zero_gradient_net():
+    m = _net()
+    with torch.no_grad():
+        m.conv2.weight[:, 3].zero_()  # nothing downstream reads channel 3: its gradient is zero
+        m.conv1.weight[3] *= 3  # ...though its activations are the largest
+    return m
+
+
+@pytest.mark.parametrize("signal", ["taylor", "fisher"])
+@pytest.mark.parametrize("labels", [True, False])
+def test_gradient_signals_see_the_channel_nothing_depends_on(signal, labels):
+    s, _, _ = _scores(_zero_gradient_net(), signal, _data(labels=labels))
+    assert np.argmin(s) == 3 and s[3] == 0
+    assert (s[[0, 1, 2]] > 0).all()
+
+
+def test_taylor_is_l2_normalised_per_layer():
+    s, _, _ = _scores(_zero_gradient_net(), "taylor", _data())
+    assert np.isclose(np.linalg.norm(s), 1.0)
+
+
+def test_fisher_flop_aware_variant_divides_by_cost():
+    m = _zero_gradient_net()
+    plain, _, _ = _scores(m, "fisher", _data())
+    aware, _, analysis = _scores(m, {"compose": {"measure": "activation_gradient", "reduce": "fisher",
+                                                 "aggregate": "sum", "normalize": "none", "per_mac": True}}, _data())
+    group = next(g for g, info in enumerate(analysis.groups) if info.root == "conv1")
+    cost = analysis.channel_macs(group)
+    np.testing.assert_allclose(aware, plain / (cost / cost.mean()), rtol=1e-6)
+
+
+def _duplicated_net():
+    m = _net()
+    with torch.no_grad():
+        m.conv1.weight[1] = m.conv1.weight[0]
+        m.conv1.bias[1] = m.conv1.bias[0]  # channels 0 and 1 carry the same feature map
+    return m
+
+
+def test_similarity_clusters_duplicates_and_folds_one_into_the_other():
+    m = _duplicated_net()
+    data = _data()
+    s, ctx, analysis = _scores(m, "similarity", data)
+    assert np.argmin(s) in (0, 1) and ctx.report["similar_channels"] == 1
+    group = next(g for g, info in enumerate(analysis.groups) if info.root == "conv1")
+    drop = int(np.argmin(s))
+    pruned, _ = _apply(analysis, {group: np.array([drop])}, torch.zeros(1, 3, 8, 8), ctx)
+    x = torch.from_numpy(data.x[:8])
+    torch.testing.assert_close(pruned(x), m(x), atol=1e-5, rtol=1e-5)  # the merge makes it exact
+
+
+def test_lasso_enters_the_unused_channel_last():
+    s, ctx, _ = _scores(_zero_gradient_net(), "lasso", _data())
+    assert np.argmin(s) == 3
+    assert ctx.options["reconstruct"] is True
+
+
+def test_compose_axes_reproduce_a_named_signal():
+    m = _net()
+    named, _, _ = _scores(m, "l1_norm")
+    composed, _, _ = _scores(m, {"compose": {"measure": "weight", "reduce": "l1", "aggregate": "mean",
+                                             "normalize": "mean"}})
+    np.testing.assert_allclose(named, composed)
