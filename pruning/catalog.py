@@ -127,6 +127,10 @@ SIGNALS.update(
             SignalInfo("lasso", "LASSO channel selection (He et al. 2017): the input channels that best "
                        "reconstruct the consumer layer's output on calibration data are kept; pair with "
                        "recovery reconstruct for the least-squares refit.", (NEEDS_ACTIVATIONS,), "reconstruction"),
+            SignalInfo("bandit", "Combinatorial bandit channel execution: during a short fine-tune each step runs "
+                       "only the channels with the highest upper confidence bound on their usefulness "
+                       "(activation x gradient); the learned estimates score the channels.",
+                       (NEEDS_GRADIENTS,), "gradient"),
         )
     }
 )

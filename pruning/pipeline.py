@@ -120,6 +120,10 @@ def prune(
             ctx = ScoringContext(
                 model=net, analysis=analysis, calibration=calibration, teacher=original,
                 samples=spec.calibration.samples, device=str(dev), has_batchnorm=loaded.has_batchnorm,
+                options={**spec.signal_options.model_dump(), "target": spec.target.value, "kind": kind,
+                         "lr": spec.recovery.lr, "batch_size": spec.recovery.batch_size},
+                progress=lambda f, msg, metrics: run.tell("score", 0.15 + base + 0.1 * f, msg, **metrics),
+                check=run.check,
             )
             scores = _score(ctx, spec)
             extra.update(ctx.report)

@@ -85,6 +85,17 @@ class ComposedSignal(_Strict):
     compose: Compose
 
 
+class SignalOptions(_Strict):
+    """Knobs of particular signals; each is ignored by the others."""
+
+    similarity_threshold: float = Field(0.9, gt=0, le=1, description="|correlation| that makes channels alike.")
+    bandit_epochs: float = Field(1.0, gt=0, le=100, description="Length of the bandit's fine-tune.")
+    bandit_keep: float | None = Field(
+        None, gt=0, le=1, description="Fraction of each group's channels executed per step (default from target)."
+    )
+    bandit_exploration: float = Field(0.5, ge=0, le=10, description="Weight of the UCB exploration bonus.")
+
+
 class Schedule(_Strict):
     steps: int = Field(1, ge=1, le=50, description="Prune in this many rounds, re-scoring between them.")
 
@@ -134,6 +145,7 @@ class PruneSpec(_Strict):
     recovery: Recovery = Field(default_factory=Recovery)
     calibration: DataRef = Field(default_factory=DataRef)
     evaluation: DataRef = Field(default_factory=DataRef)
+    signal_options: SignalOptions = Field(default_factory=SignalOptions)
     export: Export = Field(default_factory=Export)
     measure: Measure = Field(default_factory=Measure)
     input_shape: list[int] | None = Field(

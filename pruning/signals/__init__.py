@@ -6,7 +6,7 @@ channel, higher meaning more important, normalised so that groups compare under 
 
 from __future__ import annotations
 
-from . import activity, compose, magnitude  # noqa: F401  (registration side effects)
+from . import activity, bandit, compose, magnitude  # noqa: F401  (registration side effects)
 from .base import REGISTRY, GroupScorer, ScoringContext, make_scorer
 
 __all__ = ["REGISTRY", "GroupScorer", "ScoringContext", "make_scorer"]

@@ -71,7 +71,7 @@ def similarity(ctx: ScoringContext) -> GroupScorer:
     from scipy.spatial.distance import squareform
 
     col = ctx.collect(rows=1024)
-    threshold = float(ctx.options.get("similarity_threshold", SIMILARITY_THRESHOLD))
+    threshold = float(ctx.options.get("similarity_threshold") or SIMILARITY_THRESHOLD)
     clustered = 0
 
     def scorer(g: int) -> np.ndarray | None:

@@ -45,6 +45,8 @@ class ScoringContext:
     # group -> {channel: (kept channel, alpha, beta)}: channel ~ alpha * kept + beta, folded into the
     # consumers of the kept channel when the channel is removed (similarity)
     merges: dict[int, dict[int, tuple[int, float, float]]] = field(default_factory=dict)
+    progress: Callable[[float, str, dict[str, float]], None] | None = None
+    check: Callable[[], None] | None = None  # raises Cancelled when the job is cancelled
     _collectors: dict[tuple[bool, int], Collector] = field(default_factory=dict)
 
     def collect(self, *, gradients: bool = False, rows: int = 0) -> Collector:

@@ -193,3 +193,13 @@ def test_compose_axes_reproduce_a_named_signal():
     composed, _, _ = _scores(m, {"compose": {"measure": "weight", "reduce": "l1", "aggregate": "mean",
                                              "normalize": "mean"}})
     np.testing.assert_allclose(named, composed)
+
+
+def test_bandit_learns_which_channel_is_useless_while_running_fewer_channels():
+    m = _zero_gradient_net()
+    s, ctx, _ = _scores(m, "bandit", _data(n=256), kind="macs", target=0.5, bandit_epochs=4, batch_size=16,
+                        lr=0.001)
+    assert np.argmin(s) == 3
+    b = ctx.report["bandit"]
+    assert b["channel_steps_executed"] < b["channel_steps_dense"]
+    assert 0 < b["executed_fraction"] < 1 and b["steps"] == 16  # 64 calibration samples, batch 16, 4 epochs
