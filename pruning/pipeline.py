@@ -122,7 +122,7 @@ def prune(
                 samples=spec.calibration.samples, device=str(dev), has_batchnorm=loaded.has_batchnorm,
                 options={**spec.signal_options.model_dump(), "target": spec.target.value, "kind": kind,
                          "lr": spec.recovery.lr, "batch_size": spec.recovery.batch_size},
-                progress=lambda f, msg, metrics: run.tell("score", 0.15 + base + 0.1 * f, msg, **metrics),
+                progress=lambda f, msg, metrics, b=base: run.tell("score", 0.15 + b + 0.1 * f, msg, **metrics),
                 check=run.check,
             )
             scores = _score(ctx, spec)
