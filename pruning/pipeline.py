@@ -108,6 +108,14 @@ def prune(
     kind = spec.target.kind
     goal = spec.target.value
     steps = spec.schedule.steps
+    latency_goal: dict[str, Any] = {}
+    if kind == "latency_ms":
+        # A measured budget: search the MACs budget whose exported model meets it (see _latency_plan).
+        with run.stage("plan", 0.04, "measuring the original's latency"):
+            lat0 = onnx_tools.latency(before_onnx, before_onnx, loaded.input_shape, batch=spec.measure.batch,
+                                      threads=spec.measure.threads, repeats=spec.measure.repeats)[0]
+        latency_goal = {"target_ms": goal, "original_ms": lat0}
+        kind, goal, steps = "macs", min(1.0, goal / lat0), 1
     origin = {name: np.arange(c) for name, c in channels_before.items()}
     extra: dict[str, Any] = {}
     options: dict[str, Any] = {}
@@ -120,7 +128,7 @@ def prune(
             ctx = ScoringContext(
                 model=net, analysis=analysis, calibration=calibration, teacher=original,
                 samples=spec.calibration.samples, device=str(dev), has_batchnorm=loaded.has_batchnorm,
-                options={**spec.signal_options.model_dump(), "target": spec.target.value, "kind": kind,
+                options={**spec.signal_options.model_dump(), "target": goal, "kind": kind,
                          "lr": spec.recovery.lr, "batch_size": spec.recovery.batch_size},
                 progress=lambda f, msg, metrics, b=base: run.tell("score", 0.15 + b + 0.1 * f, msg, **metrics),
                 check=run.check,
@@ -129,12 +137,18 @@ def prune(
             extra.update(ctx.report)
             options.update(ctx.options)
         with run.stage("plan", 0.25 + base, f"searching the plan for {kind} <= {step_goal:.3f}"):
-            net, kept = _plan_and_apply(net, original, example, analysis, scores, spec, step_goal, run, ctx)
+            if latency_goal:
+                net, kept = _latency_plan(net, original, example, analysis, scores, spec, run, ctx, loaded,
+                                          before_onnx, latency_goal)
+                extra["latency_search"] = latency_goal
+            else:
+                net, kept = _plan_and_apply(net, original, example, analysis, scores, spec, kind, step_goal, run, ctx)
             origin = {n: origin[n][k] for n, k in kept.items() if n in origin}
         if calibration is not None and steps > 1 and step < steps and spec.recovery.method != "none":
             with run.stage("recover", 0.3 + base, "re-estimating BatchNorm between rounds"):
                 recovery.bn_recalibrate(net, calibration, samples=spec.calibration.samples, device=dev)
     run.tell("apply", 0.5, "channels removed", **{f"{kind}_fraction": _fraction(net, original, example, kind)})
+    kind, goal = spec.target.kind, spec.target.value
 
     method = spec.recovery.method
     if (method != "none" or options.get("reconstruct")) and calibration is not None:
@@ -183,8 +197,11 @@ def prune(
             "device": dev.type,
             **extra,
         }
-        if kind in ("macs", "params"):
+        if spec.target.kind in ("macs", "params"):
             report["target_met"] = report[f"{kind}_kept"] <= goal + 1e-9
+        elif spec.target.kind == "latency_ms":
+            report["latency_target_ms"] = spec.target.value
+            report["target_met"] = lat_after <= spec.target.value * 1.05
         data = evaluation or calibration
         if data is not None:
             report.update(_compare(before_onnx, after_onnx, data))
@@ -252,13 +269,13 @@ def _plan_and_apply(
     analysis: Analysis,
     scores: dict[int, np.ndarray],
     spec: PruneSpec,
+    kind: str,
     goal: float,
     run: _Run,
     ctx: ScoringContext,
 ) -> tuple[nn.Module, dict[str, np.ndarray]]:
     """Search a plan, apply it to a copy, measure; tighten the goal until the measurement fits.
     Returns the pruned copy and, per layer, which of its output channels it kept."""
-    kind = spec.target.kind
     base_total = _measure(original, example, kind)
     current = _measure(net, example, kind)
     extra = 0.0
@@ -290,6 +307,59 @@ def _plan_and_apply(
             f"layer_floor={spec.layer_floor} and the protected layers keeps more"
         )
     return best
+
+
+def _latency_plan(
+    net: nn.Module, original: nn.Module, example: torch.Tensor, analysis: Analysis,
+    scores: dict[int, np.ndarray], spec: PruneSpec, run: _Run, ctx: ScoringContext, loaded: LoadedModel,
+    before_onnx: bytes, state: dict[str, Any],
+) -> tuple[nn.Module, dict[str, np.ndarray]]:
+    """Meet a latency budget measured, not predicted: export candidate plans and time them in ONNX
+    Runtime against the original (same batch and threads, interleaved), searching the MACs budget
+    until the candidate is at or under the target and not far under it (>= 90%)."""
+    target = float(state["target_ms"])
+    m = spec.measure
+    lo, hi = 0.0, 1.0  # MACs fractions known too small (meets with room) / too large (misses)
+    frac = min(1.0, target / float(state["original_ms"]))
+    best: tuple[tuple[nn.Module, dict[str, np.ndarray]], float, float] | None = None
+    tried = []
+    for _ in range(8):
+        run.check()
+        candidate = _plan_and_apply(net, original, example, analysis, scores, spec, "macs", frac, run, ctx)
+        data = onnx_tools.export(
+            copy.deepcopy(candidate[0]).cpu().eval(), example.cpu(), input_name=loaded.input_name,
+            output_names=loaded.output_names, dynamic_axes=_dynamic_axes(loaded, spec),
+            opset=max(spec.export.opset, loaded.opset),
+        )
+        orig_ms, cand_ms = onnx_tools.latency(before_onnx, data, loaded.input_shape, batch=m.batch,
+                                              threads=m.threads, repeats=m.repeats)
+        # Scale by the original's drift since the first measurement, so the budget means the same.
+        cand_ms = cand_ms * float(state["original_ms"]) / orig_ms
+        tried.append({"macs_fraction": round(frac, 4), "latency_ms": round(cand_ms, 4)})
+        run.tell("plan", 0.3, f"macs {frac:.3f} runs in {cand_ms:.2f} ms (target {target:.2f})",
+                 latency_ms=cand_ms, macs_fraction=frac)
+        if cand_ms <= target:
+            if best is None or cand_ms > best[1]:
+                best = (candidate, cand_ms, frac)
+            if cand_ms >= 0.9 * target:
+                break
+            lo = frac
+        else:
+            hi = frac
+        # secant step on latency ~ proportional to MACs, kept inside the bracket
+        guess = frac * target / max(cand_ms, 1e-9)
+        frac = guess if lo < guess < hi else (lo + hi) / 2
+        if hi - lo < 0.005:
+            break
+    state["tried"] = tried
+    if best is None:
+        raise SpecError(
+            f"latency target {target:.3f} ms cannot be reached: the smallest plan tried ran in "
+            f"{min(t['latency_ms'] for t in tried):.3f} ms (original {state['original_ms']:.3f} ms)"
+        )
+    state["macs_fraction"] = round(best[2], 4)
+    state["latency_ms"] = round(best[1], 4)
+    return best[0]
 
 
 def _apply(

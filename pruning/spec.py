@@ -185,12 +185,6 @@ class PruneSpec(_Strict):
                 raise ValueError("input_shape is too large (more than 2^28 elements)")
         return v
 
-    @model_validator(mode="after")
-    def _consistent(self) -> PruneSpec:
-        if self.target.kind == "latency_ms":
-            raise ValueError("target.latency_ms is not available yet; use macs, params or channels")
-        return self
-
     @property
     def signal_name(self) -> str:
         return self.signal if isinstance(self.signal, str) else "compose"

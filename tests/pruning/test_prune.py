@@ -113,3 +113,18 @@ def test_progress_and_cancel_hooks(resnet20_weights):
 
     with pytest.raises(Cancelled):
         prune(resnet20_weights, _spec(), arch="resnet20_cifar", should_cancel=cancel_after_analysis)
+
+
+def test_latency_target_is_searched_by_measuring_candidates():
+    from secateurs.pruning.onnx_tools import latency
+
+    data = torchvision_onnx("resnet18", size=64)
+    original_ms = latency(data, data, [1, 3, 64, 64], batch=1, threads=1, repeats=20)[0]
+    target = 0.6 * original_ms
+    result = prune(data, _spec(target={"latency_ms": target}, measure={"repeats": 20}))
+    r = result.report
+    search = r["latency_search"]
+    assert r["latency_target_ms"] == target and search["tried"]
+    chosen = [t for t in search["tried"] if t["macs_fraction"] == search["macs_fraction"]][0]
+    assert chosen["latency_ms"] <= target  # every accepted candidate was measured under the budget
+    assert r["macs_kept"] < 0.9
