@@ -19,6 +19,12 @@ def _parser() -> argparse.ArgumentParser:
         add_prune = None
     if add_prune is not None:
         add_prune(sub)
+    try:
+        from .api.cli import add_parsers as add_service
+    except ImportError:  # the light client: no server installed
+        add_service = None
+    if add_service is not None:
+        add_service(sub)
     return parser
 
 

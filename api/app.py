@@ -1,0 +1,54 @@
+"""The FastAPI application: routes by domain, problem+json errors, metrics, migrations on start."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from fastapi import FastAPI, Request
+from fastapi.routing import APIRoute
+from secateurs.db.session import migrate
+from secateurs.db.settings import Settings, get_settings
+from secateurs.db.storage import open_storage
+
+from . import problems
+from .metrics import HTTP_LATENCY
+from .routes import jobs, meta, models
+
+
+def _operation_id(route: APIRoute) -> str:
+    return route.name  # stable, readable ids for generated clients: upload_model, create_job, ...
+
+
+def create_app(settings: Settings | None = None, *, enqueue: Callable[[str], None] | None = None,
+               ping_broker: Callable[[], None] | None = None) -> FastAPI:
+    s = settings or get_settings()
+    s.ensure_home()
+    migrate(s)
+    app = FastAPI(title="Secateurs", version="0.1.0", generate_unique_id_function=_operation_id,
+                  description="Structured channel pruning as a service.")
+    app.state.settings = s
+    app.state.storage = open_storage(s.storage, s.s3_endpoint_url)
+    if enqueue is None or ping_broker is None:
+        from secateurs.worker.app import make_celery
+
+        celery = make_celery(s)
+        enqueue = enqueue or (lambda job_id: celery.send_task("secateurs.run_job", args=[job_id]))
+        ping_broker = ping_broker or (lambda: celery.connection_for_write().ensure_connection(max_retries=1))
+    app.state.enqueue = enqueue
+    app.state.ping_broker = ping_broker
+    problems.install(app)
+
+    @app.middleware("http")
+    async def _timing(request: Request, call_next):  # type: ignore[no-untyped-def]
+        t0 = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        HTTP_LATENCY.labels(request.method, getattr(route, "path", "unmatched"), str(response.status_code)).observe(
+            time.perf_counter() - t0)
+        return response
+
+    app.include_router(models.router)
+    app.include_router(jobs.router)
+    app.include_router(meta.router)
+    return app

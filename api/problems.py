@@ -1,0 +1,87 @@
+"""Every error is application/problem+json (RFC 9457), mapped in this one place."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from secateurs.pruning.errors import InputError, UnsafeFormatError
+from sqlalchemy.exc import DBAPIError, OperationalError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger("secateurs.api")
+MEDIA = "application/problem+json"
+TITLES = {400: "Bad request", 401: "Unauthorized", 403: "Forbidden", 404: "Not found", 405: "Method not allowed",
+          409: "Conflict", 413: "Payload too large", 415: "Unsupported media type", 422: "Unprocessable content",
+          429: "Too many requests", 500: "Internal server error", 503: "Service unavailable"}
+
+
+class Problem(Exception):
+    def __init__(self, status: int, detail: str, *, code: str | None = None, headers: dict[str, str] | None = None,
+                 **extra: Any) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+        self.code = code
+        self.headers = headers
+        self.extra = extra
+
+
+def problem(status: int, detail: str, *, code: str | None = None, headers: dict[str, str] | None = None,
+            **extra: Any) -> JSONResponse:
+    body = {"type": f"https://secateurs.dev/problems/{code}" if code else "about:blank",
+            "title": TITLES.get(status, "Error"), "status": status, "detail": detail, **extra}
+    return JSONResponse(body, status_code=status, media_type=MEDIA, headers=headers)
+
+
+def _field(loc: tuple[Any, ...]) -> str:
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    # pydantic names union members (e.g. "str", "ComposedSignal"): not part of the user's field path
+    parts = [p for p in parts if not (p[:1].isupper() or p in ("str", "int", "float", "function-after"))]
+    return ".".join(parts) or "body"
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(Problem)
+    async def _problem(_: Request, exc: Problem) -> JSONResponse:
+        return problem(exc.status, exc.detail, code=exc.code, headers=exc.headers, **exc.extra)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [{"field": _field(tuple(e["loc"])), "message": e["msg"]} for e in exc.errors()]
+        first = errors[0] if errors else {"field": "body", "message": "invalid request"}
+        return problem(422, f"{first['field']}: {first['message']}", code="validation", errors=errors)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return problem(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(UnsafeFormatError)
+    async def _unsafe(_: Request, exc: UnsafeFormatError) -> JSONResponse:
+        return problem(415, str(exc), code=exc.code)
+
+    @app.exception_handler(InputError)
+    async def _input(_: Request, exc: InputError) -> JSONResponse:
+        return problem(422, str(exc), code=exc.code)
+
+    @app.exception_handler(OperationalError)
+    async def _db_down(_: Request, exc: OperationalError) -> JSONResponse:
+        log.warning("database unavailable: %s", exc)
+        return problem(503, "the database is unavailable; retry shortly", code="unavailable",
+                       headers={"Retry-After": "2"})
+
+    @app.exception_handler(DBAPIError)
+    async def _db_error(_: Request, exc: DBAPIError) -> JSONResponse:
+        if exc.connection_invalidated:
+            return problem(503, "the database connection was lost; retry shortly", code="unavailable",
+                           headers={"Retry-After": "2"})
+        log.exception("database error")
+        return problem(500, "internal error", code="internal")
+
+    @app.exception_handler(Exception)
+    async def _crash(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error")
+        return problem(500, "internal error", code="internal")

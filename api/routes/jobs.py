@@ -1,0 +1,188 @@
+"""Jobs: created after validation, enqueued after the commit, watched through events, downloaded."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, StreamingResponse
+from secateurs.db.models import Artifact, Dataset, IdempotencyRecord, Job, JobEvent, Model, new_id, now
+from secateurs.db.session import sessions
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+
+from .. import pagination
+from ..deps import CurrentTenant, SessionDep, StorageDep
+from ..problems import Problem
+from ..schemas import TERMINAL, JobCreate, event_out, job_out
+from .models import owned
+
+router = APIRouter(prefix="/v1")
+log = logging.getLogger("secateurs.api")
+ARTIFACTS = ("model.onnx", "report.json")
+
+
+def _invalid(field: str, message: str) -> Problem:
+    return Problem(422, f"{field}: {message}", code="validation", errors=[{"field": field, "message": message}])
+
+
+def _check(body: JobCreate, tenant_id: str, session: SessionDep) -> None:
+    model = session.execute(select(Model).where(Model.id == body.model_id, Model.tenant_id == tenant_id)).scalar_one_or_none()
+    if model is None:
+        raise _invalid("model_id", f"no model {body.model_id!r}")
+    spec = body.spec
+    shape = model.input_shape.get("shape") or []
+    for name in ("calibration", "evaluation"):
+        ref = getattr(spec, name).dataset_id
+        if ref is None:
+            continue
+        ds = session.execute(select(Dataset).where(Dataset.id == ref, Dataset.tenant_id == tenant_id)).scalar_one_or_none()
+        if ds is None:
+            raise _invalid(f"spec.{name}.dataset_id", f"no dataset {ref!r}")
+        if shape and list(ds.sample_shape.get("shape") or []) != list(shape[1:]):
+            raise _invalid(f"spec.{name}.dataset_id", f"samples of shape {ds.sample_shape.get('shape')} do not fit "
+                           f"the model's input {shape}")
+        if name == "calibration" and spec.needs_labels and not ds.labelled:
+            raise _invalid("spec.calibration.dataset_id", "recovery finetune needs labelled data (a y array)")
+    if spec.needs_data and spec.calibration.dataset_id is None:
+        what = f"signal {spec.signal_name!r}" if spec.signal_needs != ["weights"] else f"recovery {spec.recovery.method!r}"
+        raise _invalid("spec.calibration.dataset_id", f"{what} needs calibration data: upload an .npz to /v1/datasets")
+    if body.webhook_url is not None and not body.webhook_url.startswith(("http://", "https://")):
+        raise _invalid("webhook_url", "must be an http(s) URL")
+
+
+@router.post("/jobs", status_code=201, summary="Create a pruning job")
+def create_job(body: JobCreate, request: Request, tenant: CurrentTenant, session: SessionDep,
+               idempotency_key: Annotated[str | None, Header(max_length=200)] = None) -> JSONResponse:
+    digest = hashlib.sha256(json.dumps(body.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
+    if idempotency_key:
+        rec = session.get(IdempotencyRecord, (tenant.id, idempotency_key))
+        if rec is not None:
+            if rec.request_hash != digest:
+                raise Problem(422, "Idempotency-Key was used with a different request body", code="idempotency")
+            return JSONResponse(rec.response, status_code=rec.status_code, headers={"Idempotent-Replayed": "true"})
+    _check(body, tenant.id, session)
+    job = Job(id=new_id("job"), tenant_id=tenant.id, model_id=body.model_id, spec=body.spec.model_dump(mode="json"),
+              status="queued", webhook_url=body.webhook_url,
+              webhook_events={"types": body.webhook_events} if body.webhook_events else None)
+    session.add(job)
+    session.flush()
+    session.add(JobEvent(job_id=job.id, type="queued", stage="queued", progress=0.0, message="job queued"))
+    out = job_out(job)
+    if idempotency_key:
+        session.add(IdempotencyRecord(tenant_id=tenant.id, key=idempotency_key, request_hash=digest,
+                                      status_code=201, response=out))
+    try:
+        session.commit()
+    except IntegrityError:  # a concurrent request with the same key won: answer as it did
+        session.rollback()
+        rec = session.get(IdempotencyRecord, (tenant.id, idempotency_key))
+        if rec is None or rec.request_hash != digest:
+            raise Problem(422, "Idempotency-Key was used with a different request body", code="idempotency") from None
+        return JSONResponse(rec.response, status_code=rec.status_code, headers={"Idempotent-Replayed": "true"})
+    enqueue(request, job.id)  # after the commit: the worker always finds the row
+    return JSONResponse(out, status_code=201)
+
+
+def enqueue(request: Request, job_id: str) -> None:
+    try:
+        request.app.state.enqueue(job_id)
+    except Exception:  # the row stays queued; the sweeper hands it to the broker when it is back
+        log.exception("could not enqueue job %s", job_id)
+
+
+@router.get("/jobs", summary="List jobs")
+def list_jobs(tenant: CurrentTenant, session: SessionDep, cursor: str | None = None, status: str | None = None,
+              model_id: str | None = None, limit: int = Query(50, ge=1, le=pagination.MAX_LIMIT)) -> dict[str, Any]:
+    stmt = select(Job).where(Job.tenant_id == tenant.id)
+    if status:
+        stmt = stmt.where(Job.status == status)
+    if model_id:
+        stmt = stmt.where(Job.model_id == model_id)
+    return pagination.result(list(session.scalars(pagination.page(stmt, Job, cursor, limit))), limit, job_out)
+
+
+@router.get("/jobs/{job_id}", summary="Get a job")
+def get_job(job_id: str, tenant: CurrentTenant, session: SessionDep) -> dict[str, Any]:
+    return job_out(owned(session, Job, job_id, tenant.id))
+
+
+@router.post("/jobs/{job_id}/cancel", summary="Cancel a job")
+def cancel_job(job_id: str, tenant: CurrentTenant, session: SessionDep) -> dict[str, Any]:
+    job = owned(session, Job, job_id, tenant.id)
+    done = session.execute(
+        update(Job).where(Job.id == job.id, Job.status == "queued")
+        .values(status="cancelled", finished_at=now(), cancel_requested=True)
+    ).rowcount
+    if done:
+        session.add(JobEvent(job_id=job.id, type="cancelled", stage="cancelled", message="cancelled before it started"))
+    elif job.status == "running":
+        session.execute(update(Job).where(Job.id == job.id).values(cancel_requested=True))
+        session.add(JobEvent(job_id=job.id, type="cancel_requested", message="cancel requested; stopping at the next step"))
+    session.commit()
+    session.refresh(job)
+    return job_out(job)
+
+
+def _events_after(settings: Any, job_id: str, after: int, limit: int) -> tuple[list[JobEvent], str]:
+    with sessions(settings)() as s:
+        rows = list(s.scalars(select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.id > after)
+                              .order_by(JobEvent.id).limit(limit)))
+        status = s.execute(select(Job.status).where(Job.id == job_id)).scalar_one()
+        return rows, status
+
+
+@router.get("/jobs/{job_id}/events", summary="Job events: Server-Sent Events, or a JSON page")
+async def job_events(job_id: str, request: Request, tenant: CurrentTenant, session: SessionDep,
+                     after: int = Query(0, ge=0), limit: int = Query(100, ge=1, le=1000),
+                     last_event_id: Annotated[str | None, Header()] = None) -> Any:
+    owned(session, Job, job_id, tenant.id)
+    session.close()
+    settings = request.app.state.settings
+    if "text/event-stream" not in request.headers.get("accept", ""):
+        rows, _ = await run_in_threadpool(_events_after, settings, job_id, after, limit)
+        return {"data": [event_out(e) for e in rows], "next_after": rows[-1].id if rows else after}
+    start = int(last_event_id) if last_event_id and last_event_id.isdigit() else after
+
+    async def stream():  # noqa: ANN202
+        cursor, idle = start, 0.0
+        yield "retry: 2000\n\n"
+        while True:
+            rows, status = await run_in_threadpool(_events_after, settings, job_id, cursor, 200)
+            for e in rows:
+                cursor = e.id
+                yield f"id: {e.id}\nevent: {e.type}\ndata: {json.dumps(event_out(e))}\n\n"
+            if status in TERMINAL and not rows:
+                return
+            if await request.is_disconnected():
+                return
+            if rows:
+                idle = 0.0
+                continue
+            await asyncio.sleep(0.25)
+            idle += 0.25
+            if idle >= 15:
+                idle = 0.0
+                yield ": keep-alive\n\n"
+
+    return StreamingResponse(stream(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+@router.get("/jobs/{job_id}/artifacts/{name}", summary="Download an artifact (model.onnx, report.json)")
+def get_artifact(job_id: str, name: str, tenant: CurrentTenant, session: SessionDep, storage: StorageDep) -> Any:
+    job = owned(session, Job, job_id, tenant.id)
+    if name not in ARTIFACTS:
+        raise Problem(404, f"no artifact {name!r}; artifacts: {', '.join(ARTIFACTS)}", code="not-found")
+    art = session.execute(select(Artifact).where(Artifact.job_id == job.id, Artifact.name == name)).scalar_one_or_none()
+    if art is None:
+        raise Problem(404, f"job {job.id} has no {name} (status {job.status})", code="not-found")
+    media = "application/json" if name.endswith(".json") else "application/octet-stream"
+    return StreamingResponse(storage.open_chunks(art.storage_key), media_type=media, headers={
+        "Content-Length": str(art.size_bytes), "ETag": f'"{art.sha256}"',
+        "Content-Disposition": f'attachment; filename="{job.id}-{name}"'})

@@ -1,0 +1,130 @@
+"""Models and datasets: streamed uploads, validated by the engine's own importers before acceptance."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from secateurs.db.models import Dataset, Model, new_id
+from secateurs.pruning.errors import InputError
+from sqlalchemy import select
+
+from .. import pagination
+from ..deps import CurrentTenant, SessionDep, SettingsDep, StorageDep
+from ..problems import Problem
+from ..schemas import dataset_out, model_out
+from ..uploads import Upload, read_upload
+
+router = APIRouter(prefix="/v1")
+
+
+def _validate_model(path: str, arch: str | None, num_classes: int | None) -> dict[str, Any]:
+    from secateurs.pruning.loading import load_model
+
+    with open(path, "rb") as f:
+        data = f.read()
+    loaded = load_model(data, arch=arch, num_classes=num_classes)
+    return {"format": loaded.source, "input_shape": loaded.input_shape, "num_classes": num_classes}
+
+
+def _validate_dataset(path: str) -> dict[str, Any]:
+    from secateurs.pruning.data import load_npz
+
+    with open(path, "rb") as f:
+        ds = load_npz(f.read())
+    return {"samples": len(ds), "shape": list(ds.x.shape[1:]), "labelled": ds.y is not None}
+
+
+def _int_field(up: Upload, name: str) -> int | None:
+    raw = up.fields.get(name)
+    if raw in (None, ""):
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        raise Problem(422, f"{name}: must be an integer", code="validation",
+                      errors=[{"field": name, "message": "must be an integer"}]) from None
+
+
+@router.post("/models", status_code=201, summary="Upload a model (ONNX, or safetensors with arch)")
+async def upload_model(request: Request, tenant: CurrentTenant, session: SessionDep, settings: SettingsDep,
+                       storage: StorageDep) -> dict[str, Any]:
+    up = await read_upload(request, settings.max_upload_bytes, settings.home / "tmp")
+    try:
+        arch = up.fields.get("arch") or None
+        num_classes = _int_field(up, "num_classes")
+        info = await run_in_threadpool(_validate_model, str(up.path), arch, num_classes)
+        model = Model(id=new_id("mdl"), tenant_id=tenant.id, filename=up.filename, format=info["format"],
+                      arch=arch, num_classes=num_classes, input_shape={"shape": info["input_shape"]},
+                      size_bytes=up.size, sha256=up.sha256, storage_key="")
+        model.storage_key = f"{tenant.id}/models/{model.id}"
+        assert up.path is not None
+        await run_in_threadpool(storage.put_file, model.storage_key, up.path)
+        session.add(model)
+        try:
+            session.commit()
+        except Exception:
+            storage.delete(model.storage_key)
+            raise
+        return model_out(model)
+    finally:
+        up.discard()
+
+
+@router.get("/models", summary="List models")
+def list_models(tenant: CurrentTenant, session: SessionDep, cursor: str | None = None,
+                limit: int = Query(50, ge=1, le=pagination.MAX_LIMIT)) -> dict[str, Any]:
+    stmt = pagination.page(select(Model).where(Model.tenant_id == tenant.id), Model, cursor, limit)
+    return pagination.result(list(session.scalars(stmt)), limit, model_out)
+
+
+@router.get("/models/{model_id}", summary="Get a model")
+def get_model(model_id: str, tenant: CurrentTenant, session: SessionDep) -> dict[str, Any]:
+    return model_out(owned(session, Model, model_id, tenant.id))
+
+
+@router.post("/datasets", status_code=201, summary="Upload calibration or evaluation data (.npz)")
+async def upload_dataset(request: Request, tenant: CurrentTenant, session: SessionDep, settings: SettingsDep,
+                         storage: StorageDep) -> dict[str, Any]:
+    up = await read_upload(request, settings.max_upload_bytes, settings.home / "tmp")
+    try:
+        info = await run_in_threadpool(_validate_dataset, str(up.path))
+        ds = Dataset(id=new_id("dst"), tenant_id=tenant.id, filename=up.filename, samples=info["samples"],
+                     sample_shape={"shape": info["shape"]}, labelled=info["labelled"], size_bytes=up.size,
+                     sha256=up.sha256, storage_key="")
+        ds.storage_key = f"{tenant.id}/datasets/{ds.id}"
+        assert up.path is not None
+        await run_in_threadpool(storage.put_file, ds.storage_key, up.path)
+        session.add(ds)
+        try:
+            session.commit()
+        except Exception:
+            storage.delete(ds.storage_key)
+            raise
+        return dataset_out(ds)
+    finally:
+        up.discard()
+
+
+@router.get("/datasets", summary="List datasets")
+def list_datasets(tenant: CurrentTenant, session: SessionDep, cursor: str | None = None,
+                  limit: int = Query(50, ge=1, le=pagination.MAX_LIMIT)) -> dict[str, Any]:
+    stmt = pagination.page(select(Dataset).where(Dataset.tenant_id == tenant.id), Dataset, cursor, limit)
+    return pagination.result(list(session.scalars(stmt)), limit, dataset_out)
+
+
+@router.get("/datasets/{dataset_id}", summary="Get a dataset")
+def get_dataset(dataset_id: str, tenant: CurrentTenant, session: SessionDep) -> dict[str, Any]:
+    return dataset_out(owned(session, Dataset, dataset_id, tenant.id))
+
+
+def owned(session: SessionDep, model: Any, row_id: str, tenant_id: str) -> Any:
+    """The row if it exists and belongs to the tenant; 404 otherwise (never 403: ids do not leak)."""
+    row = session.execute(select(model).where(model.id == row_id, model.tenant_id == tenant_id)).scalar_one_or_none()
+    if row is None:
+        raise Problem(404, f"no {model.__tablename__[:-1]} {row_id!r}", code="not-found")
+    return row
+
+
+__all__ = ["InputError", "owned", "router"]

@@ -1,0 +1,50 @@
+"""One settings object for the service, read from SECATEURS_* environment variables (SPEC.md)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SECATEURS_", extra="ignore")
+
+    home: Path = Field(default_factory=lambda: Path.home() / ".secateurs")
+    database_url: str | None = None  # default: SQLite under home
+    broker_url: str | None = None  # default: an embedded broker (SQLite under home)
+    storage_url: str | None = None  # default: file:// under home
+    s3_endpoint_url: str | None = None
+    max_upload_bytes: int = 2 * 1024**3
+    job_soft_time_limit: int = 6 * 3600
+    job_time_limit: int = 6 * 3600 + 300
+    webhook_allow_private: bool = False
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.home / 'secateurs.db'}"
+
+    @property
+    def broker(self) -> str:
+        return self.broker_url or f"sqla+sqlite:///{self.home / 'broker.db'}"
+
+    @property
+    def storage(self) -> str:
+        return self.storage_url or f"file://{self.home / 'storage'}"
+
+    @property
+    def embedded(self) -> bool:
+        return self.broker.startswith("sqla+")
+
+    def ensure_home(self) -> None:
+        self.home.mkdir(parents=True, exist_ok=True)
+        (self.home / "tmp").mkdir(exist_ok=True)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    s = Settings()
+    s.ensure_home()
+    return s

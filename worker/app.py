@@ -1,0 +1,46 @@
+"""The Celery application. This module imports no engine code, so the API can enqueue with it."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from celery import Celery
+from secateurs.db.settings import Settings, get_settings
+
+QUEUE = "secateurs"
+
+
+def make_celery(settings: Settings, *, with_tasks: bool = False) -> Celery:
+    app = Celery("secateurs", broker=settings.broker, include=["secateurs.worker.tasks"] if with_tasks else [])
+    transport: dict[str, object] = {}
+    if settings.broker.startswith("redis"):
+        # Above the hard time limit, or a long job would be redelivered while it still runs.
+        transport["visibility_timeout"] = settings.job_time_limit + 3600
+    app.conf.update(
+        task_default_queue=QUEUE,
+        task_acks_late=True,  # a job whose worker dies is redelivered, not lost
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,  # one long job at a time per process
+        task_soft_time_limit=settings.job_soft_time_limit,
+        task_time_limit=settings.job_time_limit,
+        task_ignore_result=True,
+        broker_transport_options=transport,
+        broker_connection_retry_on_startup=True,
+        broker_connection_max_retries=None,
+        worker_hijack_root_logger=False,
+        worker_send_task_events=False,
+    )
+    return app
+
+
+@lru_cache(maxsize=1)
+def worker_app() -> Celery:
+    return make_celery(get_settings(), with_tasks=True)
+
+
+def __getattr__(name: str) -> object:
+    # `celery -A secateurs.worker.app worker` finds the app here, with the tasks registered; resolved
+    # lazily so that importing this module (the API does) reads no settings.
+    if name in ("app", "celery"):
+        return worker_app()
+    raise AttributeError(name)

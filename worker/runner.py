@@ -1,0 +1,133 @@
+"""Run one job through the engine, with progress and cancellation wired to the database.
+
+The job row is claimed with a compare-and-set (queued -> running), so a duplicate delivery does nothing.
+Artifacts are written to storage first and the job becomes `succeeded` in the same transaction that
+records them: a job is never succeeded without its files.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+from secateurs.db.models import Artifact, Dataset, Job, JobEvent, Model, new_id, now
+from secateurs.db.session import sessions
+from secateurs.db.settings import Settings
+from secateurs.db.storage import open_storage
+from sqlalchemy import select, update
+
+log = logging.getLogger("secateurs.worker")
+
+
+def _claim(settings: Settings, job_id: str) -> Job | None:
+    with sessions(settings)() as s:
+        claimed = s.execute(
+            update(Job).where(Job.id == job_id, Job.status == "queued")
+            .values(status="running", started_at=now(), heartbeat_at=now(), attempts=Job.attempts + 1,
+                    stage="starting")
+        ).rowcount
+        if not claimed:
+            s.rollback()
+            return None
+        s.add(JobEvent(job_id=job_id, type="running", stage="starting", progress=0.0, message="job started"))
+        s.commit()
+        return s.get(Job, job_id)
+
+
+def run_job(job_id: str, settings: Settings) -> str:
+    job = _claim(settings, job_id)
+    if job is None:
+        log.info("job %s is not queued (duplicate delivery or cancelled): nothing to do", job_id)
+        return "skipped"
+    storage = open_storage(settings.storage, settings.s3_endpoint_url)
+    make = sessions(settings)
+    last_cancel_check = [0.0, False]
+
+    def progress(stage: str, fraction: float, message: str, metrics: dict[str, Any]) -> None:
+        clean = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str, bool)) or v is None}
+        with make() as s:
+            s.add(JobEvent(job_id=job_id, type="progress", stage=stage, progress=fraction, message=message,
+                           data=clean or None))
+            s.execute(update(Job).where(Job.id == job_id).values(stage=stage, progress=fraction, heartbeat_at=now()))
+            s.commit()
+
+    def should_cancel() -> bool:
+        t = time.monotonic()
+        if t - last_cancel_check[0] > 0.5:
+            with make() as s:
+                last_cancel_check[1] = bool(s.execute(select(Job.cancel_requested).where(Job.id == job_id)).scalar_one())
+            last_cancel_check[0] = t
+        return bool(last_cancel_check[1])
+
+    try:
+        result = _prune(job, settings, storage, progress, should_cancel)
+    except Exception as exc:  # every failure ends the job with a message; the worker lives on
+        _fail(settings, job_id, exc)
+        return "failed"
+    base = f"{job.tenant_id}/jobs/{job_id}"
+    report_bytes = json.dumps(result.report, indent=2).encode()
+    files = {"model.onnx": result.onnx, "report.json": report_bytes}
+    for name, data in files.items():
+        storage.put_bytes(f"{base}/{name}", data)
+    import hashlib
+
+    with make() as s:
+        for name, data in files.items():
+            s.add(Artifact(id=new_id("art"), job_id=job_id, name=name, storage_key=f"{base}/{name}",
+                           size_bytes=len(data), sha256=hashlib.sha256(data).hexdigest()))
+        done = s.execute(update(Job).where(Job.id == job_id, Job.status == "running").values(
+            status="succeeded", progress=1.0, stage="done", metrics=result.report, finished_at=now(), error=None)
+        ).rowcount
+        if not done:  # cancelled or taken over meanwhile: keep nothing
+            s.rollback()
+            for name in files:
+                storage.delete(f"{base}/{name}")
+            return "superseded"
+        s.add(JobEvent(job_id=job_id, type="succeeded", stage="done", progress=1.0, message="job succeeded",
+                       data={k: result.report.get(k) for k in ("macs_kept", "params_kept", "latency_ms_before",
+                                                                "latency_ms_after", "accuracy_after")}))
+        s.commit()
+    return "succeeded"
+
+
+def _prune(job: Job, settings: Settings, storage: Any, progress: Any, should_cancel: Any) -> Any:
+    import torch
+    from secateurs.pruning.data import load_npz
+    from secateurs.pruning.pipeline import prune
+    from secateurs.pruning.spec import PruneSpec
+
+    spec = PruneSpec.model_validate(job.spec)
+    with sessions(settings)() as s:
+        model = s.get(Model, job.model_id)
+        assert model is not None
+        datasets = {}
+        for name in ("calibration", "evaluation"):
+            ref = getattr(spec, name).dataset_id
+            if ref:
+                ds = s.execute(select(Dataset).where(Dataset.id == ref, Dataset.tenant_id == job.tenant_id)).scalar_one()
+                datasets[name] = load_npz(storage.get_bytes(ds.storage_key))
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # chosen here, in the process that runs the job
+    return prune(storage.get_bytes(model.storage_key), spec, arch=model.arch, num_classes=model.num_classes,
+                 calibration=datasets.get("calibration"), evaluation=datasets.get("evaluation"),
+                 progress=progress, should_cancel=should_cancel, device=device)
+
+
+def _fail(settings: Settings, job_id: str, exc: Exception) -> None:
+    from secateurs.pruning.errors import Cancelled, PruningError
+
+    if isinstance(exc, Cancelled):
+        status, message, kind = "cancelled", "cancelled while running", "cancelled"
+    elif isinstance(exc, PruningError):
+        status, message, kind = "failed", str(exc), "failed"
+    else:
+        log.exception("job %s crashed", job_id)
+        status, message, kind = "failed", f"internal error: {type(exc).__name__}: {str(exc)[:300]}", "failed"
+    if type(exc).__name__ == "SoftTimeLimitExceeded":
+        message = f"the job ran past its time limit ({settings.job_soft_time_limit} s)"
+    with sessions(settings)() as s:
+        s.execute(update(Job).where(Job.id == job_id, Job.status == "running").values(
+            status=status, error=None if status == "cancelled" else message, finished_at=now(), stage=kind))
+        s.add(JobEvent(job_id=job_id, type=kind, stage=kind, message=message))
+        s.commit()
