@@ -1,0 +1,162 @@
+"""Real stacks for the service tests: the embedded one (`secateurs up`), PostgreSQL + Redis with separate
+API and worker processes, and S3 storage on a loopback endpoint (moto's standalone server)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Stack:
+    url: str
+    key: str
+    env: dict[str, str]
+    procs: list[subprocess.Popen] = field(default_factory=list)
+
+    def client(self, key: str | None = None) -> httpx.Client:
+        return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {key or self.key}"}, timeout=60)
+
+    def new_key(self, tenant: str) -> str:
+        return create_key(self.env, tenant)
+
+
+def secateurs_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "secateurs.cli", *args]
+
+
+def create_key(env: dict[str, str], tenant: str) -> str:
+    out = subprocess.run(secateurs_cmd("keys", "create", "--tenant", tenant), env=env, capture_output=True,
+                         text=True, timeout=120, check=True)
+    return out.stdout.strip().splitlines()[-1]
+
+
+def wait_ready(url: str, procs: list[subprocess.Popen], timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for p in procs:
+            if p.poll() is not None:
+                raise RuntimeError(f"a stack process exited with {p.returncode}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise TimeoutError(f"{url} did not become ready")
+
+
+def stop(procs: list[subprocess.Popen]) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.terminate()
+    for p in procs:
+        try:
+            p.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
+def base_env(home: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SECATEURS_")}
+    env.update({"SECATEURS_HOME": str(home), "PYTHONUNBUFFERED": "1"}, **extra)
+    return env
+
+
+def start_embedded(home: Path, **extra: str) -> Stack:
+    port = free_port()
+    env = base_env(home, **extra)
+    log = open(home / "up.log", "w")  # noqa: SIM115
+    proc = subprocess.Popen(secateurs_cmd("up", "--port", str(port)), env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url, [proc])
+        key = create_key(env, "tenant-a")
+    except Exception:
+        stop([proc])
+        raise
+    return Stack(url, key, env, [proc])
+
+
+@pytest.fixture(scope="session")
+def embedded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    stack = start_embedded(tmp_path_factory.mktemp("embedded"))
+    yield stack
+    stop(stack.procs)
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A fresh database on the machine's PostgreSQL, dropped afterwards."""
+    import psycopg
+
+    name = f"secateurs_test_{uuid.uuid4().hex[:8]}"
+    admin = "postgresql://postgres@127.0.0.1:5432/postgres"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def production(tmp_path_factory: pytest.TempPathFactory, postgres_url: str) -> Iterator[Stack]:
+    """`secateurs api` and `secateurs worker` as separate processes on PostgreSQL and Redis."""
+    import redis
+
+    home = tmp_path_factory.mktemp("production")
+    db_index = 11
+    redis.Redis(host="127.0.0.1", port=6379, db=db_index).flushdb()
+    env = base_env(home, SECATEURS_DATABASE_URL=postgres_url,
+                   SECATEURS_BROKER_URL=f"redis://127.0.0.1:6379/{db_index}")
+    port = free_port()
+    logs = open(home / "stack.log", "w")  # noqa: SIM115
+    api = subprocess.Popen(secateurs_cmd("api", "--port", str(port)), env=env, stdout=logs, stderr=subprocess.STDOUT)
+    worker = subprocess.Popen(secateurs_cmd("worker"), env=env, stdout=logs, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url, [api, worker])
+        key = create_key(env, "tenant-a")
+    except Exception:
+        stop([api, worker])
+        raise
+    yield Stack(url, key, env, [api, worker])
+    stop([api, worker])
+    redis.Redis(host="127.0.0.1", port=6379, db=db_index).flushdb()
+
+
+@pytest.fixture(scope="session")
+def s3_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, str]]:
+    """The embedded stack with its storage on S3: moto's standalone server on a loopback port."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    creds = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
+    os.environ.update(creds)
+    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="secateurs-test")
+    home = tmp_path_factory.mktemp("s3")
+    stack = start_embedded(home, SECATEURS_STORAGE_URL="s3://secateurs-test/artifacts",
+                           SECATEURS_S3_ENDPOINT_URL=endpoint, **creds)
+    yield stack, endpoint
+    stop(stack.procs)
+    server.stop()
