@@ -7,8 +7,8 @@ import json
 import numpy as np
 import onnxruntime as ort
 import pytest
-
 from secateurs.pruning.onnx_tools import stats
+
 from tests.conftest import shared
 
 from .conftest import Stack

@@ -1,0 +1,237 @@
+"""API behaviour: auth, tenants, uploads, validation, idempotency, pagination, cancel, problem+json.
+
+The app runs in-process (TestClient) on a temporary SQLite database and local storage, enqueueing to
+a real Redis queue that no worker consumes, so jobs stay queued where a test needs them to."""
+
+from __future__ import annotations
+
+import io
+import pickle
+
+import numpy as np
+import pytest
+import redis
+from fastapi.testclient import TestClient
+from secateurs.db.settings import Settings
+
+from tests.conftest import shared
+
+PROBLEM = "application/problem+json"
+
+
+@pytest.fixture(scope="module")
+def app_settings(tmp_path_factory):
+    home = tmp_path_factory.mktemp("api")
+    redis.Redis(host="127.0.0.1", port=6379, db=12).flushdb()
+    return Settings(home=home, broker_url="redis://127.0.0.1:6379/12", max_upload_bytes=4 * 1024 * 1024)
+
+
+@pytest.fixture(scope="module")
+def client(app_settings):
+    from secateurs.api.app import create_app
+
+    with TestClient(create_app(app_settings)) as c:
+        yield c
+    redis.Redis(host="127.0.0.1", port=6379, db=12).flushdb()
+
+
+def _key(app_settings, tenant):
+    import os
+
+    from secateurs.api.cli import create_key
+    from secateurs.db.settings import get_settings
+
+    old = os.environ.get("SECATEURS_HOME")
+    os.environ["SECATEURS_HOME"] = str(app_settings.home)
+    get_settings.cache_clear()
+    try:
+        return create_key(tenant)
+    finally:
+        if old is None:
+            os.environ.pop("SECATEURS_HOME", None)
+        else:
+            os.environ["SECATEURS_HOME"] = old
+        get_settings.cache_clear()
+
+
+@pytest.fixture(scope="module")
+def alice(app_settings):
+    return {"Authorization": f"Bearer {_key(app_settings, 'alice')}"}
+
+
+@pytest.fixture(scope="module")
+def bob(app_settings):
+    return {"Authorization": f"Bearer {_key(app_settings, 'bob')}"}
+
+
+@pytest.fixture(scope="module")
+def model(client, alice):
+    w = shared("resnet20_cifar10.safetensors").read_bytes()
+    r = client.post("/v1/models", headers=alice, files={"file": ("r20.safetensors", w)}, data={"arch": "resnet20_cifar"})
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+def _npz(**arrays) -> bytes:
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def dataset(client, alice):
+    x = np.random.default_rng(0).standard_normal((16, 3, 32, 32)).astype(np.float32)
+    r = client.post("/v1/datasets", headers=alice, files={"file": ("d.npz", _npz(x=x, y=np.arange(16) % 10))})
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+def _is_problem(r, status):
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"].startswith(PROBLEM)
+    body = r.json()
+    assert body["status"] == status and body["title"] and body["detail"]
+    return body
+
+
+def test_no_key_or_a_wrong_key_is_401(client):
+    _is_problem(client.get("/v1/jobs"), 401)
+    _is_problem(client.get("/v1/jobs", headers={"Authorization": "Bearer sk_nope"}), 401)
+
+
+def test_keys_are_stored_hashed(app_settings, alice):
+    import sqlite3
+
+    key = alice["Authorization"][7:]
+    rows = sqlite3.connect(app_settings.home / "secateurs.db").execute("select key_hash, prefix from api_keys").fetchall()
+    assert all(key not in h and len(h) == 64 for h, _ in rows)
+
+
+def test_another_tenants_objects_answer_404_everywhere(client, alice, bob, model, dataset):
+    job = client.post("/v1/jobs", headers=alice, json={"model_id": model["id"]}).json()
+    for path in (f"/v1/models/{model['id']}", f"/v1/datasets/{dataset['id']}", f"/v1/jobs/{job['id']}",
+                 f"/v1/jobs/{job['id']}/events", f"/v1/jobs/{job['id']}/artifacts/model.onnx"):
+        _is_problem(client.get(path, headers=bob), 404)
+        assert client.get(path, headers=alice).status_code != 404 or path.endswith("model.onnx")
+    _is_problem(client.post(f"/v1/jobs/{job['id']}/cancel", headers=bob), 404)
+    assert client.get("/v1/jobs", headers=bob).json()["data"] == []
+    assert client.get("/v1/models", headers=bob).json()["data"] == []
+    # bob cannot start a job on alice's model either
+    body = _is_problem(client.post("/v1/jobs", headers=bob, json={"model_id": model["id"]}), 422)
+    assert body["errors"][0]["field"] == "model_id"
+
+
+def test_over_cap_upload_is_413_and_leaves_nothing(client, alice, app_settings):
+    before = sorted(p for p in app_settings.home.rglob("*") if p.is_file() and "secateurs.db" not in p.name)
+    big = b"\x00" * (5 * 1024 * 1024)
+    _is_problem(client.post("/v1/models", headers=alice, files={"file": ("big.onnx", big)}), 413)
+    after = sorted(p for p in app_settings.home.rglob("*") if p.is_file() and "secateurs.db" not in p.name)
+    assert after == before
+
+
+@pytest.mark.parametrize("payload,status,needle", [
+    (pickle.dumps({"state_dict": 1}, protocol=4), 415, "pickle"),
+    (b"\x00\x01garbage" * 100, 422, "ONNX"),
+    (b"", 422, "empty"),
+])
+def test_bad_model_uploads_are_refused_saying_what_to_send(client, alice, payload, status, needle):
+    body = _is_problem(client.post("/v1/models", headers=alice, files={"file": ("m.pt", payload)}), status)
+    assert needle in body["detail"]
+
+
+def test_npz_needing_pickle_is_refused(client, alice):
+    obj = np.array([{"a": 1}], dtype=object)
+    buf = io.BytesIO()
+    np.save(buf, obj, allow_pickle=True)
+    import zipfile
+
+    z = io.BytesIO()
+    with zipfile.ZipFile(z, "w") as f:
+        f.writestr("x.npy", buf.getvalue())
+    body = _is_problem(client.post("/v1/datasets", headers=alice, files={"file": ("d.npz", z.getvalue())}), 422)
+    assert "pickle" in body["detail"]
+
+
+def test_unknown_signal_is_422_naming_the_field(client, alice, model):
+    body = _is_problem(client.post("/v1/jobs", headers=alice, json={"model_id": model["id"], "spec": {"signal": "magic"}}), 422)
+    assert body["errors"][0]["field"] == "spec.signal"
+
+
+def test_data_driven_signal_without_data_is_422_naming_the_field(client, alice, model):
+    body = _is_problem(client.post("/v1/jobs", headers=alice, json={"model_id": model["id"], "spec": {"signal": "taylor"}}), 422)
+    assert body["errors"][0]["field"] == "spec.calibration.dataset_id"
+
+
+def test_data_of_the_wrong_shape_is_422(client, alice, model):
+    x = np.zeros((4, 1, 28, 28), np.float32)
+    ds = client.post("/v1/datasets", headers=alice, files={"file": ("m.npz", _npz(x=x))}).json()
+    body = _is_problem(client.post("/v1/jobs", headers=alice, json={
+        "model_id": model["id"], "spec": {"signal": "taylor", "calibration": {"dataset_id": ds["id"]}}}), 422)
+    assert body["errors"][0]["field"] == "spec.calibration.dataset_id"
+
+
+def test_a_data_driven_job_with_data_is_accepted(client, alice, model, dataset):
+    r = client.post("/v1/jobs", headers=alice, json={
+        "model_id": model["id"], "spec": {"signal": "taylor", "calibration": {"dataset_id": dataset["id"]}}})
+    assert r.status_code == 201 and r.json()["status"] == "queued"
+
+
+def test_idempotency_key_replays_and_refuses_a_different_body(client, alice, model):
+    h = {**alice, "Idempotency-Key": "abc-123"}
+    first = client.post("/v1/jobs", headers=h, json={"model_id": model["id"]})
+    again = client.post("/v1/jobs", headers=h, json={"model_id": model["id"]})
+    assert first.status_code == again.status_code == 201 and first.json()["id"] == again.json()["id"]
+    assert again.headers.get("Idempotent-Replayed") == "true"
+    _is_problem(client.post("/v1/jobs", headers=h, json={"model_id": model["id"], "spec": {"signal": "l1_norm"}}), 422)
+
+
+def test_cursor_pagination_walks_every_job_once(client, alice, model):
+    for _ in range(5):
+        client.post("/v1/jobs", headers=alice, json={"model_id": model["id"]})
+    seen, cursor = [], None
+    while True:
+        params = {"limit": 2, **({"cursor": cursor} if cursor else {})}
+        page = client.get("/v1/jobs", headers=alice, params=params).json()
+        seen += [j["id"] for j in page["data"]]
+        cursor = page["next_cursor"]
+        if not cursor:
+            break
+    total = client.get("/v1/jobs", headers=alice, params={"limit": 200}).json()["data"]
+    assert seen == [j["id"] for j in total] and len(seen) >= 5
+    _is_problem(client.get("/v1/jobs", headers=alice, params={"cursor": "garbage"}), 422)
+
+
+def test_cancel_a_queued_job_never_starts_it(client, alice, model):
+    job = client.post("/v1/jobs", headers=alice, json={"model_id": model["id"]}).json()
+    r = client.post(f"/v1/jobs/{job['id']}/cancel", headers=alice)
+    assert r.status_code == 200 and r.json()["status"] == "cancelled"
+    events = client.get(f"/v1/jobs/{job['id']}/events", headers=alice).json()["data"]
+    assert [e["type"] for e in events] == ["queued", "cancelled"]
+    # a duplicate delivery of the task finds nothing to run
+    from secateurs.worker.runner import run_job
+
+    assert run_job(job["id"], client.app.state.settings) == "skipped"
+    _is_problem(client.get(f"/v1/jobs/{job['id']}/artifacts/model.onnx", headers=alice), 404)
+
+
+def test_unknown_routes_and_methods_are_problems(client, alice):
+    _is_problem(client.get("/v1/nothing", headers=alice), 404)
+    _is_problem(client.delete("/v1/signals"), 405)
+    _is_problem(client.get("/v1/jobs/job_doesnotexist", headers=alice), 404)
+
+
+def test_signals_catalogue_lists_every_signal_and_the_axes(client):
+    body = client.get("/v1/signals").json()
+    names = {s["name"] for s in body["data"]}
+    assert {"l1_norm", "l2_norm", "taylor", "fisher", "bandit", "lasso", "similarity"} <= names
+    assert "measure" in body["compose"]
+    assert all(s["description"] and s["needs"] for s in body["data"])
+
+
+def test_health_readiness_metrics_and_openapi(client):
+    assert client.get("/healthz").json() == {"status": "ok"}
+    assert client.get("/readyz").json()["status"] == "ready"
+    metrics = client.get("/metrics").text
+    assert "secateurs_jobs" in metrics and "secateurs_http_request_seconds" in metrics
+    ops = {op["operationId"] for path in client.get("/openapi.json").json()["paths"].values() for op in path.values()}
+    assert {"upload_model", "create_job", "get_job", "cancel_job", "job_events", "get_artifact"} <= ops
