@@ -234,7 +234,8 @@ def train(model: nn.Module, data: Dataset, *, teacher: nn.Module | None, epochs:
             opt.step()
             sched.step()
             step += 1
-            running = 0.9 * running + 0.1 * float(loss) if step > 1 else float(loss)
+            value = float(loss.detach())
+            running = 0.9 * running + 0.1 * value if step > 1 else value
             now = time.monotonic()
             if tick is not None and (now - last > 2.0 or step == total):
                 last = now
