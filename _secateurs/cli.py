@@ -36,6 +36,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("secateurs: interrupted", file=sys.stderr)
         return 130
+    except ModuleNotFoundError as exc:
+        if os.environ.get("SECATEURS_DEBUG"):
+            raise
+        print(f"secateurs: error: `secateurs {args.command}` needs the engine and the server "
+              f"(missing module {exc.name!r}): pip install 'secateurs[server]'", file=sys.stderr)
+        return 2
     except Exception as exc:  # one line for the user; the traceback only on request
         if os.environ.get("SECATEURS_DEBUG"):
             raise
