@@ -7,7 +7,7 @@ PIP := $(VENV)/bin/pip
 TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint bench-quick clean
+.PHONY: install demo test lint bench bench-quick clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,16 @@ lint: $(STAMP)
 test: $(STAMP) lint
 	bash scripts/services.sh
 	$(VENV)/bin/pytest -q
+
+# Benchmarks rewrite their own sections of BENCHMARKS.md (see bench/common.py).
+bench-quick: $(STAMP)
+	$(PY) bench/latency_vs_macs.py --quick --rounds auto --threads 1
+	$(PY) bench/cifar_vs_torch_pruning.py --targets 0.7 --signals l2_norm,fpgm
+
+bench: $(STAMP)
+	$(PY) bench/latency_vs_macs.py
+	$(PY) bench/cifar_vs_torch_pruning.py
+	$(PY) bench/cifar_recovery.py
 
 clean:
 	rm -rf $(VENV) .demo demo-output .pytest_cache
