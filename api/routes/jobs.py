@@ -130,23 +130,35 @@ def cancel_job(job_id: str, tenant: CurrentTenant, session: SessionDep) -> dict[
 
 
 def _events_after(settings: Any, job_id: str, after: int, limit: int) -> tuple[list[JobEvent], str]:
+    """Events after `after`, and the job's status read *before* them: the terminal event is committed
+    with the terminal status, so when the status read is terminal the rows read next include that event."""
     with sessions(settings)() as s:
+        status = s.execute(select(Job.status).where(Job.id == job_id)).scalar_one()
+        s.commit()  # end the read so the next statement sees everything committed since
         rows = list(s.scalars(select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.id > after)
                               .order_by(JobEvent.id).limit(limit)))
-        status = s.execute(select(Job.status).where(Job.id == job_id)).scalar_one()
         return rows, status
 
 
 @router.get("/jobs/{job_id}/events", summary="Job events: Server-Sent Events, or a JSON page")
 async def job_events(job_id: str, request: Request, tenant: CurrentTenant, session: SessionDep,
-                     after: int = Query(0, ge=0), limit: int = Query(100, ge=1, le=1000),
+                     cursor: str | None = None, after: int = Query(0, ge=0),
+                     limit: int = Query(100, ge=1, le=1000),
                      last_event_id: Annotated[str | None, Header()] = None) -> Any:
+    """Oldest first. The JSON page's `next_cursor` (an event id) is set while more events exist;
+    pass it back as `?cursor=` (`?after=<event id>` is the same thing)."""
     owned(session, Job, job_id, tenant.id)
     session.close()
     settings = request.app.state.settings
+    if cursor is not None:
+        if not cursor.isdigit():
+            raise _invalid("cursor", "not a cursor this API issued")
+        after = int(cursor)
     if "text/event-stream" not in request.headers.get("accept", ""):
-        rows, _ = await run_in_threadpool(_events_after, settings, job_id, after, limit)
-        return {"data": [event_out(e) for e in rows], "next_after": rows[-1].id if rows else after}
+        rows, _ = await run_in_threadpool(_events_after, settings, job_id, after, limit + 1)
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return {"data": [event_out(e) for e in rows], "next_cursor": str(rows[-1].id) if more else None}
     start = int(last_event_id) if last_event_id and last_event_id.isdigit() else after
 
     async def stream():  # noqa: ANN202

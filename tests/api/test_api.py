@@ -235,3 +235,23 @@ def test_health_readiness_metrics_and_openapi(client):
     assert "secateurs_jobs" in metrics and "secateurs_http_request_seconds" in metrics
     ops = {op["operationId"] for path in client.get("/openapi.json").json()["paths"].values() for op in path.values()}
     assert {"upload_model", "create_job", "get_job", "cancel_job", "job_events", "get_artifact"} <= ops
+
+
+def test_events_page_with_cursor_and_sse_of_a_finished_job_closes_after_the_terminal_event(client, alice, model):
+    job = client.post("/v1/jobs", headers=alice, json={"model_id": model["id"]}).json()
+    client.post(f"/v1/jobs/{job['id']}/cancel", headers=alice)
+    first = client.get(f"/v1/jobs/{job['id']}/events", headers=alice, params={"limit": 1}).json()
+    assert [e["type"] for e in first["data"]] == ["queued"] and first["next_cursor"]
+    rest = client.get(f"/v1/jobs/{job['id']}/events", headers=alice,
+                      params={"limit": 1, "cursor": first["next_cursor"]}).json()
+    assert [e["type"] for e in rest["data"]] == ["cancelled"] and rest["next_cursor"] is None
+    _is_problem(client.get(f"/v1/jobs/{job['id']}/events", headers=alice, params={"cursor": "x"}), 422)
+    with client.stream("GET", f"/v1/jobs/{job['id']}/events", headers={**alice, "Accept": "text/event-stream"}) as r:
+        assert r.headers["content-type"].startswith("text/event-stream")
+        lines = list(r.iter_lines())  # returns: the stream ends by itself after the terminal event
+    ids = [int(line[4:]) for line in lines if line.startswith("id: ")]
+    kinds = [line[7:] for line in lines if line.startswith("event: ")]
+    assert kinds == ["queued", "cancelled"] and ids == sorted(ids)
+    with client.stream("GET", f"/v1/jobs/{job['id']}/events",
+                       headers={**alice, "Accept": "text/event-stream", "Last-Event-ID": str(ids[0])}) as r:
+        assert [line[7:] for line in r.iter_lines() if line.startswith("event: ")] == ["cancelled"]
