@@ -52,8 +52,10 @@ def _check(body: JobCreate, tenant_id: str, session: SessionDep) -> None:
     if spec.needs_data and spec.calibration.dataset_id is None:
         what = f"signal {spec.signal_name!r}" if spec.signal_needs != ["weights"] else f"recovery {spec.recovery.method!r}"
         raise _invalid("spec.calibration.dataset_id", f"{what} needs calibration data: upload an .npz to /v1/datasets")
-    if body.webhook_url is not None and not body.webhook_url.startswith(("http://", "https://")):
-        raise _invalid("webhook_url", "must be an http(s) URL")
+    if body.webhook_url is not None or body.webhook_events is not None:
+        # Refused rather than stored and never called: a caller relying on deliveries must know now.
+        raise _invalid("webhook_url", "webhook delivery is not available on this server yet; "
+                       "follow GET /v1/jobs/{id}/events (Server-Sent Events) instead")
 
 
 @router.post("/jobs", status_code=201, summary="Create a pruning job")

@@ -255,3 +255,9 @@ def test_events_page_with_cursor_and_sse_of_a_finished_job_closes_after_the_term
     with client.stream("GET", f"/v1/jobs/{job['id']}/events",
                        headers={**alice, "Accept": "text/event-stream", "Last-Event-ID": str(ids[0])}) as r:
         assert [line[7:] for line in r.iter_lines() if line.startswith("event: ")] == ["cancelled"]
+
+
+def test_webhooks_are_refused_rather_than_silently_never_called(client, alice, model):
+    body = _is_problem(client.post("/v1/jobs", headers=alice, json={
+        "model_id": model["id"], "webhook_url": "https://example.com/hook"}), 422)
+    assert body["errors"][0]["field"] == "webhook_url" and "events" in body["detail"]
