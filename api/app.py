@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.routing import APIRoute
@@ -26,7 +29,7 @@ def create_app(settings: Settings | None = None, *, enqueue: Callable[[str], Non
     s.ensure_home()
     migrate(s)
     app = FastAPI(title="Secateurs", version="0.1.0", generate_unique_id_function=_operation_id,
-                  description="Structured channel pruning as a service.")
+                  description="Structured channel pruning as a service.", lifespan=_lifespan)
     app.state.settings = s
     app.state.storage = open_storage(s.storage, s.s3_endpoint_url)
     if enqueue is None or ping_broker is None:
@@ -52,3 +55,26 @@ def create_app(settings: Settings | None = None, *, enqueue: Callable[[str], Non
     app.include_router(jobs.router)
     app.include_router(meta.router)
     return app
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    sweeper = asyncio.create_task(_sweep_forever(app))
+    try:
+        yield
+    finally:
+        sweeper.cancel()
+
+
+async def _sweep_forever(app: FastAPI) -> None:
+    """Any API process notices expired job leases (a killed worker) and puts those jobs back in the queue."""
+    from fastapi.concurrency import run_in_threadpool
+    from secateurs.worker.runner import sweep
+
+    settings = app.state.settings
+    while True:
+        await asyncio.sleep(settings.sweep_interval_seconds)
+        try:
+            await run_in_threadpool(sweep, settings, app.state.enqueue)
+        except Exception:
+            logging.getLogger("secateurs.api").warning("lease sweep failed", exc_info=True)

@@ -8,6 +8,7 @@ import secrets
 import signal
 import subprocess
 import sys
+import time
 from typing import Any
 
 
@@ -91,24 +92,38 @@ def run_api(args: argparse.Namespace) -> int:
 
 
 def run_up(args: argparse.Namespace) -> int:
+    import threading
+
     from secateurs.db.session import migrate
     from secateurs.db.settings import get_settings
 
     settings = get_settings()
     migrate(settings)
     print(f"secateurs: embedded stack at http://{args.host}:{args.port} (data in {settings.home})", file=sys.stderr)
-    worker = subprocess.Popen(_worker_cmd("solo", 1))
+    state: dict[str, Any] = {"worker": subprocess.Popen(_worker_cmd("solo", 1)), "stopping": False}
+
+    def supervise() -> None:
+        # A worker that dies (killed, out of memory) is started again; its job comes back through the
+        # lease sweeper, not through the broker's visibility timeout.
+        while not state["stopping"]:
+            if state["worker"].poll() is not None and not state["stopping"]:
+                print("secateurs: the worker exited; starting a new one", file=sys.stderr)
+                state["worker"] = subprocess.Popen(_worker_cmd("solo", 1))
+            time.sleep(1.0)
 
     def stop(*_: Any) -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, stop)
+    threading.Thread(target=supervise, daemon=True).start()
     try:
         _requeue_waiting()
         _serve(args.host, args.port)
     except KeyboardInterrupt:
         pass
     finally:
+        state["stopping"] = True
+        worker = state["worker"]
         worker.terminate()
         try:
             worker.wait(timeout=20)
@@ -118,14 +133,11 @@ def run_up(args: argparse.Namespace) -> int:
 
 
 def _requeue_waiting() -> None:
-    """Jobs left queued while nothing ran (the embedded stack was down) go back to the broker."""
-    from secateurs.db.models import Job
-    from secateurs.db.session import session_scope
+    """Jobs left queued or running while nothing ran (the embedded stack was down) go back to the broker."""
     from secateurs.db.settings import get_settings
     from secateurs.worker.app import make_celery
-    from sqlalchemy import select
+    from secateurs.worker.runner import sweep
 
-    celery = make_celery(get_settings())
-    with session_scope() as s:
-        for job_id in s.scalars(select(Job.id).where(Job.status == "queued")):
-            celery.send_task("secateurs.run_job", args=[job_id])
+    settings = get_settings()
+    celery = make_celery(settings)
+    sweep(settings, lambda job_id: celery.send_task("secateurs.run_job", args=[job_id]), waiting_too=True)

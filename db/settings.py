@@ -21,6 +21,9 @@ class Settings(BaseSettings):
     job_soft_time_limit: int = 6 * 3600
     job_time_limit: int = 6 * 3600 + 300
     webhook_allow_private: bool = False
+    job_lease_seconds: int = 60  # a running job whose heartbeat is older than this is taken back
+    job_max_attempts: int = 3
+    sweep_interval_seconds: float = 15.0
 
     @property
     def db_url(self) -> str:

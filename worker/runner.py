@@ -7,8 +7,10 @@ records them: a job is never succeeded without its files.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import threading
 import time
 from typing import Any
 
@@ -36,22 +38,43 @@ def _claim(settings: Settings, job_id: str) -> Job | None:
         return s.get(Job, job_id)
 
 
+def _heartbeat(settings: Settings, job_id: str, attempt: int, stop: threading.Event) -> None:
+    """Keep the lease while the job runs, whatever the engine is busy with."""
+    make = sessions(settings)
+    while not stop.wait(max(1.0, settings.job_lease_seconds / 4)):
+        try:
+            with make() as s:
+                s.execute(update(Job).where(Job.id == job_id, Job.status == "running", Job.attempts == attempt)
+                          .values(heartbeat_at=now()))
+                s.commit()
+        except Exception:  # the database may be restarting; the next beat tries again
+            log.warning("heartbeat for job %s failed", job_id, exc_info=True)
+
+
 def run_job(job_id: str, settings: Settings) -> str:
     job = _claim(settings, job_id)
     if job is None:
         log.info("job %s is not queued (duplicate delivery or cancelled): nothing to do", job_id)
         return "skipped"
+    stop = threading.Event()
+    beat = threading.Thread(target=_heartbeat, args=(settings, job_id, job.attempts, stop),
+                            name=f"heartbeat-{job_id}", daemon=True)
+    beat.start()
+    try:
+        return _run_claimed(job, settings)
+    finally:
+        stop.set()
+        beat.join(timeout=5)
+
+
+def _run_claimed(job: Job, settings: Settings) -> str:
+    from secateurs.pruning.errors import Cancelled
+
+    job_id, attempt = job.id, job.attempts
     storage = open_storage(settings.storage, settings.s3_endpoint_url)
     make = sessions(settings)
     last_cancel_check = [0.0, False]
-
-    def progress(stage: str, fraction: float, message: str, metrics: dict[str, Any]) -> None:
-        clean = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str, bool)) or v is None}
-        with make() as s:
-            s.add(JobEvent(job_id=job_id, type="progress", stage=stage, progress=fraction, message=message,
-                           data=clean or None))
-            s.execute(update(Job).where(Job.id == job_id).values(stage=stage, progress=fraction, heartbeat_at=now()))
-            s.commit()
+    last_event: dict[str, Any] = {"stage": None, "progress": -1.0, "at": 0.0}
 
     def should_cancel() -> bool:
         t = time.monotonic()
@@ -61,26 +84,47 @@ def run_job(job_id: str, settings: Settings) -> str:
             last_cancel_check[0] = t
         return bool(last_cancel_check[1])
 
+    def progress(stage: str, fraction: float, message: str, metrics: dict[str, Any]) -> None:
+        # The engine checks for cancellation between stages; checking here too stops a long stage
+        # (recovery, a latency search) at its next progress report.
+        if should_cancel():
+            raise Cancelled("the job was cancelled")
+        t = time.monotonic()
+        # A row per stage change, per percent of progress or per second at most: a fine-tune reporting
+        # every step must not write thousands of rows.
+        if (stage == last_event["stage"] and fraction - last_event["progress"] < 0.01
+                and t - last_event["at"] < 1.0 and fraction < 1.0):
+            return
+        last_event.update(stage=stage, progress=fraction, at=t)
+        clean = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str, bool)) or v is None}
+        with make() as s:
+            s.add(JobEvent(job_id=job_id, type="progress", stage=stage, progress=fraction, message=message,
+                           data=clean or None))
+            s.execute(update(Job).where(Job.id == job_id, Job.attempts == attempt)
+                      .values(stage=stage, progress=fraction, heartbeat_at=now()))
+            s.commit()
+
     try:
         result = _prune(job, settings, storage, progress, should_cancel)
     except Exception as exc:  # every failure ends the job with a message; the worker lives on
-        _fail(settings, job_id, exc)
+        _fail(settings, job_id, attempt, exc)
         return "failed"
-    base = f"{job.tenant_id}/jobs/{job_id}"
+    # Keys per attempt: an attempt whose lease was taken back never overwrites or deletes the files of
+    # the attempt that replaced it.
+    base = f"{job.tenant_id}/jobs/{job_id}/{attempt}"
     report_bytes = json.dumps(result.report, indent=2).encode()
     files = {"model.onnx": result.onnx, "report.json": report_bytes}
     for name, data in files.items():
         storage.put_bytes(f"{base}/{name}", data)
-    import hashlib
 
     with make() as s:
         for name, data in files.items():
             s.add(Artifact(id=new_id("art"), job_id=job_id, name=name, storage_key=f"{base}/{name}",
                            size_bytes=len(data), sha256=hashlib.sha256(data).hexdigest()))
-        done = s.execute(update(Job).where(Job.id == job_id, Job.status == "running").values(
+        done = s.execute(update(Job).where(Job.id == job_id, Job.status == "running", Job.attempts == attempt).values(
             status="succeeded", progress=1.0, stage="done", metrics=result.report, finished_at=now(), error=None)
         ).rowcount
-        if not done:  # cancelled or taken over meanwhile: keep nothing
+        if not done:  # cancelled, or taken back and run again meanwhile: keep nothing of this attempt
             s.rollback()
             for name in files:
                 storage.delete(f"{base}/{name}")
@@ -114,7 +158,7 @@ def _prune(job: Job, settings: Settings, storage: Any, progress: Any, should_can
                  progress=progress, should_cancel=should_cancel, device=device)
 
 
-def _fail(settings: Settings, job_id: str, exc: Exception) -> None:
+def _fail(settings: Settings, job_id: str, attempt: int, exc: Exception) -> None:
     from secateurs.pruning.errors import Cancelled, PruningError
 
     if isinstance(exc, Cancelled):
@@ -127,7 +171,21 @@ def _fail(settings: Settings, job_id: str, exc: Exception) -> None:
     if type(exc).__name__ == "SoftTimeLimitExceeded":
         message = f"the job ran past its time limit ({settings.job_soft_time_limit} s)"
     with sessions(settings)() as s:
-        s.execute(update(Job).where(Job.id == job_id, Job.status == "running").values(
-            status=status, error=None if status == "cancelled" else message, finished_at=now(), stage=kind))
-        s.add(JobEvent(job_id=job_id, type=kind, stage=kind, message=message))
+        n = s.execute(update(Job).where(Job.id == job_id, Job.status == "running", Job.attempts == attempt).values(
+            status=status, error=None if status == "cancelled" else message, finished_at=now(), stage=kind)).rowcount
+        if n:
+            s.add(JobEvent(job_id=job_id, type=kind, stage=kind, message=message))
         s.commit()
+
+
+def sweep(settings: Settings, enqueue: Any, *, waiting_too: bool = False) -> list[str]:
+    """Take back expired leases (see db.leases); with `waiting_too` (at start-up), also hand every
+    queued job to the broker again, in case the broker lost it while nothing was running."""
+    from secateurs.db.leases import take_back_expired, waiting
+
+    with sessions(settings)() as s:
+        requeued = take_back_expired(s, settings.job_lease_seconds, settings.job_max_attempts)
+        stuck = waiting(s, older_than_seconds=0.0) if waiting_too else []
+    for job_id in dict.fromkeys([*requeued, *stuck]):
+        enqueue(job_id)
+    return requeued
