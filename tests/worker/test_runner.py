@@ -1,0 +1,187 @@
+"""The job runner on a real database (SQLite), real local storage and the real engine: what a worker
+does with one delivery of `run_job`, whatever the broker."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+from secateurs.db.models import Artifact, Job, JobEvent, Model, Tenant, new_id
+from secateurs.db.session import migrate, sessions
+from secateurs.db.settings import Settings
+from secateurs.db.storage import open_storage
+from secateurs.pruning.onnx_tools import stats
+from secateurs.worker.runner import run_job
+from sqlalchemy import select, update
+
+from tests.conftest import shared
+
+SPEC = {"signal": "l2_norm", "target": {"macs": 0.6}, "measure": {"repeats": 5}}
+
+
+@pytest.fixture(scope="module")
+def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    s = Settings(home=tmp_path_factory.mktemp("worker"))
+    s.ensure_home()
+    migrate(s)
+    return s
+
+
+@pytest.fixture(scope="module")
+def tenant_id(settings: Settings) -> str:
+    with sessions(settings)() as s:
+        t = Tenant(name="worker-tests")
+        s.add(t)
+        s.commit()
+        return t.id
+
+
+def add_model(settings: Settings, tenant_id: str, data: bytes | None) -> str:
+    """A model row as the API leaves it; `data=None` leaves nothing in storage."""
+    model_id = new_id("mdl")
+    key = f"{tenant_id}/models/{model_id}"
+    if data is not None:
+        open_storage(settings.storage).put_bytes(key, data)
+    with sessions(settings)() as s:
+        s.add(Model(id=model_id, tenant_id=tenant_id, filename="m", format="safetensors", arch="resnet20_cifar",
+                    num_classes=10, input_shape={"shape": [1, 3, 32, 32]}, size_bytes=len(data or b""),
+                    sha256="0" * 64, storage_key=key))
+        s.commit()
+    return model_id
+
+
+def add_job(settings: Settings, tenant_id: str, model_id: str, spec: dict = SPEC) -> str:
+    with sessions(settings)() as s:
+        job = Job(id=new_id("job"), tenant_id=tenant_id, model_id=model_id, spec=spec, status="queued")
+        s.add(job)
+        s.commit()
+        return job.id
+
+
+def load(settings: Settings, job_id: str) -> tuple[Job, list[JobEvent], list[Artifact]]:
+    with sessions(settings)() as s:
+        job = s.get(Job, job_id)
+        events = list(s.scalars(select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id)))
+        arts = list(s.scalars(select(Artifact).where(Artifact.job_id == job_id)))
+        return job, events, arts
+
+
+@pytest.fixture(scope="module")
+def weights() -> bytes:
+    return shared("resnet20_cifar10.safetensors").read_bytes()
+
+
+@pytest.fixture(scope="module")
+def succeeded(settings: Settings, tenant_id: str, weights: bytes) -> str:
+    job_id = add_job(settings, tenant_id, add_model(settings, tenant_id, weights))
+    assert run_job(job_id, settings) == "succeeded"
+    return job_id
+
+
+def test_a_job_succeeds_with_its_artifacts_recorded_and_its_report_as_metrics(settings, succeeded):
+    job, events, arts = load(settings, succeeded)
+    assert job.status == "succeeded" and job.progress == 1.0 and job.error is None and job.attempts == 1
+    assert job.started_at is not None and job.finished_at is not None
+    storage = open_storage(settings.storage)
+    files = {a.name: storage.get_bytes(a.storage_key) for a in arts}
+    assert set(files) == {"model.onnx", "report.json"}
+    report = json.loads(files["report.json"])
+    assert job.metrics == report
+    assert report["macs_after"] == stats(files["model.onnx"], [1, 3, 32, 32]).macs
+    assert report["macs_after"] <= 0.6 * report["macs_before"]
+    assert all(a.size_bytes == len(files[a.name]) for a in arts)
+    kinds = [e.type for e in events]
+    assert kinds[0] == "running" and kinds[-1] == "succeeded" and set(kinds[1:-1]) == {"progress"}
+    progress = [e.progress for e in events if e.type == "progress"]
+    assert progress == sorted(progress)
+    assert {"import", "analyse", "score", "plan", "apply", "export", "verify"} <= {e.stage for e in events}
+
+
+def test_a_duplicate_delivery_does_nothing(settings, succeeded):
+    _, before, _ = load(settings, succeeded)
+    assert run_job(succeeded, settings) == "skipped"
+    job, after, arts = load(settings, succeeded)
+    assert job.status == "succeeded" and job.attempts == 1 and len(after) == len(before) and len(arts) == 2
+
+
+def test_cancel_while_running_stops_the_job_and_keeps_no_artifact(settings, tenant_id, weights):
+    job_id = add_job(settings, tenant_id, add_model(settings, tenant_id, weights))
+
+    def cancel_once_running() -> None:  # what POST /v1/jobs/{id}/cancel does to a running job
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with sessions(settings)() as s:
+                if s.execute(update(Job).where(Job.id == job_id, Job.status == "running")
+                             .values(cancel_requested=True)).rowcount:
+                    s.commit()
+                    return
+            time.sleep(0.02)
+
+    canceller = threading.Thread(target=cancel_once_running)
+    canceller.start()
+    run_job(job_id, settings)
+    canceller.join()
+    job, events, arts = load(settings, job_id)
+    assert job.status == "cancelled" and job.error is None and arts == []
+    assert events[-1].type == "cancelled"
+    assert not list((settings.home / "storage" / tenant_id).glob(f"jobs/{job_id}/**/*"))
+
+
+def test_bad_input_fails_the_job_with_the_engines_message(settings, tenant_id):
+    job_id = add_job(settings, tenant_id, add_model(settings, tenant_id, b"\x00\x01 not a model" * 50))
+    assert run_job(job_id, settings) == "failed"
+    job, events, arts = load(settings, job_id)
+    assert job.status == "failed" and arts == []
+    assert job.error and "internal error" not in job.error  # the engine's user-facing message, as it said it
+    assert events[-1].type == "failed" and events[-1].message == job.error
+
+
+def test_an_unexpected_crash_fails_the_job_and_the_worker_lives_on(settings, tenant_id, weights):
+    job_id = add_job(settings, tenant_id, add_model(settings, tenant_id, None))  # its file vanished
+    assert run_job(job_id, settings) == "failed"
+    job, _, _ = load(settings, job_id)
+    assert job.status == "failed" and job.error.startswith("internal error:")
+
+
+def test_importing_the_tasks_leaves_torch_and_cuda_to_the_process_that_runs_a_job():
+    code = ("import sys, secateurs.worker.tasks, secateurs.worker.app as a; a.worker_app(); "
+            "assert 'torch' not in sys.modules, 'torch imported by the worker parent'")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_celery_is_configured_for_long_jobs_that_are_never_lost(tmp_path):
+    from secateurs.worker.app import make_celery
+
+    s = Settings(home=tmp_path, broker_url="redis://127.0.0.1:6379/13", job_soft_time_limit=100, job_time_limit=160)
+    conf = make_celery(s, with_tasks=True).conf
+    assert conf.task_acks_late and conf.task_reject_on_worker_lost and conf.worker_prefetch_multiplier == 1
+    assert (conf.task_soft_time_limit, conf.task_time_limit) == (100, 160)
+    assert conf.broker_transport_options["visibility_timeout"] > conf.task_time_limit
+    embedded = make_celery(Settings(home=tmp_path))
+    assert embedded.conf.broker_url.startswith("sqla+sqlite:///") and str(tmp_path) in embedded.conf.broker_url
+
+
+def test_an_attempt_taken_back_meanwhile_keeps_nothing_and_leaves_the_job_to_its_successor(settings, tenant_id, weights):
+    job_id = add_job(settings, tenant_id, add_model(settings, tenant_id, weights))
+
+    def take_back_once_running() -> None:  # the sweeper requeued the job and another worker claimed it
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with sessions(settings)() as s:
+                if s.execute(update(Job).where(Job.id == job_id, Job.status == "running")
+                             .values(attempts=Job.attempts + 1)).rowcount:
+                    s.commit()
+                    return
+            time.sleep(0.02)
+
+    thief = threading.Thread(target=take_back_once_running)
+    thief.start()
+    outcome = run_job(job_id, settings)
+    thief.join()
+    job, _, arts = load(settings, job_id)
+    assert outcome == "superseded" and job.status == "running" and job.attempts == 2 and arts == []
+    assert not [p for p in (settings.home / "storage" / tenant_id).glob(f"jobs/{job_id}/**/*") if p.is_file()]
