@@ -13,8 +13,10 @@ from sqlalchemy import func, select, text
 
 from ..metrics import JOBS, REGISTRY
 from ..problems import problem
+from .dashboard import router as dashboard_router
 
 router = APIRouter()
+router.include_router(dashboard_router)
 
 
 @router.get("/v1/signals", summary="The pruning signals and the taxonomy's axes")

@@ -261,3 +261,12 @@ def test_webhooks_are_refused_rather_than_silently_never_called(client, alice, m
     body = _is_problem(client.post("/v1/jobs", headers=alice, json={
         "model_id": model["id"], "webhook_url": "https://example.com/hook"}), 422)
     assert body["errors"][0]["field"] == "webhook_url" and "events" in body["detail"]
+
+
+def test_the_dashboard_is_served_by_the_api_itself_with_nothing_from_a_cdn(client):
+    r = client.get("/")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    page = r.text
+    assert "/v1/jobs" in page and "text/event-stream" in page and "Authorization" in page
+    assert "http://" not in page and "https://" not in page and "<script src" not in page
+    assert "/" not in client.get("/openapi.json").json()["paths"]
