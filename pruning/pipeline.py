@@ -204,7 +204,8 @@ def prune(
             report["target_met"] = lat_after <= spec.target.value * 1.05
         data = evaluation or calibration
         if data is not None:
-            report.update(_compare(before_onnx, after_onnx, data))
+            limit = spec.evaluation.samples if evaluation is not None else spec.calibration.samples
+            report.update(_compare(before_onnx, after_onnx, data, limit))
             report["evaluated_on"] = "evaluation" if evaluation is not None else "calibration"
     report["stage_seconds"] = {k: round(v, 4) for k, v in run.seconds.items()}
     run.tell("done", 1.0, "finished", macs_kept=report["macs_kept"])
@@ -247,6 +248,7 @@ def _recover(net: nn.Module, original: nn.Module, origin: dict[str, np.ndarray],
 
     has_bn = recovery.has_batchnorm(net)
     refit = method == "reconstruct" or bool(options.get("reconstruct"))
+    refit = refit or (method in ("distill", "finetune") and r.reconstruct_first)
     if refit:
         # Each layer is refit to the original layer's output (before its BatchNorm), so the refit runs
         # against the original statistics and BatchNorm is re-estimated afterwards.
@@ -496,7 +498,7 @@ def _probe_inputs(loaded: LoadedModel, data: Dataset | None) -> np.ndarray:
     return rng.standard_normal([4, *loaded.input_shape[1:]]).astype(np.float32)
 
 
-def _compare(before: bytes, after: bytes, data: Dataset, limit: int = 2000) -> dict[str, Any]:
+def _compare(before: bytes, after: bytes, data: Dataset, limit: int) -> dict[str, Any]:
     sessions = [onnx_tools.session(before, 2), onnx_tools.session(after, 2)]
     d = data.head(limit)
     preds: list[list[np.ndarray]] = [[], []]

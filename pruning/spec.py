@@ -107,11 +107,19 @@ class Recovery(_Strict):
     batch_size: int = Field(64, ge=1, le=4096)
     temperature: float = Field(4.0, gt=0, le=100, description="Distillation temperature.")
     max_minutes: float | None = Field(None, gt=0, le=10080, description="Stop training after this long.")
+    reconstruct_first: bool = Field(
+        False, description="Refit the layers by least squares before distill/finetune: a better starting point."
+    )
 
 
 class DataRef(_Strict):
     dataset_id: str | None = None
     samples: int = Field(512, ge=1, le=1_000_000)
+
+
+class EvalRef(_Strict):
+    dataset_id: str | None = None
+    samples: int = Field(10_000, ge=1, le=1_000_000, description="Evaluate on at most this many examples.")
 
 
 class Export(_Strict):
@@ -144,7 +152,7 @@ class PruneSpec(_Strict):
     schedule: Schedule = Field(default_factory=Schedule)
     recovery: Recovery = Field(default_factory=Recovery)
     calibration: DataRef = Field(default_factory=DataRef)
-    evaluation: DataRef = Field(default_factory=DataRef)
+    evaluation: EvalRef = Field(default_factory=EvalRef)
     signal_options: SignalOptions = Field(default_factory=SignalOptions)
     export: Export = Field(default_factory=Export)
     measure: Measure = Field(default_factory=Measure)
