@@ -26,6 +26,7 @@ class Tenant(Base):
     __tablename__ = "tenants"
     id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("ten"))
     name: Mapped[str] = mapped_column(String(200), unique=True)
+    webhook_secret: Mapped[str | None] = mapped_column(String(100), nullable=True)  # whsec_..., made on first use
     created_at: Mapped[datetime] = mapped_column(default=now)
 
 

@@ -20,6 +20,8 @@ from secateurs.db.settings import Settings
 from secateurs.db.storage import open_storage
 from sqlalchemy import select, update
 
+from .webhooks import notify
+
 log = logging.getLogger("secateurs.worker")
 
 
@@ -56,6 +58,7 @@ def run_job(job_id: str, settings: Settings) -> str:
     if job is None:
         log.info("job %s is not queued (duplicate delivery or cancelled): nothing to do", job_id)
         return "skipped"
+    notify(settings, job_id, "job.running")
     stop = threading.Event()
     beat = threading.Thread(target=_heartbeat, args=(settings, job_id, job.attempts, stop),
                             name=f"heartbeat-{job_id}", daemon=True)
@@ -95,6 +98,7 @@ def _run_claimed(job: Job, settings: Settings) -> str:
         if (stage == last_event["stage"] and fraction - last_event["progress"] < 0.01
                 and t - last_event["at"] < 1.0 and fraction < 1.0):
             return
+        new_stage = stage != last_event["stage"]
         last_event.update(stage=stage, progress=fraction, at=t)
         clean = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str, bool)) or v is None}
         with make() as s:
@@ -103,6 +107,8 @@ def _run_claimed(job: Job, settings: Settings) -> str:
             s.execute(update(Job).where(Job.id == job_id, Job.attempts == attempt)
                       .values(stage=stage, progress=fraction, heartbeat_at=now()))
             s.commit()
+        if new_stage:  # webhooks get one job.progress per stage, not every row
+            notify(settings, job_id, "job.progress", {"message": message})
 
     try:
         result = _prune(job, settings, storage, progress, should_cancel)
@@ -133,6 +139,7 @@ def _run_claimed(job: Job, settings: Settings) -> str:
                        data={k: result.report.get(k) for k in ("macs_kept", "params_kept", "latency_ms_before",
                                                                 "latency_ms_after", "accuracy_after")}))
         s.commit()
+    notify(settings, job_id, "job.succeeded")
     return "succeeded"
 
 
@@ -176,6 +183,8 @@ def _fail(settings: Settings, job_id: str, attempt: int, exc: Exception) -> None
         if n:
             s.add(JobEvent(job_id=job_id, type=kind, stage=kind, message=message))
         s.commit()
+    if n:
+        notify(settings, job_id, f"job.{kind}")
 
 
 def sweep(settings: Settings, enqueue: Any, *, waiting_too: bool = False) -> list[str]:

@@ -13,6 +13,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, StreamingResponse
 from secateurs.db.models import Artifact, Dataset, IdempotencyRecord, Job, JobEvent, Model, new_id, now
 from secateurs.db.session import sessions
+from secateurs.worker.webhooks import EVENT_TYPES, check_target, notify, tenant_secret
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
@@ -31,7 +32,7 @@ def _invalid(field: str, message: str) -> Problem:
     return Problem(422, f"{field}: {message}", code="validation", errors=[{"field": field, "message": message}])
 
 
-def _check(body: JobCreate, tenant_id: str, session: SessionDep) -> None:
+def _check(body: JobCreate, tenant_id: str, session: SessionDep, settings: Any) -> None:
     model = session.execute(select(Model).where(Model.id == body.model_id, Model.tenant_id == tenant_id)).scalar_one_or_none()
     if model is None:
         raise _invalid("model_id", f"no model {body.model_id!r}")
@@ -52,10 +53,17 @@ def _check(body: JobCreate, tenant_id: str, session: SessionDep) -> None:
     if spec.needs_data and spec.calibration.dataset_id is None:
         what = f"signal {spec.signal_name!r}" if spec.signal_needs != ["weights"] else f"recovery {spec.recovery.method!r}"
         raise _invalid("spec.calibration.dataset_id", f"{what} needs calibration data: upload an .npz to /v1/datasets")
-    if body.webhook_url is not None or body.webhook_events is not None:
-        # Refused rather than stored and never called: a caller relying on deliveries must know now.
-        raise _invalid("webhook_url", "webhook delivery is not available on this server yet; "
-                       "follow GET /v1/jobs/{id}/events (Server-Sent Events) instead")
+    if body.webhook_events is not None:
+        unknown = sorted(set(body.webhook_events) - set(EVENT_TYPES))
+        if unknown:
+            raise _invalid("webhook_events", f"unknown event types {unknown}; choose from {', '.join(EVENT_TYPES)}")
+        if body.webhook_url is None:
+            raise _invalid("webhook_url", "webhook_events needs a webhook_url")
+    if body.webhook_url is not None:
+        try:
+            check_target(body.webhook_url, settings.webhook_allow_private)
+        except ValueError as e:
+            raise _invalid("webhook_url", str(e)) from None
 
 
 @router.post("/jobs", status_code=201, summary="Create a pruning job")
@@ -68,7 +76,7 @@ def create_job(body: JobCreate, request: Request, tenant: CurrentTenant, session
             if rec.request_hash != digest:
                 raise Problem(422, "Idempotency-Key was used with a different request body", code="idempotency")
             return JSONResponse(rec.response, status_code=rec.status_code, headers={"Idempotent-Replayed": "true"})
-    _check(body, tenant.id, session)
+    _check(body, tenant.id, session, request.app.state.settings)
     job = Job(id=new_id("job"), tenant_id=tenant.id, model_id=body.model_id, spec=body.spec.model_dump(mode="json"),
               status="queued", webhook_url=body.webhook_url,
               webhook_events={"types": body.webhook_events} if body.webhook_events else None)
@@ -115,7 +123,7 @@ def get_job(job_id: str, tenant: CurrentTenant, session: SessionDep) -> dict[str
 
 
 @router.post("/jobs/{job_id}/cancel", summary="Cancel a job")
-def cancel_job(job_id: str, tenant: CurrentTenant, session: SessionDep) -> dict[str, Any]:
+def cancel_job(job_id: str, request: Request, tenant: CurrentTenant, session: SessionDep) -> dict[str, Any]:
     job = owned(session, Job, job_id, tenant.id)
     done = session.execute(
         update(Job).where(Job.id == job.id, Job.status == "queued")
@@ -128,7 +136,15 @@ def cancel_job(job_id: str, tenant: CurrentTenant, session: SessionDep) -> dict[
         session.add(JobEvent(job_id=job.id, type="cancel_requested", message="cancel requested; stopping at the next step"))
     session.commit()
     session.refresh(job)
+    if done:
+        notify(request.app.state.settings, job.id, "job.cancelled")
     return job_out(job)
+
+
+@router.get("/webhooks/secret", summary="The tenant's webhook signing secret (whsec_...)")
+def webhook_secret(tenant: CurrentTenant, session: SessionDep) -> dict[str, Any]:
+    return {"object": "webhook_secret", "secret": tenant_secret(session, tenant),
+            "signature": "Standard Webhooks: webhook-signature = v1,base64(HMAC-SHA256(secret, id.timestamp.body))"}
 
 
 def _events_after(settings: Any, job_id: str, after: int, limit: int) -> tuple[list[JobEvent], str]:

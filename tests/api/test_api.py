@@ -10,11 +10,12 @@ import pickle
 
 import numpy as np
 import pytest
-import redis
 from fastapi.testclient import TestClient
 from secateurs.db.settings import Settings
 
 from tests.conftest import shared
+
+from .conftest import redis_db
 
 PROBLEM = "application/problem+json"
 
@@ -22,8 +23,8 @@ PROBLEM = "application/problem+json"
 @pytest.fixture(scope="module")
 def app_settings(tmp_path_factory):
     home = tmp_path_factory.mktemp("api")
-    redis.Redis(host="127.0.0.1", port=6379, db=12).flushdb()
-    return Settings(home=home, broker_url="redis://127.0.0.1:6379/12", max_upload_bytes=4 * 1024 * 1024)
+    with redis_db() as index:
+        yield Settings(home=home, broker_url=f"redis://127.0.0.1:6379/{index}", max_upload_bytes=4 * 1024 * 1024)
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +33,6 @@ def client(app_settings):
 
     with TestClient(create_app(app_settings)) as c:
         yield c
-    redis.Redis(host="127.0.0.1", port=6379, db=12).flushdb()
 
 
 def _key(app_settings, tenant):
@@ -257,10 +257,19 @@ def test_events_page_with_cursor_and_sse_of_a_finished_job_closes_after_the_term
         assert [line[7:] for line in r.iter_lines() if line.startswith("event: ")] == ["cancelled"]
 
 
-def test_webhooks_are_refused_rather_than_silently_never_called(client, alice, model):
+def test_webhook_targets_and_event_types_are_checked_and_each_tenant_has_its_own_secret(client, alice, bob, model):
     body = _is_problem(client.post("/v1/jobs", headers=alice, json={
-        "model_id": model["id"], "webhook_url": "https://example.com/hook"}), 422)
-    assert body["errors"][0]["field"] == "webhook_url" and "events" in body["detail"]
+        "model_id": model["id"], "webhook_url": "http://127.0.0.1:9/hook"}), 422)
+    assert body["errors"][0]["field"] == "webhook_url" and "SECATEURS_WEBHOOK_ALLOW_PRIVATE" in body["detail"]
+    body = _is_problem(client.post("/v1/jobs", headers=alice, json={
+        "model_id": model["id"], "webhook_url": "http://10.1.2.3/hook", "webhook_events": ["job.exploded"]}), 422)
+    assert body["errors"][0]["field"] == "webhook_events"
+    _is_problem(client.post("/v1/jobs", headers=alice, json={"model_id": model["id"], "webhook_url": "ftp://x/y"}), 422)
+    a1 = client.get("/v1/webhooks/secret", headers=alice).json()["secret"]
+    a2 = client.get("/v1/webhooks/secret", headers=alice).json()["secret"]
+    b1 = client.get("/v1/webhooks/secret", headers=bob).json()["secret"]
+    assert a1 == a2 and a1.startswith("whsec_") and b1 != a1
+    _is_problem(client.get("/v1/webhooks/secret"), 401)
 
 
 def test_the_dashboard_is_served_by_the_api_itself_with_nothing_from_a_cdn(client):
