@@ -10,6 +10,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -73,6 +74,24 @@ def stop(procs: list[subprocess.Popen]) -> None:
             p.kill()
 
 
+@contextmanager
+def redis_db() -> Iterator[int]:
+    """A Redis database number of our own for this test run: test runs side by side on one machine (a
+    fresh-clone CI beside a working copy) must not consume each other's queue or flush it."""
+    import redis
+
+    for index in range(1, 16):
+        r = redis.Redis(host="127.0.0.1", port=6379, db=index)
+        # an empty database, marked as ours: one in use by anything else is never touched
+        if r.dbsize() == 0 and r.set("secateurs-test:owner", f"{os.getpid()}-{uuid.uuid4().hex}", nx=True, ex=3600):
+            try:
+                yield index
+            finally:
+                r.flushdb()
+            return
+    raise RuntimeError("every Redis database 1-15 is taken by another test run")
+
+
 def base_env(home: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SECATEURS_")}
     env.update({"SECATEURS_HOME": str(home), "PYTHONUNBUFFERED": "1"}, **extra)
@@ -118,11 +137,12 @@ def postgres_url() -> Iterator[str]:
 @pytest.fixture(scope="session")
 def production(tmp_path_factory: pytest.TempPathFactory, postgres_url: str) -> Iterator[Stack]:
     """`secateurs api` and `secateurs worker` as separate processes on PostgreSQL and Redis."""
-    import redis
-
     home = tmp_path_factory.mktemp("production")
-    db_index = 11
-    redis.Redis(host="127.0.0.1", port=6379, db=db_index).flushdb()
+    with redis_db() as db_index:
+        yield from _production(home, postgres_url, db_index)
+
+
+def _production(home: Path, postgres_url: str, db_index: int) -> Iterator[Stack]:
     env = base_env(home, SECATEURS_DATABASE_URL=postgres_url,
                    SECATEURS_BROKER_URL=f"redis://127.0.0.1:6379/{db_index}")
     port = free_port()
@@ -136,9 +156,10 @@ def production(tmp_path_factory: pytest.TempPathFactory, postgres_url: str) -> I
     except Exception:
         stop([api, worker])
         raise
-    yield Stack(url, key, env, [api, worker])
-    stop([api, worker])
-    redis.Redis(host="127.0.0.1", port=6379, db=db_index).flushdb()
+    try:
+        yield Stack(url, key, env, [api, worker])
+    finally:
+        stop([api, worker])
 
 
 @pytest.fixture(scope="session")
