@@ -2,9 +2,9 @@
 
 import pytest
 import torch
-
 from secateurs.pruning import PruneSpec, prune
 from secateurs.pruning.data import Dataset
+
 from tests.conftest import cifar_inputs
 
 require_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
