@@ -196,6 +196,20 @@ def _augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return padded[:, :, dy : dy + h, dx : dx + w]
 
 
+def task_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None, teacher: nn.Module | None,
+              temperature: float = 4.0) -> torch.Tensor:
+    """Distillation from `teacher` (KL at a temperature, scaled by its square) when given, else
+    cross-entropy on the labels."""
+    out = _logits(model(x))
+    if teacher is not None:
+        with torch.no_grad():
+            target = _logits(teacher(x))
+        return F.kl_div(F.log_softmax(out / temperature, 1), F.softmax(target / temperature, 1),
+                        reduction="batchmean") * temperature**2
+    assert y is not None
+    return F.cross_entropy(out, y)
+
+
 def train(model: nn.Module, data: Dataset, *, teacher: nn.Module | None, epochs: float, lr: float,
           batch_size: int, device: torch.device | str, tick: Tick | None = None, temperature: float = 4.0,
           max_seconds: float | None = None, seed: int = 0) -> dict[str, float]:
@@ -220,15 +234,7 @@ def train(model: nn.Module, data: Dataset, *, teacher: nn.Module | None, epochs:
             if step >= total:
                 break
             x = _augment(x, gen)
-            out = _logits(model(x))
-            if teacher is not None:
-                with torch.no_grad():
-                    target = _logits(teacher(x))
-                loss = F.kl_div(F.log_softmax(out / temperature, 1), F.softmax(target / temperature, 1),
-                                reduction="batchmean") * temperature**2
-            else:
-                assert y is not None
-                loss = F.cross_entropy(out, y)
+            loss = task_loss(model, x, y, teacher, temperature)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -15,10 +15,9 @@ import math
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ..recovery import _augment, _batches, _logits
+from ..recovery import _augment, _batches, task_loss
 from .base import GroupScorer, ScoringContext, normalise, register
 
 
@@ -117,14 +116,7 @@ def _run(ctx: ScoringContext) -> dict[int, np.ndarray]:
                     executed += k[g]
                     dense += arms[g]
                 x = _augment(x, gen)
-                out = _logits(model(x))
-                if y is None and teacher is not None:
-                    with torch.no_grad():
-                        target = _logits(teacher(x))
-                    loss = F.kl_div(F.log_softmax(out / 4, 1), F.softmax(target / 4, 1), reduction="batchmean") * 16
-                else:
-                    assert y is not None
-                    loss = F.cross_entropy(out, y)
+                loss = task_loss(model, x, y, teacher if y is None else None)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
