@@ -133,7 +133,36 @@ class Planner:
                 lo = mid
             if hi - lo < 1e-9:
                 break
+        if scope == "global":
+            best = self._fill(best, goal)
         return self._plan(best)
+
+    def _fill(self, counts: dict[int, int], goal: float, max_moves: int = 4000) -> dict[int, int]:
+        """Spend what the threshold left of the budget: one channel of a wide coupled group (a residual
+        stream) moves the MACs in a big step, so the threshold plan can land well under the target.
+        Give channels back, the highest-scored first, while the prediction stays within the goal."""
+        counts = dict(counts)
+
+        def next_score(g: int) -> float:
+            n = counts.get(g, 0)
+            if n <= self.forced.get(g, 0):
+                return -np.inf  # nothing to give back (forced channels never come back)
+            return float(self.normalised[g][self.order[g][n - 1]])
+
+        blocked: set[int] = set()
+        for _ in range(max_moves):
+            candidates = [(next_score(g), g) for g in counts if g not in blocked and counts[g] > 0]
+            candidates = [c for c in candidates if np.isfinite(c[0])]
+            if not candidates:
+                break
+            _, g = max(candidates)
+            trial = dict(counts)
+            trial[g] = self._rounded(g, counts[g] - self.round[g])
+            if trial[g] >= counts[g] or self.fraction(trial) > goal:
+                blocked.add(g)  # the next channel of this group does not fit; others still may
+                continue
+            counts = trial
+        return counts
 
     def _plan(self, counts: dict[int, int]) -> Plan:
         removed = {g: self.a.groups[g].expand(self.order[g][:n]) for g, n in counts.items() if n > 0}
