@@ -58,15 +58,7 @@ async def upload_model(request: Request, tenant: CurrentTenant, session: Session
         model = Model(id=new_id("mdl"), tenant_id=tenant.id, filename=up.filename, format=info["format"],
                       arch=arch, num_classes=num_classes, input_shape={"shape": info["input_shape"]},
                       size_bytes=up.size, sha256=up.sha256, storage_key="")
-        model.storage_key = f"{tenant.id}/models/{model.id}"
-        assert up.path is not None
-        await run_in_threadpool(storage.put_file, model.storage_key, up.path)
-        session.add(model)
-        try:
-            session.commit()
-        except Exception:
-            storage.delete(model.storage_key)
-            raise
+        await _store(model, f"{tenant.id}/models/{model.id}", up, session, storage)
         return model_out(model)
     finally:
         up.discard()
@@ -93,15 +85,7 @@ async def upload_dataset(request: Request, tenant: CurrentTenant, session: Sessi
         ds = Dataset(id=new_id("dst"), tenant_id=tenant.id, filename=up.filename, samples=info["samples"],
                      sample_shape={"shape": info["shape"]}, labelled=info["labelled"], size_bytes=up.size,
                      sha256=up.sha256, storage_key="")
-        ds.storage_key = f"{tenant.id}/datasets/{ds.id}"
-        assert up.path is not None
-        await run_in_threadpool(storage.put_file, ds.storage_key, up.path)
-        session.add(ds)
-        try:
-            session.commit()
-        except Exception:
-            storage.delete(ds.storage_key)
-            raise
+        await _store(ds, f"{tenant.id}/datasets/{ds.id}", up, session, storage)
         return dataset_out(ds)
     finally:
         up.discard()
@@ -117,6 +101,20 @@ def list_datasets(tenant: CurrentTenant, session: SessionDep, cursor: str | None
 @router.get("/datasets/{dataset_id}", summary="Get a dataset")
 def get_dataset(dataset_id: str, tenant: CurrentTenant, session: SessionDep) -> dict[str, Any]:
     return dataset_out(owned(session, Dataset, dataset_id, tenant.id))
+
+
+async def _store(row: Model | Dataset, key: str, up: Upload, session: SessionDep, storage: StorageDep) -> None:
+    """The validated upload goes to storage, then its row is committed; a failed commit removes the
+    object again, so storage never holds a file no row names."""
+    assert up.path is not None
+    row.storage_key = key
+    await run_in_threadpool(storage.put_file, key, up.path)
+    session.add(row)
+    try:
+        session.commit()
+    except Exception:
+        storage.delete(key)
+        raise
 
 
 def owned(session: SessionDep, model: Any, row_id: str, tenant_id: str) -> Any:
