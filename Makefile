@@ -30,8 +30,8 @@ test: $(STAMP) lint
 
 # Benchmarks rewrite their own sections of BENCHMARKS.md (see bench/common.py).
 bench-quick: $(STAMP)
-	$(PY) bench/latency_vs_macs.py --quick --rounds auto --threads 1
-	$(PY) bench/cifar_vs_torch_pruning.py --targets 0.7 --signals l2_norm,fpgm
+	$(PY) bench/latency_vs_macs.py --rounds auto,16 --threads 1 --repeats 30 --seconds 2 --no-extra
+	$(PY) bench/cifar_vs_torch_pruning.py --targets 0.7 --signals l2_norm,fpgm --no-extra
 
 bench: $(STAMP)
 	$(PY) bench/latency_vs_macs.py

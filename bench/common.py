@@ -1,24 +1,36 @@
-"""Shared by the benchmarks: where the data is, what machine ran it, and rewriting one section of
-BENCHMARKS.md (each script owns the block between its markers; nothing in the file is hand-edited)."""
+"""Shared by the benchmarks: where the data is, what machine ran it, CIFAR-10 loading, MAC counting and
+accuracy, and rewriting one section of BENCHMARKS.md (each script owns the block between its markers;
+nothing in the file is hand-edited)."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import platform
+import resource
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+# The shared data sits next to the repository and is read in place, never copied into it.
 DATA = Path(os.environ.get("SECATEURS_SHARED_DATA", ROOT.parent / "shared" / "data"))
 BENCHMARKS = ROOT / "BENCHMARKS.md"
 CIFAR_MEAN = np.asarray((0.485, 0.456, 0.406), dtype=np.float32)[None, :, None, None]
 CIFAR_STD = np.asarray((0.229, 0.224, 0.225), dtype=np.float32)[None, :, None, None]
+HEADER = (
+    "# Benchmarks\n\nEvery figure below was written by the script named under its table, on the machine it\n"
+    "names, in the same run as anything it is compared with. Each script rewrites only its own section\n"
+    "(between `<!-- bench:NAME -->` markers); rerun a script to refresh its section.\n"
+)
 
 
 def cifar(name: str, n: int | None = None):  # type: ignore[no-untyped-def]
-    """CIFAR-10 from ../shared/data as the pretrained ResNets take it (NCHW, ImageNet normalisation)."""
+    """CIFAR-10 from the shared data as the pretrained ResNets take it: NCHW float32, x/255, then
+    ImageNet mean/std (the source repository's preprocessing); labels int64."""
     from secateurs.pruning.data import Dataset
 
     with np.load(DATA / name) as d:
@@ -27,19 +39,112 @@ def cifar(name: str, n: int | None = None):  # type: ignore[no-untyped-def]
     return Dataset(np.ascontiguousarray(x), y.astype(np.int64))
 
 
+def macs(model, shape: tuple[int, ...]) -> float:  # type: ignore[no-untyped-def]
+    """MACs at one input of `shape`, counted as the engine counts them: FlopCounterMode total / 2."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(torch.zeros(shape))
+    return counter.get_total_flops() / 2
+
+
+def params(model) -> int:  # type: ignore[no-untyped-def]
+    return sum(p.numel() for p in model.parameters())
+
+
+def accuracy(model, data, batch: int = 500) -> float:  # type: ignore[no-untyped-def]
+    """Top-1 of a PyTorch model on a Dataset, in eval mode."""
+    import torch
+
+    model.eval()
+    correct = 0
+    with torch.no_grad():
+        for start in range(0, len(data), batch):
+            logits = model(torch.from_numpy(data.x[start : start + batch]))
+            correct += int((logits.argmax(1).numpy() == data.y[start : start + batch]).sum())
+    return correct / len(data)
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or "unknown CPU"
+
+
+def cpu_isa() -> str:
+    """The widest x86 vector extension the CPU reports: it decides ONNX Runtime's NCHWc block (16 or 8)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = set(next(line for line in f if line.startswith("flags")).split(":", 1)[1].split())
+    except (OSError, StopIteration):
+        return "?"
+    for isa in ("avx512f", "avx2", "avx"):
+        if isa in flags:
+            return isa.upper().replace("AVX512F", "AVX-512")
+    return "no AVX"
+
+
+def revision() -> str:
+    """The commit the engine was measured at, and whether pruning/ had uncommitted changes."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "pruning"], cwd=ROOT, capture_output=True,
+                               text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown revision"
+    return f"commit {head}" + (" with uncommitted changes in pruning/" if dirty else "")
+
+
 def machine() -> str:
     import onnxruntime
     import torch
     import torch_pruning
 
-    cpu = "?"
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
     gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ", no GPU"
-    return (f"{cpu}, {os.cpu_count()} cores{gpu}; Python {platform.python_version()}, torch {torch.__version__}, "
-            f"torch-pruning {torch_pruning.__version__}, onnxruntime {onnxruntime.__version__}")
+    return (f"{cpu_model()} ({cpu_isa()}), {os.cpu_count()} cores{gpu}; Python {platform.python_version()}, "
+            f"torch {torch.__version__}, torch-pruning {torch_pruning.__version__}, "
+            f"onnxruntime {onnxruntime.__version__}; secateurs at {revision()}")
+
+
+def load_average() -> str:
+    """1-minute load average: other work on the machine while a benchmark ran shows here."""
+    try:
+        return f"{os.getloadavg()[0]:.2f}"
+    except OSError:
+        return "?"
+
+
+def _busy_seconds() -> float:
+    """CPU seconds the whole machine has spent busy (all cores, /proc/stat)."""
+    with open("/proc/stat") as f:
+        fields = [int(v) for v in f.readline().split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def _own_seconds() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)  # every thread of this process, ONNX Runtime's included
+    return r.ru_utime + r.ru_stime
+
+
+class CpuWatch:
+    """How many cores other processes kept busy while the block ran (0.0: the machine was ours). On a
+    2-core machine anything above ~0.2 means the timings inside the block shared the CPU."""
+
+    other: float = 0.0
+
+    def __enter__(self) -> CpuWatch:
+        self._t, self._busy, self._own = time.perf_counter(), _busy_seconds(), _own_seconds()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        wall = max(time.perf_counter() - self._t, 1e-9)
+        other = (_busy_seconds() - self._busy) - (_own_seconds() - self._own)
+        self.other = max(other, 0.0) / wall
 
 
 def command() -> str:
@@ -47,14 +152,18 @@ def command() -> str:
 
 
 def write_section(name: str, body: str) -> None:
+    """Replace the block between `<!-- bench:name -->` and `<!-- /bench:name -->` (append it when
+    absent), under a lock so that several benchmark scripts can share the file."""
     start, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
-    text = BENCHMARKS.read_text() if BENCHMARKS.exists() else (
-        "# Benchmarks\n\nEvery figure below was measured by the script named under its table, on the machine it\n"
-        "names, in the same run as anything it is compared with. Rerun with `make bench` (everything) or\n"
-        "`make bench-quick`.\n")
     block = f"{start}\n{body.rstrip()}\n{end}"
-    if start in text and end in text:
-        text = text[: text.index(start)] + block + text[text.index(end) + len(end):]
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    BENCHMARKS.write_text(text)
+    with open(BENCHMARKS, "a+") as f:  # the file is its own lock
+        fcntl.flock(f, fcntl.LOCK_EX)
+        f.seek(0)
+        text = f.read() or HEADER
+        if start in text and end in text:
+            text = text[: text.index(start)] + block + text[text.index(end) + len(end) :]
+        else:
+            text = text.rstrip() + "\n\n" + block + "\n"
+        f.seek(0)
+        f.truncate()
+        f.write(text)

@@ -1,103 +1,375 @@
 """Does pruning MACs buy latency? ONNX Runtime CPU latency saving over MACs saving at macs=0.5.
 
-For each model (random weights, exported the ordinary way) and each `round_to`, the engine prunes with
-l2_norm to macs=0.5; both files are then timed here in ONNX Runtime, interleaved, at the given batch
-sizes and thread counts. Ratio = (1 - latency_after/latency_before) / (1 - macs_after/macs_before):
-1.0 means every MAC removed saved its share of time. Goal: >= 0.9 for ResNet-50 and MobileNetV2.
+For torchvision ResNet-50 and MobileNetV2 (random weights, 224x224, exported with torch.onnx.export,
+opset 17, dynamic batch) the engine prunes with l2_norm to macs=0.5 for each `round_to`: auto, 1, 8, 16,
+and 4 (the fewest channels ONNX Runtime's NCHWc kernels accept); and 16 with the groups narrower than 128
+channels kept whole (a candidate rule that spares narrow layers). The original and each pruned file are
+then timed here in ONNX Runtime (CPU provider, batch 1, 1 and 2 threads): warm-up, then blocks of runs
+interleaved in ABBA order, medians. The engine's own report figures (its interleaved measurement, batch 1,
+1 thread, 50 repeats) are listed too.
 
-    .venv/bin/python bench/latency_vs_macs.py [--models resnet50,mobilenet_v2] [--quick]
+    ratio = (1 - latency_after / latency_before) / (1 - MACs_after / MACs_before)     goal: >= 0.9
+
+Where the time goes is read from ONNX Runtime's profiler (SessionOptions.enable_profiling): per kernel,
+median over the profiled runs, each convolution mapped back to its ONNX node for its useful MACs and its
+channel counts (aligned or not to ONNX Runtime's NCHWc block: 16 channels on AVX-512, 8 on AVX2).
+
+    .venv/bin/python bench/latency_vs_macs.py [--models resnet50,mobilenet_v2] [--rounds auto,1,4,8,16]
+        [--threads 1,2] [--repeats 100] [--no-extra]
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import json
+import os
 import statistics
+import tempfile
 import time
 import warnings
+from collections import defaultdict
+from dataclasses import dataclass
 
 import numpy as np
-from common import command, machine, write_section
+import onnx
+import onnxruntime as ort
+from common import CpuWatch, command, cpu_isa, load_average, machine, write_section
+
+SIZE = 224
+# A measurement is contended when the other processes' load plus our threads exceeds the cores by more
+# than this; it is then taken once more and the quieter attempt kept (its load is in the table).
+SLACK = 0.25
+# Runs are interleaved in blocks, not one by one: ONNX Runtime's idle intra-op workers spin (its default,
+# kept here), and a session timed right after the other one shares the cores with the other's spinning
+# worker (ResNet-50 at 2 threads on 2 cores: 42 ms alone, 67 ms interleaved run by run).
+BLOCK = 10
+# A rounding rule that spares narrow groups (whose channels a 16-channel step would halve): round_to=16,
+# with the groups under 128 channels kept whole, named by the layers whose output channels they are.
+NARROW_KEPT = {
+    "mobilenet_v2": [r"^features/features/[01]/", r"^features/features/2/conv/conv/[01]/",
+                     r"^features/features/([2-9]|1[0-3])/conv/conv/2/Conv$"],
+    "resnet50": [r"^conv1/Conv$", r"^layer1/layer1/\d+/conv[12]/Conv$"],
+}
+# Ops ONNX Runtime fuses into the convolution before them (activation, residual add): the fused kernel is
+# named after the last tensor of the chain.
+FUSABLE = {"Relu", "Clip", "Add", "Sum", "Sigmoid", "HardSigmoid", "LeakyRelu", "Tanh"}
 
 
-def export(name: str, size: int) -> bytes:
+def block_size() -> int:
+    """Channels per NCHWc block of ONNX Runtime's CPU convolutions (MLAS): 16 with AVX-512, else 8."""
+    return 16 if cpu_isa() == "AVX-512" else 8
+
+
+def export(name: str) -> bytes:
     import torch
     import torchvision
 
     torch.manual_seed(0)
     model = getattr(torchvision.models, name)(weights=None).eval()
     buf = io.BytesIO()
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, (torch.randn(1, 3, size, size),), buf, dynamo=False, opset_version=17,
+        torch.onnx.export(model, (torch.randn(1, 3, SIZE, SIZE),), buf, dynamo=False, opset_version=17,
                           input_names=["input"], output_names=["logits"],
                           dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
     return buf.getvalue()
 
 
-def timed(before: bytes, after: bytes, shape: list[int], threads: int, repeats: int) -> tuple[float, float]:
-    from secateurs.pruning.onnx_tools import run, session
+def session(data: bytes, threads: int, profile_dir: str | None = None) -> ort.InferenceSession:
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    if profile_dir is not None:
+        opts.enable_profiling = True
+        opts.profile_file_prefix = os.path.join(profile_dir, "ort")
+    return ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
 
-    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+
+def contended(other: float, threads: int) -> bool:
+    return other + threads > (os.cpu_count() or 1) + SLACK
+
+
+def quietest(measure, *args, threads: int = 1, tries: int = 2):  # type: ignore[no-untyped-def]
+    """Run `measure(*args)`, again if other processes took cores our threads needed; return the quieter
+    (result, other load)."""
+    best = None
+    for _ in range(tries):
+        with CpuWatch() as watch:
+            result = measure(*args)
+        if best is None or watch.other < best[1]:
+            best = (result, watch.other)
+        if not contended(watch.other, threads):
+            break
+    return best
+
+
+def interleaved(before: bytes, after: bytes, threads: int, repeats: int, seconds: float) -> tuple[list[float], int]:
+    """Median ms of both models, interleaved in blocks of BLOCK runs in ABBA order so that drift hits both
+    alike; the first run of each block is dropped (it may meet the other session's spinning workers). At
+    least `repeats` timed runs each and, for fast models, more: until `seconds` have been spent."""
+    x = np.random.default_rng(0).standard_normal([1, 3, SIZE, SIZE]).astype(np.float32)
     sessions = [session(before, threads), session(after, threads)]
-    for s in sessions:
-        for _ in range(5):
-            run(s, x)
+    feeds = [{s.get_inputs()[0].name: x} for s in sessions]
+    for s, f in zip(sessions, feeds, strict=True):
+        for _ in range(10):
+            s.run(None, f)
     times: list[list[float]] = [[], []]
-    for _ in range(repeats):
-        for i, s in enumerate(sessions):
-            t0 = time.perf_counter()
-            run(s, x)
-            times[i].append((time.perf_counter() - t0) * 1000)
-    return statistics.median(times[0]), statistics.median(times[1])
+    t_start = time.perf_counter()
+    k = 0
+    while len(times[0]) < repeats or (time.perf_counter() - t_start < seconds and len(times[0]) < 20 * repeats):
+        for i in ((0, 1) if k % 2 == 0 else (1, 0)):
+            for j in range(BLOCK):
+                t0 = time.perf_counter()
+                sessions[i].run(None, feeds[i])
+                if j:
+                    times[i].append((time.perf_counter() - t0) * 1000)
+        k += 1
+    return [statistics.median(t) for t in times], len(times[0])
+
+
+# ------------------------------------------------------------------------------------ profiling
+
+
+@dataclass
+class ConvNode:
+    name: str
+    cin: int
+    cout: int
+    group: int
+    kernel: tuple[int, ...]
+    macs: int
+
+    @property
+    def kind(self) -> str:
+        if self.group > 1 and self.group == self.cin:
+            return "depthwise"
+        if all(k == 1 for k in self.kernel):
+            return "1x1"
+        return "kxk"
+
+
+def conv_nodes(data: bytes) -> dict[str, list[ConvNode]]:
+    """Every Conv of an (unoptimised) ONNX graph with its useful MACs at 1x3x224x224, keyed by its node
+    name and by every tensor of the chain ONNX Runtime may fuse into it (activation, residual add)."""
+    proto = onnx.load_model_from_string(data)
+    inits = {i.name: list(i.dims) for i in proto.graph.initializer}
+    convs = [n for n in proto.graph.node if n.op_type == "Conv"]
+    probe = onnx.ModelProto()
+    probe.CopyFrom(proto)
+    del probe.graph.output[:]
+    probe.graph.output.extend([onnx.ValueInfoProto(name=n.output[0]) for n in convs])
+    x = np.zeros([1, 3, SIZE, SIZE], dtype=np.float32)
+    sess = session(probe.SerializeToString(), 1)
+    outs = dict(zip([n.output[0] for n in convs], sess.run(None, {sess.get_inputs()[0].name: x}), strict=True))
+    consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
+    for n in proto.graph.node:
+        for i in n.input:
+            consumers[i].append(n)
+    keyed: dict[str, list[ConvNode]] = defaultdict(list)
+    for n in convs:
+        w = inits[n.input[1]]
+        group = next((a.i for a in n.attribute if a.name == "group"), 1)
+        out = outs[n.output[0]]
+        c = ConvNode(n.name, w[1] * group, w[0], group, tuple(w[2:]), int(np.prod(out.shape)) * int(np.prod(w[1:])))
+        keyed[n.name].append(c)
+        t = n.output[0]
+        keyed[t].append(c)
+        while len(consumers[t]) == 1 and consumers[t][0].op_type in FUSABLE:
+            t = consumers[t][0].output[0]
+            keyed[t].append(c)
+    return keyed
+
+
+def profile(data: bytes, threads: int, runs: int) -> list[dict]:
+    """Kernel events of ONNX Runtime's profiler: per node, the median duration over `runs` runs."""
+    x = np.random.default_rng(0).standard_normal([1, 3, SIZE, SIZE]).astype(np.float32)
+    with tempfile.TemporaryDirectory() as tmp:
+        sess = session(data, threads, tmp)
+        feed = {sess.get_inputs()[0].name: x}
+        for _ in range(runs + 5):
+            sess.run(None, feed)
+        with open(sess.end_profiling()) as f:
+            events = json.load(f)
+    by_node: dict[str, list[dict]] = defaultdict(list)
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+            by_node[e["name"][: -len("_kernel_time")]].append(e)
+    return [{"node": name, "op": evs[0]["args"]["op_name"], "us": statistics.median(e["dur"] for e in evs[5:] or evs),
+             "inputs": evs[0]["args"].get("input_type_shape", [])} for name, evs in by_node.items()]
+
+
+def _shape(entry: dict) -> list[int]:
+    return next(iter(entry.values())) if entry else []
+
+
+def breakdown(data: bytes, threads: int = 1, runs: int = 30) -> dict:
+    """Where the time goes: per class of kernel, milliseconds and useful GMAC/s."""
+    block = block_size()
+    keyed = conv_nodes(data)
+    events, other = quietest(profile, data, threads, runs, threads=threads)
+    classes: dict[str, dict[str, float]] = defaultdict(lambda: {"ms": 0.0, "macs": 0.0, "n": 0, "padded": 0.0})
+    total = 0.0
+    convs = []
+    for ev in events:
+        ms = ev["us"] / 1000
+        total += ms
+        op = ev["op"]
+        if op in ("Conv", "FusedConv"):
+            nchwc = ev["node"].endswith("_nchwc")
+            key = ev["node"][: -len("_nchwc")] if nchwc else ev["node"]
+            cands = keyed.get(key, [])
+            w = _shape(ev["inputs"][1]) if len(ev["inputs"]) > 1 else []
+            if len(cands) > 1 and w:  # a residual add fused into one of two convs: match the kernel
+                cands = sorted(cands, key=lambda c: (c.kernel != tuple(w[2:]), abs(c.cin // c.group - w[1])))
+            if not cands:
+                classes["conv (unmatched)"]["ms"] += ms
+                continue
+            c = cands[0]
+            aligned = c.cout % block == 0 and (c.cin % block == 0 or c.cin <= 4)
+            label = f"{c.kind} conv, " + ("NCHWc" if nchwc else "NCHW") + (
+                f", channels x{block}" if aligned else f", channels not x{block}")
+            padded = int(np.prod(w[:2])) / (c.cout * c.cin // c.group) if nchwc and w else 1.0
+            convs.append({"kind": c.kind, "cin": c.cin, "cout": c.cout, "ms": ms, "macs": c.macs,
+                          "nchwc": nchwc, "aligned": aligned, "padded": padded})
+        elif op in ("ReorderInput", "ReorderOutput"):
+            label = "NCHWc<->NCHW reorders"
+        else:
+            label = "other ops"
+        cl = classes[label]
+        cl["ms"] += ms
+        cl["n"] += 1
+        if op in ("Conv", "FusedConv"):
+            cl["macs"] += convs[-1]["macs"]
+            cl["padded"] += convs[-1]["macs"] * convs[-1]["padded"]
+    return {"total_ms": total, "classes": dict(classes), "convs": convs, "other": other}
+
+
+# ------------------------------------------------------------------------------------ the benchmark
+
+
+def prune_variant(original: bytes, options: dict) -> tuple[bytes, dict, float]:
+    from secateurs.pruning import PruneSpec, prune
+
+    spec = PruneSpec.model_validate({"signal": "l2_norm", "target": {"macs": 0.5},
+                                     "measure": {"batch": 1, "threads": 1, "repeats": 50}, **options})
+    t0 = time.monotonic()
+    result = prune(original, spec)
+    return result.onnx, result.report, time.monotonic() - t0
+
+
+def ratio(before: float, after: float, macs_kept: float) -> float:
+    return (1 - after / before) / (1 - macs_kept)
+
+
+def fmt_breakdown(name: str, variants: list[tuple[str, dict]]) -> list[str]:
+    labels = sorted({lab for _, b in variants for lab in b["classes"]})
+    lines = [
+        f"Where the time goes, {name}, batch 1, 1 thread (ONNX Runtime profiler, kernel ms, median per node; "
+        "GMAC/s counts useful MACs only; `pad` = MACs the NCHWc kernel computes over useful MACs):",
+        "",
+        "| kernels | " + " | ".join(v for v, _ in variants) + " |",
+        "| --- | " + " | ".join("---:" for _ in variants) + " |",
+    ]
+    for lab in labels:
+        cells = []
+        for _, b in variants:
+            c = b["classes"].get(lab)
+            if c is None or c["n"] == 0:
+                cells.append("-")
+                continue
+            cell = f"{c['ms']:.2f} ms ({int(c['n'])})"
+            if c["macs"]:
+                cell += f", {c['macs'] / c['ms'] / 1e6:.1f} GMAC/s"
+                if c["padded"] > c["macs"] * 1.001:
+                    cell += f", pad {c['padded'] / c['macs']:.2f}"
+            cells.append(cell)
+        lines.append(f"| {lab} | " + " | ".join(cells) + " |")
+    lines.append("| **all kernels** | " + " | ".join(f"**{b['total_ms']:.2f} ms**" for _, b in variants) + " |")
+    lines.append("| other load (cores) | " + " | ".join(f"{b['other']:.2f}" for _, b in variants) + " |")
+    return lines
 
 
 def main() -> None:
-    from secateurs.pruning import PruneSpec, prune
-
     p = argparse.ArgumentParser()
     p.add_argument("--models", default="resnet50,mobilenet_v2")
-    p.add_argument("--rounds", default="auto,1,8,16")
-    p.add_argument("--batches", default="1,32")
+    p.add_argument("--rounds", default="auto,1,4,8,16")
     p.add_argument("--threads", default="1,2")
-    p.add_argument("--size", type=int, default=224)
-    p.add_argument("--repeats", type=int, default=30)
-    p.add_argument("--quick", action="store_true", help="batch 1 only, fewer repeats")
+    p.add_argument("--repeats", type=int, default=100, help="timed runs per model at least (more for fast models)")
+    p.add_argument("--no-extra", action="store_true", help="skip the round_to=16 + narrow groups kept variant")
+    p.add_argument("--seconds", type=float, default=6.0, help="and at least this long per measurement")
     args = p.parse_args()
-    if args.quick:
-        args.batches, args.repeats = "1", 15
+    threads = [int(t) for t in args.threads.split(",")]
+    load_start = load_average()
+    t_begin = time.monotonic()
     rows = []
+    breakdowns: dict[str, list[tuple[str, dict]]] = {}
     for name in args.models.split(","):
-        original = export(name, args.size)
-        for rnd in args.rounds.split(","):
-            spec = PruneSpec.model_validate({"signal": "l2_norm", "target": {"macs": 0.5},
-                                             "round_to": None if rnd == "auto" else int(rnd), "measure": {"repeats": 5}})
-            t0 = time.monotonic()
-            result = prune(original, spec)
-            seconds = time.monotonic() - t0
-            macs_kept = result.report["macs_kept"]
-            for batch in (int(b) for b in args.batches.split(",")):
-                for threads in (int(t) for t in args.threads.split(",")):
-                    reps = max(5, args.repeats // (4 if batch > 1 else 1))
-                    lb, la = timed(original, result.onnx, [batch, 3, args.size, args.size], threads, reps)
-                    ratio = (1 - la / lb) / (1 - macs_kept)
-                    rows.append((name, rnd, batch, threads, macs_kept, lb, la, ratio, seconds))
-                    print(f"{name} round_to={rnd} batch={batch} threads={threads}: macs {macs_kept:.3f} "
-                          f"latency {lb:.2f} -> {la:.2f} ms, ratio {ratio:.2f}", flush=True)
+        original = export(name)
+        breakdowns[name] = [("original", breakdown(original))]
+        variants = [(r, {"round_to": None if r == "auto" else int(r)}) for r in args.rounds.split(",")]
+        if name in NARROW_KEPT and not args.no_extra:
+            variants.append(("16, groups < 128 kept", {"round_to": 16, "protect": NARROW_KEPT[name]}))
+        for label, options in variants:
+            pruned, rep, seconds = prune_variant(original, options)
+            kept = rep["macs_after"] / rep["macs_before"]
+            bd = breakdown(pruned)
+            breakdowns[name].append((label, bd))
+            for th in threads:
+                ((lb, la), n), other = quietest(interleaved, original, pruned, th, args.repeats, args.seconds,
+                                                threads=th)
+                row = {"other": other, "model": name, "variant": label, "threads": th, "macs_kept": kept,
+                       "params_kept": rep["params_kept"], "before": lb, "after": la, "runs": n,
+                       "ratio": ratio(lb, la, kept), "prune_s": seconds}
+                if th == rep["latency_threads"]:
+                    row["report"] = (rep["latency_ms_before"], rep["latency_ms_after"],
+                                     ratio(rep["latency_ms_before"], rep["latency_ms_after"], kept))
+                rows.append(row)
+                print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}),
+                      flush=True)
+    block = block_size()
     lines = [
         "## Latency saving over MACs saving (ONNX Runtime, CPU)",
         "",
-        f"Machine: {machine()}. Random weights, {args.size}x{args.size}, signal l2_norm, target macs=0.5; "
-        "median latency of interleaved runs.",
+        f"Machine: {machine()}; ONNX Runtime NCHWc block: {block} channels. Load average at start "
+        f"{load_start}, at end {load_average()}; {(time.monotonic() - t_begin) / 60:.1f} min in all.",
         "",
-        "| model | round_to | batch | threads | MACs kept | latency before (ms) | after (ms) | ratio | prune (s) |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        f"torchvision models with random weights, {SIZE}x{SIZE}, exported with `torch.onnx.export` (opset 17, "
+        "dynamic batch); pruned by `secateurs.pruning.prune` with signal l2_norm, target macs=0.5. Latency: "
+        "ONNX Runtime CPU provider (default session options), batch 1, original and pruned file interleaved "
+        f"in blocks of {BLOCK} runs in ABBA order after 10 warm-up runs, first run of each block dropped (the "
+        "idle session's spinning workers would otherwise share the cores), median of `runs` runs each. `report` = the engine's own figures (interleaved, 1 thread, 50 repeats).",
+        "",
+        "ratio = (1 - latency_after / latency_before) / (1 - MACs_after / MACs_before); goal >= 0.9.",
+        "",
+        "`other load` = cores kept busy by other processes during the measurement; when it plus our threads "
+        f"exceeds the {os.cpu_count()} cores by more than {SLACK}, the measurement is taken again, the quieter "
+        "kept, and a row still contended is marked *contended*: its latencies shared the CPU.",
+        "",
+        "| model | round_to | MACs kept | params kept | threads | before (ms) | after (ms) | runs | other load "
+        "| ratio | report before / after (ms) | report ratio | prune (s) |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for name, rnd, batch, threads, kept, lb, la, ratio, secs in rows:
-        lines.append(f"| {name} | {rnd} | {batch} | {threads} | {kept:.3f} | {lb:.2f} | {la:.2f} | {ratio:.2f} | {secs:.1f} |")
-    lines += ["", "Ratio = (1 - latency_after / latency_before) / (1 - MACs_after / MACs_before); goal >= 0.9.",
-              "", f"Command: `{command()}`"]
-    write_section("latency" + ("-quick" if args.quick else ""), "\n".join(lines))
+    for r in rows:
+        rb = f"{r['report'][0]:.2f} / {r['report'][1]:.2f}" if "report" in r else ""
+        rr = f"{r['report'][2]:.2f}" if "report" in r else ""
+        lines.append(
+            f"| {r['model']} | {r['variant']} | {r['macs_kept']:.3f} | {r['params_kept']:.3f} | {r['threads']} "
+            f"| {r['before']:.2f} | {r['after']:.2f} | {r['runs']} | {r['other']:.2f}"
+            f"{' *contended*' if contended(r['other'], r['threads']) else ''} | **{r['ratio']:.2f}** | {rb} | {rr} "
+            f"| {r['prune_s']:.1f} |")
+    spread = []
+    for name in breakdowns:
+        for th in threads:
+            b = [r["before"] for r in rows if r["model"] == name and r["threads"] == th]
+            spread.append(f"{name} at {th} thread{'s' if th > 1 else ''} {min(b):.2f}-{max(b):.2f} ms")
+    lines += ["", "The same original measured once per row (a check of the measurement's stability): "
+              + "; ".join(spread) + "."]
+    for name, variants in breakdowns.items():
+        lines += [""] + fmt_breakdown(name, variants)
+    lines += ["", f"Command: `{command()}`"]
+    write_section("latency", "\n".join(lines))
 
 
 if __name__ == "__main__":
