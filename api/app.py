@@ -24,7 +24,8 @@ def _operation_id(route: APIRoute) -> str:
 
 
 def create_app(settings: Settings | None = None, *, enqueue: Callable[[str], None] | None = None,
-               ping_broker: Callable[[], None] | None = None) -> FastAPI:
+               ping_broker: Callable[[], None] | None = None,
+               queue_depth: Callable[[], int] | None = None) -> FastAPI:
     s = settings or get_settings()
     s.ensure_home()
     migrate(s)
@@ -33,13 +34,15 @@ def create_app(settings: Settings | None = None, *, enqueue: Callable[[str], Non
     app.state.settings = s
     app.state.storage = open_storage(s.storage, s.s3_endpoint_url)
     if enqueue is None or ping_broker is None:
-        from secateurs.worker.app import make_celery
+        from secateurs.worker import app as worker_app
 
-        celery = make_celery(s)
+        celery = worker_app.make_celery(s)
+        queue_depth = queue_depth or (lambda: worker_app.queue_depth(celery))
         enqueue = enqueue or (lambda job_id: celery.send_task("secateurs.run_job", args=[job_id]))
         ping_broker = ping_broker or (lambda: celery.connection_for_write().ensure_connection(max_retries=1))
     app.state.enqueue = enqueue
     app.state.ping_broker = ping_broker
+    app.state.queue_depth = queue_depth
     problems.install(app)
 
     @app.middleware("http")
@@ -67,7 +70,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 async def _sweep_forever(app: FastAPI) -> None:
-    """Any API process notices expired job leases (a killed worker) and puts those jobs back in the queue."""
+    """Any API process notices expired job leases (a killed worker) and puts those jobs back in the queue,
+    and hands the broker again the queued jobs it lost (a broker restarted empty)."""
     from fastapi.concurrency import run_in_threadpool
     from secateurs.worker.runner import sweep
 
@@ -75,6 +79,6 @@ async def _sweep_forever(app: FastAPI) -> None:
     while True:
         await asyncio.sleep(settings.sweep_interval_seconds)
         try:
-            await run_in_threadpool(sweep, settings, app.state.enqueue)
+            await run_in_threadpool(sweep, settings, app.state.enqueue, queue_depth=app.state.queue_depth)
         except Exception:
             logging.getLogger("secateurs.api").warning("lease sweep failed", exc_info=True)

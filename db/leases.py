@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from .models import Job, JobEvent, now
@@ -44,3 +44,24 @@ def take_back_expired(session: Session, lease_seconds: int, max_attempts: int) -
 def waiting(session: Session, older_than_seconds: float) -> list[str]:
     cutoff = now() - timedelta(seconds=older_than_seconds)
     return list(session.scalars(select(Job.id).where(Job.status == "queued", Job.created_at < cutoff)))
+
+
+def unclaimed(session: Session, older_than_seconds: float) -> list[str]:
+    """Queued jobs nothing has happened to for `older_than_seconds` (no claim, no requeue, no redelivery):
+    the ones a broker that restarted empty would have lost, oldest first."""
+    cutoff = now() - timedelta(seconds=older_than_seconds)
+    recent = select(JobEvent.id).where(JobEvent.job_id == Job.id, JobEvent.created_at >= cutoff)
+    return list(session.scalars(select(Job.id).where(Job.status == "queued", Job.created_at < cutoff,
+                                                     ~recent.exists()).order_by(Job.created_at)))
+
+
+def queued_count(session: Session) -> int:
+    return int(session.execute(select(func.count()).select_from(Job).where(Job.status == "queued")).scalar_one())
+
+
+def mark_redelivered(session: Session, job_ids: list[str], waited_seconds: float) -> None:
+    for job_id in job_ids:
+        session.add(JobEvent(job_id=job_id, type="redelivered", stage="queued",
+                             message=f"not picked up for {waited_seconds:.0f} s and missing from the broker's "
+                                     "queue; handed to the broker again"))
+    session.commit()

@@ -33,6 +33,17 @@ def make_celery(settings: Settings, *, with_tasks: bool = False) -> Celery:
     return app
 
 
+def queue_depth(celery: Celery) -> int:
+    """Messages waiting in the job queue. Declaring the queue first also restores its binding, which a
+    broker that restarted empty has lost (Redis keeps bindings as keys, and a message published to an
+    unbound exchange is dropped)."""
+    with celery.connection_for_write() as conn:
+        conn.ensure_connection(max_retries=1)
+        queue = celery.amqp.queues[QUEUE](conn.default_channel)
+        queue.declare()
+        return int(queue.queue_declare().message_count)
+
+
 @lru_cache(maxsize=1)
 def worker_app() -> Celery:
     return make_celery(get_settings(), with_tasks=True)

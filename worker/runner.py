@@ -12,6 +12,7 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from secateurs.db.models import Artifact, Dataset, Job, JobEvent, Model, new_id, now
@@ -187,14 +188,26 @@ def _fail(settings: Settings, job_id: str, attempt: int, exc: Exception) -> None
         notify(settings, job_id, f"job.{kind}")
 
 
-def sweep(settings: Settings, enqueue: Any, *, waiting_too: bool = False) -> list[str]:
-    """Take back expired leases (see db.leases); with `waiting_too` (at start-up), also hand every
-    queued job to the broker again, in case the broker lost it while nothing was running."""
-    from secateurs.db.leases import take_back_expired, waiting
+def sweep(settings: Settings, enqueue: Any, *, waiting_too: bool = False,
+          queue_depth: Callable[[], int] | None = None) -> list[str]:
+    """Take back expired leases (see db.leases). With `waiting_too` (at start-up), also hand every queued job
+    to the broker again, in case the broker lost it while nothing was running. With `queue_depth` (the
+    periodic sweep), hand again the queued jobs left unclaimed for a lease when the broker holds fewer
+    messages than there are queued jobs: it restarted empty, or an enqueue failed while it was down."""
+    from secateurs.db.leases import mark_redelivered, queued_count, take_back_expired, unclaimed, waiting
 
+    lost: list[str] = []
     with sessions(settings)() as s:
         requeued = take_back_expired(s, settings.job_lease_seconds, settings.job_max_attempts)
-        stuck = waiting(s, older_than_seconds=0.0) if waiting_too else []
-    for job_id in dict.fromkeys([*requeued, *stuck]):
+        if waiting_too:
+            lost = waiting(s, older_than_seconds=0.0)
+        elif queue_depth is not None:
+            lost = unclaimed(s, settings.job_lease_seconds)
+            # only when messages are missing: a long queue behind busy workers is not redelivered every lease
+            if lost and queue_depth() < queued_count(s):
+                mark_redelivered(s, lost, settings.job_lease_seconds)
+            else:
+                lost = []
+    for job_id in dict.fromkeys([*requeued, *lost]):
         enqueue(job_id)
-    return requeued
+    return [*requeued, *lost]
