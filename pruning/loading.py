@@ -10,8 +10,6 @@ from __future__ import annotations
 import io
 import json
 import re
-import struct
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,13 +18,9 @@ import torch
 from torch import nn
 
 from . import zoo
-from .errors import BadModelError, InputError, UnsafeFormatError, UnsupportedModelError
-
-MIN_OPSET = 13
-SEND_INSTEAD = (
-    "send an ONNX file (export with torch.onnx.export, or `secateurs export`) or safetensors weights "
-    "with --arch (convert a state dict with `secateurs convert-weights`)"
-)
+from .errors import BadModelError, InputError, UnsupportedModelError
+from .headers import MIN_OPSET, SEND_INSTEAD
+from .headers import sniff as _sniff_file
 
 
 @dataclass
@@ -49,34 +43,7 @@ class LoadedModel:
 
 def sniff(data: bytes) -> str:
     """'onnx', 'safetensors', or raise saying what the bytes are and what to send instead."""
-    if len(data) < 16:
-        raise BadModelError(f"the file is empty or truncated ({len(data)} bytes); " + SEND_INSTEAD)
-    if data[:1] == b"\x80" and data[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
-        raise UnsafeFormatError("this is a Python pickle (torch.save / .pt / .pth / .pkl): refused; " + SEND_INSTEAD)
-    if data[:4] == b"PK\x03\x04":
-        raise UnsafeFormatError(_describe_zip(data) + ": refused, loading it would run code; " + SEND_INSTEAD)
-    header_len = struct.unpack("<Q", data[:8])[0]
-    if 2 <= header_len <= len(data) - 8 and data[8:9] == b"{":
-        return "safetensors"
-    return "onnx"
-
-
-def _describe_zip(data: bytes) -> str:
-    try:
-        names = zipfile.ZipFile(io.BytesIO(data)).namelist()
-    except zipfile.BadZipFile:
-        return "this is a damaged zip archive"
-    if any(n.endswith("serialized_exported_program.json") or "/models/" in n for n in names) or any(
-        n.endswith("archive_format") for n in names
-    ):
-        return "this is a torch.export .pt2 archive"
-    if any(n.endswith("constants.pkl") or "/code/" in n for n in names):
-        return "this is a TorchScript archive"
-    if any(n.endswith("data.pkl") for n in names):
-        return "this is a torch.save zip (a pickle inside)"
-    if any(n.endswith(".npy") for n in names):
-        return "this is a NumPy .npz archive, not a model"
-    return "this is a zip archive"
+    return _sniff_file(io.BytesIO(data), len(data))
 
 
 def load_model(

@@ -1,4 +1,4 @@
-"""Models and datasets: streamed uploads, validated by the engine's own importers before acceptance."""
+"""Models and datasets: streamed uploads, checked from their headers by the engine before acceptance."""
 
 from __future__ import annotations
 
@@ -20,20 +20,19 @@ router = APIRouter(prefix="/v1")
 
 
 def _validate_model(path: str, arch: str | None, num_classes: int | None) -> dict[str, Any]:
-    from secateurs.pruning.loading import load_model
+    # Headers only, in bounded memory and without torch: the weights are never read into this process. The
+    # full import (conversion, ONNX Runtime check) runs in the worker, whose job fails with its message.
+    from secateurs.pruning.headers import read_model_header
 
-    with open(path, "rb") as f:
-        data = f.read()
-    loaded = load_model(data, arch=arch, num_classes=num_classes)
-    return {"format": loaded.source, "input_shape": loaded.input_shape, "num_classes": num_classes}
+    header = read_model_header(path, arch=arch, num_classes=num_classes)
+    return {"format": header.format, "input_shape": header.input_shape, "num_classes": num_classes}
 
 
 def _validate_dataset(path: str) -> dict[str, Any]:
-    from secateurs.pruning.data import load_npz
+    from secateurs.pruning.headers import read_npz_header
 
-    with open(path, "rb") as f:
-        ds = load_npz(f.read())
-    return {"samples": len(ds), "shape": list(ds.x.shape[1:]), "labelled": ds.y is not None}
+    header = read_npz_header(path)
+    return {"samples": header.samples, "shape": header.shape, "labelled": header.labelled}
 
 
 def _int_field(up: Upload, name: str) -> int | None:

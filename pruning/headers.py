@@ -1,0 +1,384 @@
+"""A model or data file checked from its headers, without loading its tensors: what it is, its input shape,
+and whether the importer can be expected to take it. Memory stays bounded whatever the file's size (weights
+are skipped with seeks, never read) and nothing here imports torch or onnx, so the API runs it on every upload.
+
+The full import (onnx.checker, conversion to PyTorch, the ONNX Runtime comparison) runs where the job runs;
+a file that passes here but not there fails its job with the importer's message.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+
+from .archs import check_arch, default_input_shape
+from .errors import BadDataError, BadModelError, InputError, UnsafeFormatError, UnsupportedModelError
+
+MIN_OPSET = 13
+SEND_INSTEAD = (
+    "send an ONNX file (export with torch.onnx.export, or `secateurs export`) or safetensors weights "
+    "with --arch (convert a state dict with `secateurs convert-weights`)"
+)
+MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024  # the safetensors format's own limit
+MAX_NAME = 64 * 1024  # longer strings (names, domains) are not a model we take
+
+
+@dataclass
+class ModelHeader:
+    format: str  # "onnx" or "safetensors"
+    input_shape: list[int]  # with batch 1
+    opset: int | None = None
+
+
+@dataclass
+class DataHeader:
+    samples: int
+    shape: list[int]  # of one sample
+    labelled: bool
+
+
+def sniff(f: BinaryIO, size: int) -> str:
+    """'onnx', 'safetensors', or raise saying what the file is and what to send instead. Reads 16 bytes
+    (and, for a zip, its directory)."""
+    f.seek(0)
+    head = f.read(16)
+    if size < 16:
+        raise BadModelError(f"the file is empty or truncated ({size} bytes); " + SEND_INSTEAD)
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        raise UnsafeFormatError("this is a Python pickle (torch.save / .pt / .pth / .pkl): refused; " + SEND_INSTEAD)
+    if head[:4] == b"PK\x03\x04":
+        raise UnsafeFormatError(describe_zip(f) + ": refused, loading it would run code; " + SEND_INSTEAD)
+    header_len = struct.unpack("<Q", head[:8])[0]
+    if 2 <= header_len <= size - 8 and head[8:9] == b"{":
+        return "safetensors"
+    return "onnx"
+
+
+def describe_zip(f: BinaryIO) -> str:
+    try:
+        names = zipfile.ZipFile(f).namelist()  # the central directory only
+    except zipfile.BadZipFile:
+        return "this is a damaged zip archive"
+    if any(n.endswith("serialized_exported_program.json") or "/models/" in n for n in names) or any(
+        n.endswith("archive_format") for n in names
+    ):
+        return "this is a torch.export .pt2 archive"
+    if any(n.endswith("constants.pkl") or "/code/" in n for n in names):
+        return "this is a TorchScript archive"
+    if any(n.endswith("data.pkl") for n in names):
+        return "this is a torch.save zip (a pickle inside)"
+    if any(n.endswith(".npy") for n in names):
+        return "this is a NumPy .npz archive, not a model"
+    return "this is a zip archive"
+
+
+def read_model_header(path: str | Path, *, arch: str | None = None, num_classes: int | None = None) -> ModelHeader:
+    size = Path(path).stat().st_size
+    with open(path, "rb", buffering=64 * 1024) as f:
+        kind = sniff(f, size)
+        if kind == "safetensors":
+            if arch is None:
+                raise InputError("safetensors weights need an architecture: give --arch (and --num-classes)")
+            check_arch(arch, num_classes)
+            _check_safetensors(f, size)
+            return ModelHeader("safetensors", [1, *default_input_shape(arch)[1:]])
+        if arch is not None:
+            raise InputError("--arch goes with safetensors weights; this file is not safetensors")
+        try:
+            return _read_onnx(f, size)
+        except _Malformed as e:
+            raise BadModelError(f"not an ONNX model or safetensors file (protobuf: {e}); " + SEND_INSTEAD) from None
+
+
+# ---------------------------------------------------------------------------------------------- safetensors
+
+_ST_ITEMSIZE = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
+                "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
+
+
+def _check_safetensors(f: BinaryIO, size: int) -> None:
+    """The header is JSON naming every tensor's dtype, shape and byte range; the ranges must tile the data."""
+    f.seek(0)
+    header_len = struct.unpack("<Q", f.read(8))[0]
+    if header_len > MAX_SAFETENSORS_HEADER:
+        raise BadModelError(f"the safetensors header is {header_len} bytes, over the format's 100 MiB limit")
+    try:
+        header = json.loads(f.read(header_len))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BadModelError(f"the safetensors file cannot be read: header: {e}") from None
+    if not isinstance(header, dict):
+        raise BadModelError("the safetensors file cannot be read: the header is not a JSON object")
+    spans = []
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            itemsize = _ST_ITEMSIZE[info["dtype"]]
+            shape = [int(d) for d in info["shape"]]
+            begin, end = (int(v) for v in info["data_offsets"])
+        except (KeyError, TypeError, ValueError):
+            raise BadModelError(f"the safetensors file cannot be read: bad header entry for {name!r}") from None
+        if any(d < 0 for d in shape) or end - begin != itemsize * int(np.prod(shape, dtype=np.int64)):
+            raise BadModelError(f"the safetensors file cannot be read: {name!r} has {end - begin} bytes for "
+                                f"shape {shape}")
+        spans.append((begin, end))
+    spans.sort()
+    data_bytes = size - 8 - header_len
+    position = 0
+    for begin, end in spans:
+        if begin != position:
+            raise BadModelError("the safetensors file cannot be read: tensor data overlaps or leaves holes")
+        position = end
+    if position != data_bytes:
+        raise BadModelError(f"the safetensors file cannot be read: the tensors take {position} bytes, the file "
+                            f"holds {data_bytes}")
+
+
+# --------------------------------------------------------------------------------------------------- ONNX
+# A protobuf wire-format walk over ModelProto (onnx/onnx.proto): small fields are read, tensor data is
+# skipped by seeking. Field numbers are ONNX's.
+
+
+class _Malformed(Exception):
+    pass
+
+
+def _varint(f: BinaryIO) -> int:
+    result = shift = 0
+    while True:
+        b = f.read(1)
+        if not b:
+            raise _Malformed("truncated")
+        result |= (b[0] & 0x7F) << shift
+        if b[0] < 0x80:
+            return result
+        shift += 7
+        if shift > 63:
+            raise _Malformed("a varint is too long")
+
+
+def _fields(f: BinaryIO, end: int) -> Iterator[tuple[int, int, int]]:
+    """(field number, wire type, value) up to `end`. For length-delimited fields the value is the length and
+    the file stands at the field's start: the caller reads what it wants, the walk then skips the rest."""
+    while (pos := f.tell()) < end:
+        key = _varint(f)
+        number, wire = key >> 3, key & 7
+        if number == 0:
+            raise _Malformed(f"field number 0 at byte {pos}")
+        if wire == 0:
+            yield number, wire, _varint(f)
+        elif wire in (1, 5):
+            f.seek(8 if wire == 1 else 4, 1)
+            yield number, wire, 0
+        elif wire == 2:
+            length = _varint(f)
+            start = f.tell()
+            if start + length > end:
+                raise _Malformed(f"a field at byte {pos} runs past its message")
+            yield number, wire, length
+            f.seek(start + length)
+        else:
+            raise _Malformed(f"wire type {wire} at byte {pos}")
+    if f.tell() != end:
+        raise _Malformed("a message runs past its end")
+
+
+def _string(f: BinaryIO, wire: int, length: int) -> str:
+    if wire != 2 or length > MAX_NAME:
+        raise _Malformed("a name field is malformed or too long")
+    return f.read(length).decode("utf-8", "replace")
+
+
+def _message_end(f: BinaryIO, wire: int, length: int) -> int:
+    if wire != 2:
+        raise _Malformed("a message field has the wrong wire type")
+    return f.tell() + length
+
+
+def _tensor(f: BinaryIO, end: int) -> tuple[str, bool]:
+    """TensorProto: its name, and whether its data lives in an external file (13 external_data,
+    14 data_location)."""
+    name, external = "", False
+    for number, wire, value in _fields(f, end):
+        if number == 8:
+            name = _string(f, wire, value)
+        elif number == 13 or (number == 14 and wire == 0 and value == 1):
+            external = True
+    return name, external
+
+
+def _refuse_external(name: str, external: bool) -> None:
+    if external:
+        raise BadModelError(
+            f"tensor {name!r} keeps its data in an external file: refused; "
+            "save the model as one file (onnx.save(model, path, save_as_external_data=False))"
+        )
+
+
+def _node(f: BinaryIO, end: int) -> None:
+    """NodeProto (4 op_type, 5 attribute): tensors in attributes must be inline, subgraphs are control flow."""
+    op_type = ""
+    for number, wire, value in _fields(f, end):
+        if number == 4:
+            op_type = _string(f, wire, value)
+        elif number == 5:
+            for a_number, a_wire, a_value in _fields(f, _message_end(f, wire, value)):
+                if a_number in (5, 10):  # t, tensors
+                    _refuse_external(*_tensor(f, _message_end(f, a_wire, a_value)))
+                elif a_number in (6, 11):  # g, graphs
+                    raise UnsupportedModelError(f"control flow ({op_type or 'a subgraph'}) is not supported in a "
+                                                "prunable CNN")
+
+
+def _value_info(f: BinaryIO, end: int) -> tuple[str, list[int | str]]:
+    """ValueInfoProto -> (name, dims): TypeProto.tensor_type.shape.dim, a dim as dim_value or dim_param."""
+    name, dims = "", []
+    for number, wire, value in _fields(f, end):
+        if number == 1:
+            name = _string(f, wire, value)
+        elif number == 2:
+            for t_number, t_wire, t_value in _fields(f, _message_end(f, wire, value)):
+                if t_number != 1:  # tensor_type
+                    continue
+                for s_number, s_wire, s_value in _fields(f, _message_end(f, t_wire, t_value)):
+                    if s_number != 2:  # shape
+                        continue
+                    for d_number, d_wire, d_value in _fields(f, _message_end(f, s_wire, s_value)):
+                        if d_number == 1:  # dim
+                            dims.append(_dimension(f, _message_end(f, d_wire, d_value)))
+    return name, dims
+
+
+def _dimension(f: BinaryIO, end: int) -> int | str:
+    dim: int | str = ""
+    for number, wire, value in _fields(f, end):
+        if number == 1 and wire == 0:
+            dim = value if value < 1 << 63 else value - (1 << 64)
+        elif number == 2:
+            dim = _string(f, wire, value)
+    return dim
+
+
+def _read_onnx(f: BinaryIO, size: int) -> ModelHeader:
+    opset: int | None = None
+    nodes = 0
+    initializers: set[str] = set()
+    inputs: list[tuple[str, list[int | str]]] = []
+    outputs = 0
+    f.seek(0)
+    for number, wire, value in _fields(f, size):
+        if number == 8:  # opset_import
+            domain, version = "", None
+            for o_number, o_wire, o_value in _fields(f, _message_end(f, wire, value)):
+                if o_number == 1:
+                    domain = _string(f, o_wire, o_value)
+                elif o_number == 2 and o_wire == 0:
+                    version = o_value
+            if domain in ("", "ai.onnx") and version is not None:
+                opset = version
+        elif number == 7:  # graph
+            for g_number, g_wire, g_value in _fields(f, _message_end(f, wire, value)):
+                g_end = _message_end(f, g_wire, g_value) if g_number in (1, 5, 11, 12) else 0
+                if g_number == 1:
+                    nodes += 1
+                    _node(f, g_end)
+                elif g_number == 5:
+                    name, external = _tensor(f, g_end)
+                    _refuse_external(name, external)
+                    initializers.add(name)
+                elif g_number == 11:
+                    inputs.append(_value_info(f, g_end))
+                elif g_number == 12:
+                    outputs += 1
+    if not nodes:
+        raise BadModelError("not an ONNX model (no graph nodes); " + SEND_INSTEAD)
+    if opset is None:
+        raise BadModelError("the ONNX model declares no default-domain opset")
+    if opset < MIN_OPSET:
+        raise BadModelError(f"ONNX opset {opset} is too old: re-export with opset {MIN_OPSET} or newer")
+    if not outputs:
+        raise BadModelError("the ONNX graph has no outputs")
+    graph_inputs = [(name, dims) for name, dims in inputs if name not in initializers]
+    if len(graph_inputs) != 1:
+        raise UnsupportedModelError(f"models with {len(graph_inputs)} inputs are not supported yet (one image input)")
+    dims = graph_inputs[0][1]
+    shape = [d if isinstance(d, int) and d > 0 else -1 for d in dims]
+    if not shape:
+        raise UnsupportedModelError("the model's input has no shape: re-export it with its input shape")
+    if any(s == -1 for s in shape[1:]):
+        raise InputError(f"the model's input {shape} has dynamic dimensions besides batch: give input_shape")
+    return ModelHeader("onnx", [1, *shape[1:]], opset)
+
+
+# ------------------------------------------------------------------------------------------------- .npz
+
+
+def read_npz_header(path: str | Path, max_elements: int = 1 << 31, chunk: int = 4 << 20) -> DataHeader:
+    """The checks of data.load_npz from the archive's .npy headers, then x scanned for NaN/inf a chunk at a
+    time: bounded memory whatever the archive's size."""
+    try:
+        archive = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError) as e:
+        raise BadDataError(f"not a readable .npz archive: {str(e)[:200]}") from None
+    with archive:
+        names = {n[:-4]: n for n in archive.namelist() if n.endswith(".npy")}
+        if "x" not in names:
+            raise BadDataError(f"the .npz has no key 'x' (keys: {', '.join(sorted(names)) or 'none'})")
+        x_shape, x_dtype = _npy_header(archive, names["x"])
+        y_shape, y_dtype = _npy_header(archive, names["y"]) if "y" in names else (None, None)
+        n_elements = int(np.prod(x_shape, dtype=np.int64))
+        if n_elements > max_elements:
+            raise BadDataError(f"x has {n_elements} elements, over the limit of {max_elements}")
+        if len(x_shape) < 2 or x_shape[0] == 0:
+            raise BadDataError(f"x must be N x (input dims) with N >= 1, got shape {list(x_shape)}")
+        if not np.issubdtype(x_dtype, np.floating):
+            raise BadDataError(
+                f"x must hold float model inputs exactly as the model takes them (normalised), got {x_dtype}"
+            )
+        if y_shape is not None and (len(y_shape) != 1 or y_shape[0] != x_shape[0]
+                                    or not np.issubdtype(y_dtype, np.integer)):
+            raise BadDataError(f"y must be {x_shape[0]} integer class labels, got {y_dtype} {list(y_shape)}")
+        _check_finite(archive, names["x"], x_dtype, chunk)
+    return DataHeader(samples=int(x_shape[0]), shape=[int(d) for d in x_shape[1:]], labelled=y_shape is not None)
+
+
+def _npy_header(archive: zipfile.ZipFile, member: str) -> tuple[tuple[int, ...], np.dtype]:
+    try:
+        with archive.open(member) as f:
+            shape, dtype = _array_header(f)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+        raise BadDataError(f"not a readable .npz archive: {member}: {str(e)[:160]}") from None
+    if dtype.hasobject:
+        raise BadDataError(f"the .npz cannot be read without pickle: {member} holds Python objects")
+    return shape, dtype
+
+
+def _array_header(f: BinaryIO) -> tuple[tuple[int, ...], np.dtype]:
+    version = np.lib.format.read_magic(f)
+    if version == (1, 0):
+        shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+    elif version == (2, 0):
+        shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+    else:
+        raise ValueError(f".npy format version {version} is not supported")
+    return shape, dtype
+
+
+def _check_finite(archive: zipfile.ZipFile, member: str, dtype: np.dtype, chunk: int) -> None:
+    step = max(chunk // dtype.itemsize, 1) * dtype.itemsize
+    try:
+        with archive.open(member) as f:
+            _array_header(f)
+            while block := f.read(step):
+                values = np.frombuffer(block, dtype=dtype, count=len(block) // dtype.itemsize)
+                if not np.isfinite(values).all():
+                    raise BadDataError("x holds NaN or infinite values")
+    except (OSError, EOFError, zipfile.BadZipFile) as e:
+        raise BadDataError(f"not a readable .npz archive: {member}: {str(e)[:160]}") from None

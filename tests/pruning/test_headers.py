@@ -1,0 +1,133 @@
+"""Header checks of uploads (what the API runs): they agree with the full importer on real files, refuse what
+it refuses where that shows in the headers, and read a large file in bounded memory without torch."""
+
+import io
+import pickle
+import subprocess
+import sys
+import tracemalloc
+import zipfile
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper
+from secateurs.pruning.errors import (
+    BadDataError,
+    BadModelError,
+    InputError,
+    UnsafeFormatError,
+    UnsupportedModelError,
+)
+from secateurs.pruning.headers import read_model_header, read_npz_header
+from secateurs.pruning.loading import load_model
+
+from tests.conftest import npz_bytes, shared, torchvision_onnx
+
+
+def _file(tmp_path, data: bytes, name: str = "upload"):
+    p = tmp_path / name
+    p.write_bytes(data)
+    return p
+
+
+def _onnx(*, opset: int = 17, external: bool = False, inputs: int = 1, subgraph: bool = False,
+          weight_elements: int = 12, dims=("N", 3, 8, 8)) -> bytes:
+    w = helper.make_tensor("w", TensorProto.FLOAT, [weight_elements // 3, 3, 1, 1],
+                           np.ones(weight_elements, np.float32).tobytes(), raw=True)
+    if external:
+        w = TensorProto(name="w", data_type=TensorProto.FLOAT, dims=[4, 3, 1, 1])
+        w.data_location = TensorProto.EXTERNAL
+        w.external_data.add(key="location", value="../../etc/passwd")
+    nodes = [helper.make_node("Conv", ["x", "w"], ["y"])]
+    if subgraph:
+        branch = helper.make_graph([helper.make_node("Identity", ["y"], ["z"])], "b", [],
+                                   [helper.make_tensor_value_info("z", TensorProto.FLOAT, None)])
+        nodes.append(helper.make_node("If", ["c"], ["out"], then_branch=branch, else_branch=branch))
+    graph_inputs = [helper.make_tensor_value_info(f"x{i}" if i else "x", TensorProto.FLOAT, list(dims))
+                    for i in range(inputs)]
+    graph = helper.make_graph(nodes, "g", graph_inputs,
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 8, 8])], [w])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)]).SerializeToString()
+
+
+@pytest.mark.parametrize("name,size", [("squeezenet1_1", 64), ("mobilenet_v2", 32)])
+def test_onnx_header_matches_the_importer(tmp_path, name, size):
+    data = torchvision_onnx(name, size=size)
+    header = read_model_header(_file(tmp_path, data))
+    loaded = load_model(data)
+    assert (header.format, header.input_shape, header.opset) == ("onnx", loaded.input_shape, loaded.opset)
+
+
+def test_safetensors_header_matches_the_importer(tmp_path):
+    data = shared("resnet20_cifar10.safetensors").read_bytes()
+    header = read_model_header(_file(tmp_path, data), arch="resnet20_cifar", num_classes=10)
+    loaded = load_model(data, arch="resnet20_cifar", num_classes=10)
+    assert (header.format, header.input_shape) == ("safetensors", loaded.input_shape)
+
+
+@pytest.mark.parametrize("data,error,needle", [
+    (b"", BadModelError, "empty"),
+    (pickle.dumps({"state_dict": 1}, protocol=4), UnsafeFormatError, "pickle"),
+    (npz_bytes(x=np.zeros(3)), UnsafeFormatError, "npz"),
+    (b"\x00\x01garbage" * 100, BadModelError, "ONNX"),
+    (np.random.default_rng(0).bytes(4096), BadModelError, "ONNX"),
+    (_onnx(external=True), BadModelError, "external"),
+    (_onnx(opset=11), BadModelError, "opset"),
+    (_onnx(inputs=2), UnsupportedModelError, "2 inputs"),
+    (_onnx(subgraph=True), UnsupportedModelError, "control flow"),
+    (_onnx(dims=("N", 3, "H", "W")), InputError, "dynamic"),
+    (_onnx(weight_elements=3000)[:-200], BadModelError, "ONNX"),
+])
+def test_refusals_say_what_is_wrong(tmp_path, data, error, needle):
+    with pytest.raises(error, match=needle):
+        read_model_header(_file(tmp_path, data))
+
+
+def test_safetensors_needs_a_known_arch_and_consistent_offsets(tmp_path):
+    data = shared("resnet20_cifar10.safetensors").read_bytes()
+    path = _file(tmp_path, data)
+    with pytest.raises(InputError, match="architecture"):
+        read_model_header(path)
+    with pytest.raises(InputError, match="unknown arch"):
+        read_model_header(path, arch="resnet21_cifar")
+    with pytest.raises(BadModelError, match="safetensors"):
+        read_model_header(_file(tmp_path, data[:-100], "cut"), arch="resnet20_cifar")
+    with pytest.raises(InputError, match="not safetensors"):
+        read_model_header(_file(tmp_path, _onnx(), "m.onnx"), arch="resnet20_cifar")
+
+
+def test_a_large_onnx_is_read_in_bounded_memory_without_torch(tmp_path):
+    path = _file(tmp_path, _onnx(weight_elements=3 * 16 * 1024 * 1024), "big.onnx")  # 192 MiB of weights
+    tracemalloc.start()
+    try:
+        header = read_model_header(path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert header.input_shape == [1, 3, 8, 8] and peak < 1024 * 1024
+    code = ("import sys; from secateurs.pruning.headers import read_model_header; "
+            f"read_model_header({str(path)!r}); assert 'torch' not in sys.modules and 'onnx' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_npz_header_matches_load_npz_and_refuses_what_it_refuses(tmp_path):
+    x = np.random.default_rng(0).standard_normal((9, 3, 4, 4)).astype(np.float32)
+    header = read_npz_header(_file(tmp_path, npz_bytes(x=x, y=np.arange(9) % 3), "d.npz"))
+    assert (header.samples, header.shape, header.labelled) == (9, [3, 4, 4], True)
+    x[5, 1, 2, 3] = np.nan
+    bad = {
+        "nan": npz_bytes(x=x),
+        "key 'x'": npz_bytes(y=np.arange(3)),
+        "float": npz_bytes(x=np.zeros((2, 3), np.int32)),
+        "labels": npz_bytes(x=np.zeros((2, 3), np.float32), y=np.zeros(3, np.int64)),
+        "readable": b"not a zip at all",
+    }
+    obj = io.BytesIO()  # object arrays: loading them would need pickle
+    np.save(obj, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    z = io.BytesIO()
+    with zipfile.ZipFile(z, "w") as f:
+        f.writestr("x.npy", obj.getvalue())
+    bad["pickle"] = z.getvalue()
+    for needle, data in bad.items():
+        with pytest.raises(BadDataError, match=needle if needle != "nan" else "NaN"):
+            read_npz_header(_file(tmp_path, data, "bad.npz"))
