@@ -10,6 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from secateurs.pruning.errors import InputError, UnsafeFormatError
 from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger("secateurs.api")
@@ -71,6 +72,12 @@ def install(app: FastAPI) -> None:
     async def _db_down(_: Request, exc: OperationalError) -> JSONResponse:
         log.warning("database unavailable: %s", exc)
         return problem(503, "the database is unavailable; retry shortly", code="unavailable",
+                       headers={"Retry-After": "2"})
+
+    @app.exception_handler(PoolTimeout)
+    async def _pool_exhausted(_: Request, exc: PoolTimeout) -> JSONResponse:
+        log.warning("no database connection free: %s", exc)  # every one stuck on a database that does not answer
+        return problem(503, "the database is not answering; retry shortly", code="unavailable",
                        headers={"Retry-After": "2"})
 
     @app.exception_handler(DBAPIError)

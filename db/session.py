@@ -28,7 +28,12 @@ def make_engine(url: str) -> Engine:
             cur.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    # A database that is down or unreachable must fail a request fast (the API maps it to 503), not hang it:
+    # bounded connect, pool wait and dead-peer detection; pre-ping drops connections a restart broke.
+    connect_args = {"connect_timeout": 5, "keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5,
+                    "keepalives_count": 3} if url.startswith("postgresql") else {}
+    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20, pool_timeout=10,
+                         connect_args=connect_args)
 
 
 @lru_cache(maxsize=4)

@@ -4,6 +4,7 @@ directories: never the machine's own Redis (6379) or PostgreSQL (5432)."""
 from __future__ import annotations
 
 import glob
+import os
 import shutil
 import signal
 import subprocess
@@ -74,19 +75,27 @@ def _pg_bin(name: str) -> str:
 
 
 class PostgresCluster:
-    """A throwaway PostgreSQL cluster (initdb into a temporary directory, pg_ctl on a free port)."""
+    """A throwaway PostgreSQL cluster (initdb into a temporary directory, pg_ctl on a free port), removed by
+    close(). The directory is its own, outside pytest's (root-only) tree: as root, the server runs as `postgres`."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self) -> None:
+        import tempfile
+
         self.port = free_port()
+        workdir = Path(tempfile.mkdtemp(prefix="secateurs-pg-"))
+        self.workdir = workdir
         self.data = workdir / "pgdata"
         self.log = workdir / "postgres.log"
+        owner = _as_postgres()
+        if owner:
+            os.chown(workdir, owner["user"], owner["group"])
         self.url = f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
         subprocess.run([_pg_bin("initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8",
                         "--no-sync"], check=True, capture_output=True, **_as_postgres())
         # the socket directory too, so that nothing lands in /var/run/postgresql
         with open(self.data / "postgresql.conf", "a") as f:
             f.write(f"\nlisten_addresses = '127.0.0.1'\nport = {self.port}\nunix_socket_directories = '{workdir}'\n"
-                    "fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n")
+                    "fsync = off\n")  # commits still reach the WAL before they return: a kill loses nothing
 
     def _ctl(self, *args: str) -> None:
         subprocess.run([_pg_bin("pg_ctl"), "-D", str(self.data), "-l", str(self.log), "-w", "-t", "30", *args],
@@ -102,13 +111,15 @@ class PostgresCluster:
         return (self.data / "postmaster.pid").exists()
 
     def close(self) -> None:
-        if self.running():
-            self.stop()
+        try:
+            if self.running():
+                self.stop()
+        finally:
+            shutil.rmtree(self.workdir, ignore_errors=True)
 
 
 def _as_postgres() -> dict:
     """initdb and postgres refuse to run as root: run them as the `postgres` user when we are root."""
-    import os
     import pwd
 
     if os.geteuid() != 0:
