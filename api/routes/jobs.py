@@ -21,9 +21,11 @@ from .. import pagination
 from ..deps import CurrentTenant, SessionDep, StorageDep
 from ..problems import Problem
 from ..schemas import TERMINAL, JobCreate, event_out, job_out
+from .events import router as events_router
 from .models import owned
 
 router = APIRouter(prefix="/v1")
+router.include_router(events_router)  # the tenant-wide stream of every job's events
 log = logging.getLogger("secateurs.api")
 ARTIFACTS = ("model.onnx", "report.json")
 
@@ -131,8 +133,9 @@ def cancel_job(job_id: str, request: Request, tenant: CurrentTenant, session: Se
     ).rowcount
     if done:
         session.add(JobEvent(job_id=job.id, type="cancelled", stage="cancelled", message="cancelled before it started"))
-    elif job.status == "running":
-        session.execute(update(Job).where(Job.id == job.id).values(cancel_requested=True))
+    # on the row, not on the status read above: a worker may have claimed the job in between
+    elif session.execute(update(Job).where(Job.id == job.id, Job.status == "running")
+                         .values(cancel_requested=True)).rowcount:
         session.add(JobEvent(job_id=job.id, type="cancel_requested", message="cancel requested; stopping at the next step"))
     session.commit()
     session.refresh(job)
