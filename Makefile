@@ -26,6 +26,7 @@ lint: $(STAMP)
 
 test: $(STAMP) lint
 	bash scripts/services.sh
+	bash scripts/chromium.sh
 	$(VENV)/bin/pytest -q
 
 # Benchmarks rewrite their own sections of BENCHMARKS.md (see bench/common.py).

@@ -48,5 +48,5 @@ def job_out(j: Job) -> dict[str, Any]:
 
 
 def event_out(e: JobEvent) -> dict[str, Any]:
-    return {"id": e.id, "type": e.type, "stage": e.stage, "progress": e.progress, "message": e.message,
-            "data": e.data, "created_at": _ts(e.created_at)}
+    return {"id": e.id, "job_id": e.job_id, "type": e.type, "stage": e.stage, "progress": e.progress,
+            "message": e.message, "data": e.data, "created_at": _ts(e.created_at)}

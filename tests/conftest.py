@@ -47,7 +47,14 @@ def torchvision_onnx(name: str, size: int = 64, **kwargs) -> bytes:  # type: ign
     import torchvision
 
     torch.manual_seed(0)
-    model = getattr(torchvision.models, name)(weights=None, **kwargs).eval()
+    return onnx_of(getattr(torchvision.models, name)(weights=None, **kwargs), size)
+
+
+def onnx_of(model, size: int) -> bytes:  # type: ignore[no-untyped-def]
+    """A classifier taking 3 x size x size images, exported as a user would (opset 17, dynamic batch)."""
+    import torch
+
+    model = model.eval()
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -26,6 +26,8 @@ def test_light_install_has_no_torch_and_one_import_name(tmp_path):
     ours = sorted(p.name for p in site.iterdir() if p.is_dir() and (p / "__init__.py").exists()
                   and p.name in {"secateurs", "api", "db", "client", "worker", "pruning", "_secateurs"})
     assert ours == ["secateurs"]
+    static = site / "secateurs" / "api" / "static"  # the dashboard's files travel in the package
+    assert {"index.html", "dashboard.js", "charts.js", "dashboard.css", "icon.svg"} <= {p.name for p in static.iterdir()}
     check = ("from secateurs.pruning import PruneSpec; import sys; "
              "assert PruneSpec(signal='taylor').needs_data; "
              "assert not [m for m in sys.modules if m.split('.')[0] in ('torch', 'fastapi', 'sqlalchemy')]")

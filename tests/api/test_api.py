@@ -273,9 +273,20 @@ def test_webhook_targets_and_event_types_are_checked_and_each_tenant_has_its_own
 
 
 def test_the_dashboard_is_served_by_the_api_itself_with_nothing_from_a_cdn(client):
+    import re
+
     r = client.get("/")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
-    page = r.text
-    assert "/v1/jobs" in page and "text/event-stream" in page and "Authorization" in page
-    assert "http://" not in page and "https://" not in page and "<script src" not in page
+    csp = r.headers["content-security-policy"]
+    assert "script-src 'self'" in csp and "connect-src 'self'" in csp and "unsafe-inline" not in csp
+    refs = re.findall(r'(?:src|href)="([^"#]+)"', r.text)
+    assert refs and all(u.startswith("/static/") for u in refs), refs
+    assets = {"/static/dashboard.js", "/static/charts.js", "/static/dashboard.css"} | set(refs)
+    for path in assets:
+        a = client.get(path)
+        assert a.status_code == 200 and a.headers["content-security-policy"] == csp, path
+        assert not re.search(r"(?:src|href|url)\s*[=(]\s*[\"']?(?:https?:)?//", a.text), path  # nothing fetched from afar
+        assert client.get(path, headers={"If-None-Match": a.headers["etag"]}).status_code == 304
+    assert client.get("/static/dashboard.js").headers["content-type"].startswith("text/javascript")
+    assert _is_problem(client.get("/static/secrets.py"), 404)
     assert "/" not in client.get("/openapi.json").json()["paths"]

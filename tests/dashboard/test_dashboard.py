@@ -1,0 +1,174 @@
+"""The dashboard in a real headless Chromium on the embedded stack: key entry, upload, submit, a job
+followed live to `succeeded` through the event stream, its report and charts, the download, the
+comparison of two signals on one model, client-side validation, accessibility, phone width, and no
+request to another origin."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from tests.conftest import npz_bytes, onnx_of
+
+from .audit import audit
+from .conftest import Browsing
+
+pytestmark = pytest.mark.timeout(240)
+
+
+def tiny_onnx() -> bytes:
+    """A three-convolution classifier with random weights: a job on it takes seconds."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    return onnx_of(nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                                 nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+                                 nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(),
+                                 nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10)), 16)
+
+
+def tiny_data() -> bytes:
+    rng = np.random.default_rng(0)
+    return npz_bytes(x=rng.standard_normal((64, 3, 16, 16)).astype(np.float32), y=rng.integers(0, 10, 64))
+
+
+def enter_key(b: Browsing, key: str) -> None:
+    """By keyboard only: Tab to the key field, type, Enter."""
+    page = b.page
+    page.goto(b.stack.url + "/")
+    for _ in range(12):
+        page.keyboard.press("Tab")
+        if page.evaluate("document.activeElement.id") == "key":
+            break
+    else:
+        raise AssertionError("Tab never reached the API key field")
+    page.keyboard.type(key)
+    page.keyboard.press("Enter")
+
+
+def no_problems(b: Browsing, view: str) -> None:
+    problems = audit(b.page)
+    assert not problems, f"{view}: {problems}"
+
+
+def test_a_wrong_key_shows_an_error_and_is_not_kept(browsing: Browsing):
+    enter_key(browsing, "sk_not_a_key")
+    alert = browsing.page.locator("#alert")
+    alert.wait_for(state="visible")
+    assert "refused" in alert.inner_text() and "unknown or revoked" in alert.inner_text()
+    assert browsing.page.get_attribute("#key", "aria-invalid") == "true"
+    assert browsing.page.evaluate("sessionStorage.length") == 0
+    assert browsing.page.locator("main h1").inner_text() == "Enter your API key"
+    no_problems(browsing, "wrong key")
+    browsing.screenshot("wrong-key")
+    assert not browsing.foreign_requests()
+
+
+def test_submit_watch_live_download_and_compare(browsing: Browsing, tmp_path):
+    page, stack = browsing.page, browsing.stack
+    key = stack.new_key("dashboard")
+    enter_key(browsing, key)
+    page.locator("main h1", has_text="Jobs").wait_for()
+    assert page.evaluate("sessionStorage.getItem('secateurs.key')") == key
+    no_problems(browsing, "empty jobs list")
+
+    page.get_by_role("link", name="New job").click()
+    page.get_by_label("Model file").set_input_files(
+        {"name": "tiny.onnx", "mimeType": "application/octet-stream", "buffer": tiny_onnx()})
+    page.get_by_role("button", name="Upload model").click()
+    page.locator("#model-msg", has_text="Uploaded tiny.onnx").wait_for()
+    page.get_by_label("Data file").set_input_files(
+        {"name": "tiny.npz", "mimeType": "application/octet-stream", "buffer": tiny_data()})
+    page.get_by_role("button", name="Upload data").click()
+    page.locator("#data-msg", has_text="Uploaded tiny.npz").wait_for()
+    no_problems(browsing, "new job")
+
+    # the browser's own checks from the API's rules: nothing is sent while they fail
+    page.get_by_label("Value").fill("1.5")
+    page.get_by_label("Signal").select_option("taylor")
+    page.get_by_label("Calibration data").select_option("")
+    page.get_by_role("button", name="Submit job").click()
+    assert "at most 1" in page.locator("#job-form-value-error").inner_text()
+    assert "needs calibration data" in page.locator("#job-form-calibration-error").inner_text()
+    assert page.evaluate("document.activeElement.id") == "job-value"
+    assert not [u for u in browsing.requests if u.endswith("/v1/jobs")], "an invalid job was sent"
+    no_problems(browsing, "new job with errors")
+
+    page.get_by_label("Value").fill("0.5")
+    page.get_by_label("Signal").select_option("l2_norm")
+    calib = page.get_by_label("Calibration data")
+    calib.select_option(index=1)
+    page.get_by_label("Evaluation data").select_option(index=1)
+    page.get_by_role("button", name="Submit job").click()
+    page.wait_for_url(re.compile(r"#/jobs/job_"))
+    job_id = page.url.rsplit("/", 1)[1]
+    # the page is never reloaded from here: only the event stream can take it to succeeded
+    page.locator("#job-status .badge", has_text="succeeded").wait_for(timeout=180_000)
+    page.locator("#channels-chart svg").wait_for()
+    assert any(u == stack.url + "/v1/events" for u in browsing.requests)
+    log = page.locator("pre.log").inner_text()
+    for stage in ("analyse", "score", "plan", "export", "verify"):
+        assert stage in log, log
+
+    with stack.client(key) as c:
+        metrics = c.get(f"/v1/jobs/{job_id}").json()["metrics"]
+    cards = page.locator("dl.cards").inner_text()
+    assert "MACs" in cards and "Latency" in cards and "Accuracy" in cards and "Top-1 agreement" in cards
+    assert f"{metrics['macs_kept'] * 100:.1f}% kept" in cards
+    layers = metrics["layers"]
+    # a before outline and an after bar per layer
+    assert page.locator("#channels-chart svg rect.before").count() == len(layers)
+    assert page.locator("#channels-chart svg rect.s0").count() == len(layers)
+    widths = page.eval_on_selector_all("#channels-chart svg rect.s0", "rs => rs.map(r => +r.getAttribute('width'))")
+    outlines = page.eval_on_selector_all("#channels-chart svg rect.before", "rs => rs.map(r => +r.getAttribute('width'))")
+    pruned = [i for i, layer in enumerate(layers) if layer["channels_after"] < layer["channels_before"]]
+    assert pruned and all(widths[i] < outlines[i] for i in pruned)
+    stage_text = page.locator("ol.stages").inner_text()
+    assert "export" in stage_text and " s" in stage_text
+    assert page.locator("svg[aria-labelledby] title", has_text="Seconds per stage").count() == 1
+    assert page.locator("circle.current").count() == 1  # this job on the accuracy-against-MACs plot
+    no_problems(browsing, "job page")
+    browsing.screenshot("job-succeeded")
+
+    with page.expect_download() as dl:
+        page.get_by_role("button", name="Download model.onnx").click()
+    saved = tmp_path / "pruned.onnx"
+    dl.value.save_as(saved)
+    session = ort.InferenceSession(str(saved), providers=["CPUExecutionProvider"])
+    out = session.run(None, {"input": np.zeros((2, 3, 16, 16), np.float32)})[0]
+    assert out.shape == (2, 10)
+
+    # a second signal on the same model, submitted over the API while the list watches
+    page.get_by_role("link", name="Jobs", exact=True).click()
+    page.locator(f'tr[data-job-id="{job_id}"] .badge', has_text="succeeded").wait_for()
+    with stack.client(key) as c:
+        model_id = c.get(f"/v1/jobs/{job_id}").json()["model_id"]
+        other = c.post("/v1/jobs", json={"model_id": model_id, "spec": {"signal": "fpgm", "target": {"macs": 0.5}}})
+        assert other.status_code == 201, other.text
+        other_id = other.json()["id"]
+    page.locator(f'tr[data-job-id="{other_id}"] .badge', has_text="succeeded").wait_for(timeout=180_000)
+    no_problems(browsing, "jobs list")
+    browsing.screenshot("jobs")
+
+    page.goto(f"{stack.url}/#/compare?model={model_id}&a={job_id}&b={other_id}")
+    page.locator("#compare-chart svg").wait_for()
+    assert page.locator("#compare-chart svg rect.s0").count() == len(layers)
+    assert page.locator("#compare-chart svg rect.s1").count() == len(layers)
+    heading = page.locator("#compare-heading").inner_text()
+    assert re.search(rf"\d+ of {len(layers)} layers differ", heading)
+    assert "A: l2_norm" in page.locator("main table").first.inner_text()
+    no_problems(browsing, "compare")
+    browsing.screenshot("compare")
+
+    # a phone: nothing wider than the screen but the scrollable tables and charts
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.goto(f"{stack.url}/#/jobs/{job_id}")
+    page.locator("#channels-chart svg").wait_for()
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    browsing.screenshot("job-phone")
+
+    assert not browsing.foreign_requests(), browsing.foreign_requests()
