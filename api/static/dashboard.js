@@ -260,7 +260,7 @@ function progressBar(job) {
 async function jobsView(out) {
   const tbody = h("tbody");
   const table = h("table", {}, h("caption", {class: "visually-hidden"}, "Your jobs, newest first; status updates live"),
-    h("thead", {}, h("tr", {}, ["Job", "Model", "Signal", "Target", "Status", "Progress", "Stage", "Created"]
+    h("thead", {}, h("tr", {}, ["Job", "Model", "Signal", "Target", "Status", "Progress", "Result", "Stage", "Created"]
       .map((t, i) => h("th", {scope: "col", class: i > 5 ? "hide-narrow" : null}, t)))), tbody);
   out.append(h("section", {}, h("h1", {}, "Jobs"), h("div", {class: "table-wrap"}, table)));
   // the stream first: every event after the list's moment arrives through it
@@ -270,12 +270,13 @@ async function jobsView(out) {
   const row = (j) => h("tr", {"data-job-id": j.id},
     h("td", {}, h("a", {href: `#/jobs/${j.id}`}, j.id)), h("td", {}, modelName(j.model_id)),
     h("td", {}, signalOf(j)), h("td", {}, targetOf(j)), h("td", {}, badge(j.status)),
-    h("td", {}, progressBar(j)), h("td", {class: "hide-narrow"}, j.stage || ""),
+    h("td", {}, progressBar(j), ` ${Math.round((j.progress || 0) * 100)}%`), h("td", {class: "hide-narrow"}, result(j)),
+    h("td", {class: "hide-narrow"}, j.stage || ""),
     h("td", {class: "hide-narrow"}, when(j.created_at)));
   const render = () => {
     const list = [...state.jobs.values()].sort((a, b) => (a.created_at < b.created_at ? 1 : -1));
     tbody.replaceChildren(...list.map(row));
-    if (!list.length) tbody.append(h("tr", {}, h("td", {colspan: 8}, "No jobs yet. ", h("a", {href: "#/new"}, "Submit one"), ".")));
+    if (!list.length) tbody.append(h("tr", {}, h("td", {colspan: 9}, "No jobs yet. ", h("a", {href: "#/new"}, "Submit one"), ".")));
   };
   render();
   if (out.isConnected) state.onEvent = (job) => {
@@ -286,6 +287,15 @@ async function jobsView(out) {
     old.replaceWith(fresh);
     if (focused) fresh.querySelector("a").focus();
   };
+}
+
+function result(j) {
+  const m = j.metrics;
+  if (j.status === "failed") return (j.error || "").slice(0, 60);
+  if (!m) return "";
+  const quality = m.accuracy_after !== undefined ? `, accuracy ${pct(m.accuracy_after)}`
+    : m.agreement !== undefined ? `, agreement ${pct(m.agreement)}` : "";
+  return `${pct(m.macs_kept)} MACs, ${m.speedup ? m.speedup.toFixed(2) + "×" : "–"}${quality}`;
 }
 
 // ------------------------------------------------------------------------------------------------ a job

@@ -97,6 +97,7 @@ def test_submit_watch_live_download_and_compare(browsing: Browsing, tmp_path):
     assert page.evaluate("document.activeElement.id") == "job-value"
     assert not [u for u in browsing.requests if u.endswith("/v1/jobs")], "an invalid job was sent"
     no_problems(browsing, "new job with errors")
+    browsing.screenshot("new-job-errors")
 
     page.get_by_label("Value").fill("0.5")
     page.get_by_label("Signal").select_option("l2_norm")
@@ -172,3 +173,21 @@ def test_submit_watch_live_download_and_compare(browsing: Browsing, tmp_path):
     browsing.screenshot("job-phone")
 
     assert not browsing.foreign_requests(), browsing.foreign_requests()
+
+
+def test_the_audit_finds_what_it_looks_for(browser):
+    """The accessibility check itself: each kind of fault on a page made for it is reported."""
+    page = browser.new_page()
+    try:
+        page.set_content("""<html><head><title>t</title></head><body>
+          <input id="bare"><img src="data:,"><button id="empty"></button>
+          <p id="pale" style="color:#bbb;background:#fff">pale text</p>
+          <svg id="chart"><rect width="5" height="5"/></svg><span id="twice"></span><span id="twice"></span>
+          <label for="named">Named</label><input id="named"></body></html>""")
+        found = "\n".join(audit(page))
+    finally:
+        page.close()
+    for fault in ("html has no lang", "input#bare: no label", "img", "button#empty: button without a name",
+                  'p#pale "pale text": contrast', "svg#chart: chart without", "#twice is used 2 times"):
+        assert fault in found, (fault, found)
+    assert "input#named" not in found
