@@ -121,9 +121,21 @@ function startStream() {
   return ready;
 }
 
+// The newer of two snapshots of a job: a list read while the stream ran must not undo what it told.
+function keep(fresh) {
+  const old = state.jobs.get(fresh.id);
+  const rank = (j) => (TERMINAL.includes(j.status) ? 2 : j.status === "running" ? 1 : 0) + (j.progress || 0) / 2;
+  if (!old || rank(fresh) >= rank(old)) state.jobs.set(fresh.id, fresh);
+  return state.jobs.get(fresh.id);
+}
+
+function mergeEvents(id, events) {
+  const byId = new Map([...(state.events.get(id) || []), ...events].map((e) => [e.id, e]));
+  state.events.set(id, [...byId.values()].sort((a, b) => a.id - b.id));
+}
+
 function onEvent(ev) {
-  const seen = state.events.get(ev.job_id);
-  if (seen && !seen.some((e) => e.id === ev.id)) seen.push(ev);
+  mergeEvents(ev.job_id, [ev]);
   const job = state.jobs.get(ev.job_id);
   if (job && !TERMINAL.includes(ev.type)) {
     if (ev.type === "running" || ev.type === "progress") job.status = "running";
@@ -133,7 +145,7 @@ function onEvent(ev) {
     changed(job, ev);
   } else {  // a job this page has not seen, or one that ended: its row holds the truth (metrics, error)
     api(`/v1/jobs/${ev.job_id}`).then((fresh) => {
-      state.jobs.set(fresh.id, fresh);
+      fresh = keep(fresh);
       if (TERMINAL.includes(fresh.status)) announce(`Job ${fresh.id} ${fresh.status}`);
       changed(fresh, ev);
     }).catch(() => {});
@@ -266,7 +278,7 @@ async function jobsView(out) {
   // the stream first: every event after the list's moment arrives through it
   if (!state.stream || state.stream.signal.aborted) await startStream();
   const [jobs] = await Promise.all([allPages("/v1/jobs"), loadCatalogue()]);
-  for (const j of jobs) state.jobs.set(j.id, j);
+  for (const j of jobs) keep(j);
   const row = (j) => h("tr", {"data-job-id": j.id},
     h("td", {}, h("a", {href: `#/jobs/${j.id}`}, j.id)), h("td", {}, modelName(j.model_id)),
     h("td", {}, signalOf(j)), h("td", {}, targetOf(j)), h("td", {}, badge(j.status)),
@@ -278,7 +290,6 @@ async function jobsView(out) {
     tbody.replaceChildren(...list.map(row));
     if (!list.length) tbody.append(h("tr", {}, h("td", {colspan: 9}, "No jobs yet. ", h("a", {href: "#/new"}, "Submit one"), ".")));
   };
-  render();
   if (out.isConnected) state.onEvent = (job) => {
     const old = tbody.querySelector(`tr[data-job-id="${CSS.escape(job.id)}"]`);
     if (!old) return render();
@@ -287,6 +298,7 @@ async function jobsView(out) {
     old.replaceWith(fresh);
     if (focused) fresh.querySelector("a").focus();
   };
+  render();
 }
 
 function result(j) {
@@ -301,11 +313,11 @@ function result(j) {
 // ------------------------------------------------------------------------------------------------ a job
 
 async function jobView(out, id) {
-  const [job, events] = await Promise.all([api(`/v1/jobs/${id}`), allPages(`/v1/jobs/${id}/events`)]);
-  await loadCatalogue();
-  state.jobs.set(job.id, job);
-  state.events.set(id, events);
   if (!state.stream || state.stream.signal.aborted) await startStream();
+  const [fetched, events] = await Promise.all([api(`/v1/jobs/${id}`), allPages(`/v1/jobs/${id}/events`)]);
+  await loadCatalogue();
+  const job = keep(fetched);
+  mergeEvents(id, events);
 
   const stageList = h("ol", {class: "stages", "aria-label": "Stages"});
   const bar = h("progress", {max: 1, value: job.progress || 0, id: "job-progress", "aria-label": "Job progress"});
@@ -337,14 +349,16 @@ async function jobView(out, id) {
       ` · signal ${signalOf(job)} · target ${targetOf(job)} · recovery ${job.spec.recovery?.method || "none"}`),
     job.error ? h("p", {class: "bad"}, `Error: ${job.error}`) : null, actions,
     h("h2", {}, "Stages"), stageList));
-  paint(job);
-  if (job.metrics) await report(out, job);
-  out.append(h("section", {}, h("h2", {}, "Events"), log));
   if (out.isConnected) state.onEvent = (j, ev) => {
     if (j.id !== id) return;
     if (TERMINAL.includes(j.status) && TERMINAL.includes(ev.type)) return route();  // figures and downloads
     paint(j);
   };
+  paint(job);
+  if (job.metrics) await report(out, job);
+  out.append(h("section", {}, h("h2", {}, "Events"), log));
+  // it may have ended while this page was being drawn: draw it again with its figures
+  if (out.isConnected && TERMINAL.includes(state.jobs.get(id).status) && !TERMINAL.includes(job.status)) route();
 }
 
 function eventLine(e) {
