@@ -87,19 +87,19 @@ def cpu_isa() -> str:
     return "no AVX"
 
 
-def revision() -> str:
-    """The commit the engine was measured at, and whether pruning/ had uncommitted changes."""
+def revision(paths: tuple[str, ...] = ("pruning",)) -> str:
+    """The commit the code was measured at, and whether `paths` (the engine by default) had uncommitted changes."""
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
                               check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "pruning"], cwd=ROOT, capture_output=True,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", *paths], cwd=ROOT, capture_output=True,
                                text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown revision"
-    return f"commit {head}" + (" with uncommitted changes in pruning/" if dirty else "")
+    return f"commit {head}" + (f" with uncommitted changes in {', '.join(p + '/' for p in paths)}" if dirty else "")
 
 
-def machine() -> str:
+def machine(paths: tuple[str, ...] = ("pruning",)) -> str:
     import onnxruntime
     import torch
     import torch_pruning
@@ -107,7 +107,7 @@ def machine() -> str:
     gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ", no GPU"
     return (f"{cpu_model()} ({cpu_isa()}), {os.cpu_count()} cores{gpu}; Python {platform.python_version()}, "
             f"torch {torch.__version__}, torch-pruning {torch_pruning.__version__}, "
-            f"onnxruntime {onnxruntime.__version__}; secateurs at {revision()}")
+            f"onnxruntime {onnxruntime.__version__}; secateurs at {revision(paths)}")
 
 
 def load_average() -> str:
