@@ -193,7 +193,7 @@ def prune(
             "latency_threads": spec.measure.threads,
             "speedup": lat_before / lat_after if lat_after > 0 else None,
             "max_abs_diff": max_abs_diff,
-            "layers": _layer_table(channels_before, _channels(net)),
+            "layers": _layer_table(channels_before, _channels(net), origin),
             "device": dev.type,
             **extra,
         }
@@ -467,8 +467,20 @@ def _channels(model: nn.Module) -> dict[str, int]:
     return out
 
 
-def _layer_table(before: dict[str, int], after: dict[str, int]) -> list[dict[str, Any]]:
-    return [{"name": n, "channels_before": c, "channels_after": after.get(n, 0)} for n, c in before.items()]
+def _layer_table(before: dict[str, int], after: dict[str, int],
+                 origin: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+    """Per layer: channel counts, and `cut`, which of the original channels went (a hex bitmask, channel 0
+    the first digit's high bit), so that two signals' choices on one model can be compared channel by channel."""
+    return [{"name": n, "channels_before": c, "channels_after": after.get(n, 0), "cut": _cut_mask(c, origin.get(n))}
+            for n, c in before.items()]
+
+
+def _cut_mask(channels: int, kept: np.ndarray | None) -> str:
+    bits = np.ones(channels, dtype=np.uint8)
+    if kept is not None:
+        bits[np.asarray(kept, dtype=np.int64)] = 0
+    bits = np.concatenate([bits, np.zeros(-channels % 4, dtype=np.uint8)]).reshape(-1, 4)
+    return "".join("0123456789abcdef"[int(v)] for v in bits @ np.array([8, 4, 2, 1]))
 
 
 def _dynamic_axes(loaded: LoadedModel, spec: PruneSpec) -> dict[str, dict[int, str]]:

@@ -38,6 +38,10 @@ def test_resnet20_cifar_meets_the_macs_target_and_reports_it(resnet20_weights, c
     stem = {layer["name"]: layer for layer in r["layers"]}
     assert stem["linear"]["channels_after"] == 10  # the classifier keeps its classes
     assert any(layer["channels_after"] < layer["channels_before"] for layer in r["layers"])
+    for layer in r["layers"]:  # `cut` marks exactly the channels that went, no more, no fewer
+        bits = "".join(f"{int(d, 16):04b}" for d in layer["cut"])
+        assert len(layer["cut"]) == -(-layer["channels_before"] // 4) and set(bits[layer["channels_before"]:]) <= {"0"}
+        assert bits.count("1") == layer["channels_before"] - layer["channels_after"], layer
     _runs_at_batches(result.onnx, [1, 3, 32, 32], 10)
     model = onnx.load_model_from_string(result.onnx)
     assert model.graph.input[0].name == "input"
