@@ -15,6 +15,7 @@ from secateurs.db.settings import Settings, get_settings
 from secateurs.db.storage import open_storage
 
 from . import problems
+from .limits import BodyLimit
 from .metrics import HTTP_LATENCY
 from .routes import jobs, meta, models
 
@@ -44,6 +45,8 @@ def create_app(settings: Settings | None = None, *, enqueue: Callable[[str], Non
     app.state.ping_broker = ping_broker
     app.state.queue_depth = queue_depth
     problems.install(app)
+    # innermost, so that its 413 reaches FastAPI's body reading as is (not in an outer middleware's task group)
+    app.add_middleware(BodyLimit)
 
     @app.middleware("http")
     async def _timing(request: Request, call_next):  # type: ignore[no-untyped-def]

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import BadDataError
+from .headers import _array_header
 
 
 @dataclass
@@ -26,7 +27,35 @@ class Dataset:
         return Dataset(self.x[:n], None if self.y is None else self.y[:n])
 
 
+MAX_MEMBERS = 64
+BYTES_PER_ELEMENT = 4  # x is used as float32: the budget, in bytes, of the declared arrays
+
+
+def _check_declared(data: bytes, max_elements: int) -> None:
+    """Read only the .npy headers of x and y and refuse what they declare before numpy allocates it: a
+    small archive can declare (or decompress to) terabytes. Other members are never read."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as z:
+            infos = z.infolist()
+            if len(infos) > MAX_MEMBERS:
+                raise BadDataError(f"the .npz has {len(infos)} members; send x and optional y only")
+            for info in infos:
+                if info.filename not in ("x.npy", "y.npy", "x", "y"):  # np.load finds x as either
+                    continue
+                with z.open(info) as f:
+                    shape, dtype = _array_header(f)
+                elements = int(np.prod(shape, dtype=object))
+                if elements * max(dtype.itemsize, BYTES_PER_ELEMENT) > max_elements * BYTES_PER_ELEMENT:
+                    raise BadDataError(f"{info.filename} declares shape {list(shape)} ({dtype}), over the limit "
+                                       f"of {max_elements} float32 elements: send fewer samples")
+    except zipfile.BadZipFile:
+        return  # not a zip: np.load says what it is (a lone .npy, garbage) below
+    except (ValueError, OSError, EOFError) as e:
+        raise BadDataError(f"not a readable .npz archive: {str(e)[:200]}") from None
+
+
 def load_npz(data: bytes, max_elements: int = 1 << 31) -> Dataset:
+    _check_declared(data, max_elements)
     try:
         archive = np.load(io.BytesIO(data), allow_pickle=False)
     except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:

@@ -9,6 +9,7 @@ a file that passes here but not there fails its job with the importer's message.
 from __future__ import annotations
 
 import json
+import math
 import struct
 import zipfile
 from collections.abc import Iterator
@@ -28,6 +29,7 @@ SEND_INSTEAD = (
 )
 MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024  # the safetensors format's own limit
 MAX_NAME = 64 * 1024  # longer strings (names, domains) are not a model we take
+MAX_TENSOR_ELEMENTS = 1 << 28  # per tensor at batch 1: 1 GiB of float32, far above any image classifier
 
 
 @dataclass
@@ -314,6 +316,8 @@ def _read_onnx(f: BinaryIO, size: int) -> ModelHeader:
         raise UnsupportedModelError("the model's input has no shape: re-export it with its input shape")
     if any(s == -1 for s in shape[1:]):
         raise InputError(f"the model's input {shape} has dynamic dimensions besides batch: give input_shape")
+    if math.prod(shape[1:]) > MAX_TENSOR_ELEMENTS:  # the worker would allocate it to trace the model
+        raise BadModelError(f"the model's input {shape} is over the limit of {MAX_TENSOR_ELEMENTS} elements a sample")
     return ModelHeader("onnx", [1, *shape[1:]], opset)
 
 
@@ -333,7 +337,7 @@ def read_npz_header(path: str | Path, max_elements: int = 1 << 31, chunk: int = 
             raise BadDataError(f"the .npz has no key 'x' (keys: {', '.join(sorted(names)) or 'none'})")
         x_shape, x_dtype = _npy_header(archive, names["x"])
         y_shape, y_dtype = _npy_header(archive, names["y"]) if "y" in names else (None, None)
-        n_elements = int(np.prod(x_shape, dtype=np.int64))
+        n_elements = math.prod(x_shape)  # Python ints: a declared shape must not overflow past the check
         if n_elements > max_elements:
             raise BadDataError(f"x has {n_elements} elements, over the limit of {max_elements}")
         if len(x_shape) < 2 or x_shape[0] == 0:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from torch import nn
 
 from . import zoo
 from .errors import BadModelError, InputError, UnsupportedModelError
-from .headers import MIN_OPSET, SEND_INSTEAD
+from .headers import MAX_TENSOR_ELEMENTS, MIN_OPSET, SEND_INSTEAD
 from .headers import sniff as _sniff_file
 
 
@@ -138,6 +139,8 @@ def _load_onnx(data: bytes, input_shape: list[int] | None) -> LoadedModel:
     except Exception as e:
         raise BadModelError(f"the ONNX model fails onnx.checker: {str(e).splitlines()[0][:300]}") from None
 
+    _refuse_absurd_shapes(proto)
+
     initializer_names = {i.name for i in proto.graph.initializer}
     inputs = [i for i in proto.graph.input if i.name not in initializer_names]
     if len(inputs) != 1:
@@ -183,6 +186,30 @@ def _default_opset(proto: onnx.ModelProto) -> int:
         if o.domain in ("", "ai.onnx"):
             return int(o.version)
     raise BadModelError("the ONNX model declares no default-domain opset")
+
+
+def _elements(dims: Iterable[int]) -> int:
+    n = 1
+    for d in dims:
+        n *= max(int(d), 1)
+    return n
+
+
+def _refuse_absurd_shapes(proto: onnx.ModelProto) -> None:
+    """Shapes are declared, not stored: a few bytes can ask for terabytes. Refuse, before anything is
+    allocated, any input or intermediate tensor whose shape (dynamic dimensions taken as 1, constants
+    propagated) exceeds MAX_TENSOR_ELEMENTS. (onnx.checker already refuses initializers declaring more
+    than they hold.)"""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(proto, data_prop=True)
+    except Exception as e:
+        raise BadModelError(f"ONNX shape inference fails: {str(e).splitlines()[0][:300]}") from None
+    graph = inferred.graph
+    for value in [*graph.input, *graph.value_info, *graph.output]:
+        dims = [d.dim_value if d.HasField("dim_value") else 1 for d in value.type.tensor_type.shape.dim]
+        if _elements(dims) > MAX_TENSOR_ELEMENTS:
+            raise BadModelError(f"tensor {value.name!r} has shape {dims} ({_elements(dims)} elements at batch 1), "
+                                f"over the limit of {MAX_TENSOR_ELEMENTS}")
 
 
 def _refuse_external_data(proto: onnx.ModelProto) -> None:
