@@ -114,3 +114,28 @@ export function fmt(v) {
   if (a >= 1) return v.toFixed(2);
   return v.toFixed(3);
 }
+
+/** Which channels two jobs cut, layer by layer: each row is one layer's original channels in order,
+ *  coloured by who cut them (categories 1: A only, 2: B only, 3: both; 0, kept by both, left blank). */
+export function channelMap(rows, labels, title) {
+  const rowH = 14, labelW = 190, width = 720, top = 4, span = width - labelW - 10;
+  const height = top + rows.length * rowH + 4;
+  const totals = [0, 0, 0, 0];
+  for (const r of rows) for (const c of r.who) totals[c] += 1;
+  const desc = `${rows.length} layers: ${totals[3]} channels cut by both, ${totals[1]} by ${labels[0]} only, ` +
+    `${totals[2]} by ${labels[1]} only, ${totals[0]} kept by both.`;
+  const root = frame(title, desc, width, height);
+  rows.forEach((r, i) => {
+    const y = top + i * rowH, n = r.who.length, w = span / Math.max(1, n);
+    root.append(svg("text", {x: labelW - 6, y: y + 10, "text-anchor": "end"}, short(r.name, 30)),
+                svg("rect", {class: "before", x: labelW, y: y + 1, width: span, height: rowH - 3}));
+    for (let s = 0; s < n;) {  // one rect per run of channels with the same fate
+      let e = s;
+      while (e < n && r.who[e] === r.who[s]) e++;
+      if (r.who[s]) root.append(svg("rect", {class: "cut" + r.who[s], x: labelW + s * w, y: y + 1,
+                                             width: Math.max(0.5, (e - s) * w), height: rowH - 3}));
+      s = e;
+    }
+  });
+  return root;
+}

@@ -4,7 +4,7 @@
 // never automatically with a request, so no other site can make the browser act with it (no CSRF), and it
 // is gone when the tab closes. Script could read it, which is why the page runs only its own files
 // (Content-Security-Policy: script-src 'self') and writes every value from the API as text, never as HTML.
-import {barChart, fmt, layerChart, scatter} from "./charts.js";
+import {barChart, channelMap, fmt, layerChart, scatter} from "./charts.js";
 
 const KEY = "secateurs.key";
 const STAGES = ["import", "analyse", "score", "plan", "apply", "recover", "export", "verify", "report"];
@@ -679,7 +679,7 @@ async function compareView(out, params) {
   form.elements.a.value = a;
   form.elements.b.value = b;
   out.append(h("section", {}, h("h1", {}, "Compare signals on one model"),
-    h("p", {class: "hint"}, "Two finished jobs on the same model, side by side: how many channels each signal kept in every layer."),
+    h("p", {class: "hint"}, "Two finished jobs on the same model, side by side: how many channels each signal kept in every layer, and which ones it cut."),
     form));
   const ja = jobs.find((j) => j.id === a), jb = jobs.find((j) => j.id === b);
   if (!ja || !jb || ja === jb) {
@@ -706,6 +706,40 @@ async function compareView(out, params) {
       layerChart(layers, [{label: la, values: va}, {label: lb, values: vb}], `Channels kept per layer: ${la} against ${lb}`)),
     dataTable("Channels per layer as a table", ["Layer", "Before", la, lb, "A − B"],
       layers.map((l) => [l.name, l.before, va[l.name] ?? 0, vb[l.name] ?? 0, (va[l.name] ?? 0) - (vb[l.name] ?? 0)]))));
+  out.append(cutComparison(ja, jb, la, lb));
+}
+
+// Channel i of a layer is bit 3 - i % 4 of hex digit i / 4 (the report's `cut`).
+function bitsOf(hex, n) {
+  const bits = new Uint8Array(n);
+  for (let i = 0; i < n; i++) bits[i] = (parseInt(hex[i >> 2], 16) >> (3 - (i & 3))) & 1;
+  return bits;
+}
+
+function cutComparison(ja, jb, la, lb) {
+  const box = h("section", {}, h("h2", {id: "cut-heading"}, "Which channels each signal cut"));
+  const cutsB = Object.fromEntries(jb.metrics.layers.map((l) => [l.name, l.cut]));
+  const rows = ja.metrics.layers.filter((l) => l.cut && cutsB[l.name]).map((l) => {
+    const a = bitsOf(l.cut, l.channels_before), b = bitsOf(cutsB[l.name], l.channels_before);
+    return {name: l.name, who: Array.from(a, (x, i) => x + 2 * b[i])};
+  });
+  if (!rows.length) {
+    box.append(h("p", {class: "hint"}, "These reports predate the per-channel record: run the jobs again to compare channel by channel."));
+    return box;
+  }
+  const count = (r, c) => r.who.filter((x) => x === c).length;
+  const both = rows.reduce((s, r) => s + count(r, 3), 0), either = rows.reduce((s, r) => s + r.who.filter(Boolean).length, 0);
+  box.append(h("p", {id: "cut-overlap"}, `Of the ${either} channels either signal cut, both cut ${both} (${pct(either ? both / either : 1)} overlap).`),
+    h("ul", {class: "legend"}, h("li", {class: "cut3"}, "cut by both"), h("li", {class: "cut1"}, `cut by ${la} only`),
+      h("li", {class: "cut2"}, `cut by ${lb} only`), h("li", {class: "before"}, "kept by both")),
+    h("div", {class: "chart-scroll", id: "cut-chart", tabindex: 0, "aria-labelledby": "cut-heading"},
+      channelMap(rows, [la, lb], `Channels cut per layer: ${la} against ${lb}, each row a layer's channels in order`)),
+    dataTable("Cut channels per layer as a table", ["Layer", "Cut by both", `${la} only`, `${lb} only`, "Overlap"],
+      rows.map((r) => {
+        const any = r.who.filter(Boolean).length;
+        return [r.name, count(r, 3), count(r, 1), count(r, 2), any ? pct(count(r, 3) / any) : "–"];
+      })));
+  return box;
 }
 
 // ------------------------------------------------------------------------------------------------ start

@@ -36,6 +36,10 @@ def tiny_data() -> bytes:
     return npz_bytes(x=rng.standard_normal((64, 3, 16, 16)).astype(np.float32), y=rng.integers(0, 10, 64))
 
 
+def _bits(cut: str, n: int) -> list[int]:
+    return [int(bit) for bit in "".join(f"{int(d, 16):04b}" for d in cut)[:n]]
+
+
 def enter_key(b: Browsing, key: str) -> None:
     """By keyboard only: Tab to the key field, type, Enter."""
     page = b.page
@@ -162,6 +166,21 @@ def test_submit_watch_live_download_and_compare(browsing: Browsing, tmp_path):
     heading = page.locator("#compare-heading").inner_text()
     assert re.search(rf"\d+ of {len(layers)} layers differ", heading)
     assert "A: l2_norm" in page.locator("main table").first.inner_text()
+    # channel by channel: every channel either job cut is drawn, coloured by who cut it
+    with stack.client(key) as c:
+        cuts = [{layer["name"]: layer["cut"] for layer in c.get(f"/v1/jobs/{j}").json()["metrics"]["layers"]}
+                for j in (job_id, other_id)]
+    drawn = page.eval_on_selector_all(
+        "#cut-chart svg rect[class^=cut]", "rs => rs.reduce((s, r) => s + +r.getAttribute('width'), 0)")
+    assert drawn > 0
+    overlap = page.locator("#cut-overlap").inner_text()
+    both = either = 0
+    for layer in layers:
+        n = layer["channels_before"]
+        a, b = (_bits(cut[layer["name"]], n) for cut in cuts)
+        both += sum(x & y for x, y in zip(a, b, strict=True))
+        either += sum(x | y for x, y in zip(a, b, strict=True))
+    assert f"Of the {either} channels either signal cut, both cut {both} " in overlap, overlap
     no_problems(browsing, "compare")
     browsing.screenshot("compare")
 
