@@ -25,6 +25,9 @@ def _parser() -> argparse.ArgumentParser:
         add_service = None
     if add_service is not None:
         add_service(sub)
+    from .client.cli import add_parsers as add_client  # the light client always has these
+
+    add_client(sub)
     return parser
 
 

@@ -25,7 +25,8 @@ from typing import Any
 import httpx
 from secateurs.pruning.spec import PruneSpec
 
-DEFAULT_URL = "http://127.0.0.1:8000"
+from .config import resolve
+
 TERMINAL = ("succeeded", "failed", "cancelled")
 
 
@@ -55,29 +56,55 @@ class Job:
         self.data = self.client._request("GET", f"/v1/jobs/{self.id}").json()
         return self
 
-    def events(self, follow: bool = True) -> Iterator[dict[str, Any]]:
-        """Events as they happen (Server-Sent Events), resuming after a dropped connection."""
+    def events(self, follow: bool = True, *, reconnect_for: float = 120.0) -> Iterator[dict[str, Any]]:
+        """Events as they happen (Server-Sent Events), oldest first, ending after the job's terminal event.
+
+        A dropped connection, or a stream that ends before the terminal event, is reopened with
+        `Last-Event-ID`, so every event comes exactly once; a partly received event is dropped and read
+        again. Raises the transport error when the first connection fails, after `reconnect_for` seconds
+        without a connection, or (with `follow=False`) on the first drop."""
         last: int | None = None
+        down_since: float | None = None
+        connected = False
         while True:
             headers = {"Accept": "text/event-stream"}
             if last is not None:
                 headers["Last-Event-ID"] = str(last)
+            fresh = 0
             try:
                 with self.client._http.stream("GET", f"/v1/jobs/{self.id}/events", headers=headers,
                                               timeout=httpx.Timeout(30, read=60)) as r:
                     if r.status_code >= 400:
                         r.read()
                         raise _error(r)
-                    for line in r.iter_lines():
-                        if line.startswith("data: "):
-                            event = json.loads(line[6:])
-                            last = int(event["id"])
-                            yield event
-                return
-            except (httpx.TransportError, httpx.RemoteProtocolError):
-                if not follow:
+                    down_since, connected = None, True
+                    for event in _sse(r.iter_lines()):
+                        last, fresh = int(event["id"]), fresh + 1
+                        yield event
+                        if event["type"] in TERMINAL:
+                            return
+            except httpx.TransportError:
+                now = time.monotonic()
+                down_since = down_since or now
+                if not follow or not connected or now - down_since > reconnect_for:
                     raise
-                time.sleep(1.0)  # dropped: reconnect from the last event seen
+                time.sleep(1.0)
+                continue
+            # The server closed the stream before the terminal event (a restart, a proxy's timeout):
+            # open it again, unless the job is over and nothing more came.
+            if not follow or (fresh == 0 and self.refresh().status in TERMINAL):
+                return
+
+    def history(self, page_size: int = 500) -> Iterator[dict[str, Any]]:
+        """The events so far, oldest first (the JSON pages, no stream)."""
+        cursor: str | None = None
+        while True:
+            params: dict[str, Any] = {"limit": page_size, **({"cursor": cursor} if cursor else {})}
+            page = self.client._request("GET", f"/v1/jobs/{self.id}/events", params=params).json()
+            yield from page["data"]
+            cursor = page.get("next_cursor")
+            if not cursor:
+                return
 
     def wait(self, timeout: float | None = None, poll: float = 1.0) -> Job:
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -97,14 +124,17 @@ class Job:
     def download(self, path: str | os.PathLike[str], artifact: str = "model.onnx") -> Path:
         dest = Path(path)
         tmp = dest.with_name(f".{dest.name}.partial")
-        with self.client._http.stream("GET", f"/v1/jobs/{self.id}/artifacts/{artifact}") as r:
-            if r.status_code >= 400:
-                r.read()
-                raise _error(r)
-            with open(tmp, "wb") as f:
-                for chunk in r.iter_bytes():
-                    f.write(chunk)
-        tmp.replace(dest)
+        try:
+            with self.client._http.stream("GET", f"/v1/jobs/{self.id}/artifacts/{artifact}") as r:
+                if r.status_code >= 400:
+                    r.read()
+                    raise _error(r)
+                with open(tmp, "wb") as f:
+                    for chunk in r.iter_bytes():
+                        f.write(chunk)
+            tmp.replace(dest)
+        finally:
+            tmp.unlink(missing_ok=True)  # a broken download leaves nothing behind
         return dest
 
 
@@ -136,10 +166,12 @@ class _Jobs:
         self.client = client
 
     def create(self, model: str | dict[str, Any], spec: PruneSpec | dict[str, Any] | None = None, *,
-               webhook_url: str | None = None, idempotency_key: str | None = None) -> Job:
+               webhook_url: str | None = None, webhook_events: list[str] | None = None,
+               idempotency_key: str | None = None) -> Job:
         checked = spec if isinstance(spec, PruneSpec) else PruneSpec.model_validate(spec or {})
         body = {"model_id": model if isinstance(model, str) else model["id"],
-                "spec": checked.model_dump(mode="json", exclude_defaults=True), "webhook_url": webhook_url}
+                "spec": checked.model_dump(mode="json", exclude_defaults=True), "webhook_url": webhook_url,
+                "webhook_events": webhook_events}
         r = self.client._request("POST", "/v1/jobs", json=body,
                                  headers={"Idempotency-Key": idempotency_key or str(uuid.uuid4())})
         return Job(self.client, r.json())
@@ -163,8 +195,7 @@ class _Jobs:
 class Client:
     def __init__(self, base_url: str | None = None, api_key: str | None = None, *, timeout: float = 300,
                  retries: int = 5) -> None:
-        self.base_url = base_url or os.environ.get("SECATEURS_URL", DEFAULT_URL)
-        key = api_key or os.environ.get("SECATEURS_API_KEY")
+        self.base_url, key = resolve(base_url, api_key)
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout)
         self.retries = retries
@@ -187,6 +218,13 @@ class Client:
             return r
         raise AssertionError("unreachable")
 
+    def ready(self) -> dict[str, Any]:
+        """`/readyz` once, without retries: raises APIError (503) when a dependency is down."""
+        r = self._http.get("/readyz", timeout=10)
+        if r.status_code >= 400:
+            raise _error(r)
+        return dict(r.json())
+
     def close(self) -> None:
         self._http.close()
 
@@ -195,6 +233,18 @@ class Client:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _sse(lines: Iterator[str]) -> Iterator[dict[str, Any]]:
+    """The `data` of each complete Server-Sent Event; an event is complete at its blank line."""
+    data: list[str] = []
+    for line in lines:
+        if not line:
+            if data:
+                yield json.loads("\n".join(data))
+            data = []
+        elif line.startswith("data:"):
+            data.append(line[5:].removeprefix(" "))
 
 
 def _error(r: httpx.Response) -> APIError:

@@ -1,0 +1,394 @@
+"""`secateurs submit` and `secateurs jobs`: the service from a terminal or a pipeline, over HTTP only.
+
+Exit codes: 0 succeeded (and every file asked for was saved), 2 bad input (refused before or at
+submission), 3 the job failed, 4 the job was cancelled, 5 the service is unreachable or not ready.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import itertools
+import json
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+import httpx
+from pydantic import ValidationError
+from secateurs.pruning.spec import PruneSpec, Target
+
+from .config import ConfigError, config_path
+from .sdk import APIError, Client, Job
+
+BAD_INPUT, FAILED, CANCELLED, UNREACHABLE, INTERRUPTED = 2, 3, 4, 5, 130
+OUTCOME = {"succeeded": 0, "failed": FAILED, "cancelled": CANCELLED}
+
+
+class Refused(Exception):
+    """Input refused on this machine, before anything is sent."""
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--url", help="the service (default: $SECATEURS_URL, the config file, http://127.0.0.1:8000)")
+    common.add_argument("--api-key", help=f"API key (default: $SECATEURS_API_KEY, then {config_path()})")
+    common.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+
+    p = sub.add_parser("submit", parents=[common], help="prune a model through the service",
+                       description="Upload a model (and data), create a job; with --wait, follow it and download.")
+    p.add_argument("model", nargs="?", help="the model: IN.onnx (or use --arch with --weights)")
+    p.add_argument("--arch", help="architecture name for safetensors weights (e.g. resnet50, resnet56_cifar)")
+    p.add_argument("--weights", help="safetensors weights for --arch")
+    p.add_argument("--num-classes", type=int, help="classifier size for --arch")
+    p.add_argument("--signal", help="pruning signal (GET /v1/signals lists them)")
+    p.add_argument("--target", help="budget kept, e.g. macs=0.5, params=0.6, channels=0.7, latency_ms=5")
+    p.add_argument("--scope", choices=["global", "local"])
+    p.add_argument("--round-to", type=int, help="keep channel counts at multiples of this")
+    p.add_argument("--protect", action="append", help="regex of layer names never pruned (repeatable)")
+    p.add_argument("--steps", type=int, help="prune in this many rounds")
+    p.add_argument("--input-shape", help="input shape with batch, e.g. 1,3,224,224")
+    p.add_argument("--calib", help="calibration data .npz (x, optional y), uploaded with the model")
+    p.add_argument("--eval", dest="evaluation", help="evaluation data .npz (x, y), uploaded with the model")
+    p.add_argument("--recover", help="recovery method: none, bn_recalibrate, reconstruct, distill, finetune")
+    p.add_argument("--spec", help="job spec JSON file; flags override its fields")
+    p.add_argument("--webhook-url", help="where the service posts signed job events")
+    p.add_argument("--webhook-event", action="append", dest="webhook_events",
+                   help="event type to deliver (repeatable; default all)")
+    p.add_argument("--wait", action="store_true", help="follow the job to its end (implied by -o and --report)")
+    p.add_argument("-o", "--output", help="save the pruned ONNX here when the job succeeds")
+    p.add_argument("--report", help="save the report JSON here when the job succeeds")
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    p.set_defaults(run=_guarded(run_submit))
+
+    jobs = sub.add_parser("jobs", help="list, show, cancel and follow jobs on the service")
+    actions = jobs.add_subparsers(dest="jobs_command", metavar="ACTION")
+    actions.required = True
+    p = actions.add_parser("list", parents=[common], help="the newest jobs first")
+    p.add_argument("--status", choices=["queued", "running", "succeeded", "failed", "cancelled"])
+    p.add_argument("--limit", type=int, default=20, help="at most this many (default 20)")
+    p.set_defaults(run=_guarded(run_list))
+    for name, run, text in (("show", run_show, "a job's status, error and metrics"),
+                            ("cancel", run_cancel, "cancel a queued or running job")):
+        p = actions.add_parser(name, parents=[common], help=text)
+        p.add_argument("job_id", metavar="ID")
+        p.set_defaults(run=_guarded(run))
+    p = actions.add_parser("events", parents=[common], help="a job's events (--follow: live, to the end)")
+    p.add_argument("job_id", metavar="ID")
+    p.add_argument("--follow", "-f", action="store_true",
+                   help="stream events until the job ends; the exit code is then the job's outcome")
+    p.set_defaults(run=_guarded(run_events))
+
+
+# -- the job spec ----------------------------------------------------------------------------------
+
+def build_spec(args: argparse.Namespace) -> dict[str, Any]:
+    """The spec `secateurs prune` builds from the same flags: --spec's object, each flag overriding its field."""
+    spec: dict[str, Any] = {}
+    if args.spec:
+        try:
+            spec = json.loads(Path(args.spec).read_text())
+        except (OSError, ValueError) as e:
+            raise Refused(f"cannot read spec {args.spec}: {e}") from None
+        if not isinstance(spec, dict):
+            raise Refused(f"spec {args.spec} must hold a JSON object")
+    if args.target:
+        try:
+            spec["target"] = Target.parse_cli(args.target).model_dump(exclude_none=True)
+        except ValueError as e:  # pydantic's ValidationError is a ValueError too
+            raise Refused(f"--target: {_first_error(e)}") from None
+    if args.signal:
+        spec["signal"] = args.signal
+    spec.update({k: getattr(args, k) for k in ("scope", "round_to", "protect") if getattr(args, k) is not None})
+    nested = {"schedule": ("steps", args.steps), "recovery": ("method", args.recover or None)}
+    for section, (key, value) in nested.items():
+        if value is not None:
+            spec[section] = {**spec.get(section, {}), key: value}
+    if args.input_shape:
+        try:
+            spec["input_shape"] = [int(v) for v in args.input_shape.replace("x", ",").split(",")]
+        except ValueError:
+            raise Refused(f"--input-shape must look like 1,3,224,224, got {args.input_shape!r}") from None
+    try:
+        checked = PruneSpec.model_validate(spec)
+    except ValidationError as e:
+        raise Refused(f"invalid spec: {_first_error(e)}") from None
+    if checked.needs_data and not (args.calib or checked.calibration.dataset_id):
+        what = f"recovery {checked.recovery.method!r}" if checked.signal_needs == ["weights"] \
+            else f"signal {checked.signal_name!r}"
+        raise Refused(f"spec.calibration.dataset_id: {what} needs calibration data: give --calib DATA.npz")
+    return spec
+
+
+def _first_error(e: Exception) -> str:
+    if isinstance(e, ValidationError):
+        err = e.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "spec"
+        return f"{where}: {err['msg']}"
+    return str(e)
+
+
+# -- commands ----------------------------------------------------------------------------------------
+
+def run_submit(args: argparse.Namespace) -> int:
+    spec = build_spec(args)
+    source = _model_source(args)
+    for flag, path in (("--calib", args.calib), ("--eval", args.evaluation)):
+        if path and not Path(path).is_file():
+            raise Refused(f"{flag}: no file {path}")
+    for flag, path in (("-o", args.output), ("--report", args.report)):
+        if path and not Path(path).resolve().parent.is_dir():
+            raise Refused(f"{flag}: the folder {Path(path).resolve().parent} does not exist")
+    wait = bool(args.wait or args.output or args.report)
+    show = Progress(sys.stderr, enabled=not args.quiet)
+    with _client(args) as client:
+        client.ready()
+        show.note(f"uploading {source.name}")
+        model = client.models.upload(source, arch=args.arch, num_classes=args.num_classes)
+        for section, path in (("calibration", args.calib), ("evaluation", args.evaluation)):
+            if path:
+                show.note(f"uploading {Path(path).name}")
+                spec[section] = {**spec.get(section, {}), "dataset_id": client.datasets.upload(path)["id"]}
+        job = client.jobs.create(model, spec, webhook_url=args.webhook_url, webhook_events=args.webhook_events)
+        show.note(f"job {job.id} {job.status} (follow it: secateurs jobs events {job.id} --follow)")
+        if not wait:
+            print(json.dumps(job.data) if args.json else job.id)
+            return 0
+        try:
+            for event in job.events():
+                show.update(event)
+        except KeyboardInterrupt:
+            show.close()
+            _say(f"stopped watching; job {job.id} goes on (secateurs jobs cancel {job.id} to stop it)")
+            return INTERRUPTED
+        show.close()
+        job.refresh()
+        saved = {}
+        if job.status == "succeeded":
+            for name, path in (("model.onnx", args.output), ("report.json", args.report)):
+                if path:
+                    saved[name] = str(job.download(path, name).resolve())
+    if args.json:
+        print(json.dumps({**job.data, "saved": saved}))
+    elif job.status == "succeeded":
+        print(_summary(job.data))
+        for path in saved.values():
+            print(f"wrote {path}")
+    _outcome_line(job.data)
+    return OUTCOME.get(job.status, 1)
+
+
+def run_list(args: argparse.Namespace) -> int:
+    if args.limit < 1:
+        raise Refused("--limit must be at least 1")
+    with _client(args) as client:
+        jobs = [j.data for j in itertools.islice(client.jobs.list(status=args.status, limit=min(args.limit, 100)),
+                                                 args.limit)]
+    if args.json:
+        print(json.dumps(jobs))
+        return 0
+    print(f"{'ID':<30} {'STATUS':<10} {'STAGE':<10} {'PROGRESS':>8}  CREATED")
+    for j in jobs:
+        print(f"{j['id']:<30} {j['status']:<10} {j.get('stage') or '-':<10} {(j.get('progress') or 0) * 100:7.0f}%  "
+              f"{j.get('created_at') or '-'}")
+    return 0
+
+
+def run_show(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        job = client.jobs.get(args.job_id).data
+    if args.json:
+        print(json.dumps(job))
+        return 0
+    for key in ("id", "status", "stage", "progress", "model_id", "created_at", "started_at", "finished_at", "error"):
+        if job.get(key) is not None:
+            print(f"{key:<12} {job[key]}")
+    print(f"{'spec':<12} {_spec_line(job.get('spec') or {})}")
+    if job.get("metrics"):
+        print(f"{'result':<12} {_summary(job)}")
+    for name, url in (job.get("artifacts") or {}).items():
+        print(f"{name:<12} {url}")
+    return 0
+
+
+def run_cancel(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        job = client.jobs.get(args.job_id).cancel().data
+    if args.json:
+        print(json.dumps(job))
+    elif job["status"] == "running":
+        print(f"{job['id']}: cancel requested; the worker stops it at its next step")
+    elif job["status"] == "cancelled":
+        print(f"{job['id']}: cancelled")
+    else:
+        print(f"{job['id']}: already {job['status']}, nothing to cancel")
+    return 0
+
+
+def run_events(args: argparse.Namespace) -> int:
+    last: dict[str, Any] = {}
+    with _client(args) as client:
+        job = Job(client, {"id": args.job_id, "status": "unknown"})
+        for event in job.events() if args.follow else job.history():
+            print(json.dumps(event) if args.json else _event_line(event), flush=True)
+            last = event
+    return OUTCOME.get(last.get("type", ""), 0) if args.follow else 0
+
+
+# -- output ------------------------------------------------------------------------------------------
+
+class Progress:
+    """A live bar redrawn on one line of a terminal; elsewhere (CI logs, pipes) a plain line per stage
+    and per tenth of progress."""
+
+    def __init__(self, stream: IO[str], enabled: bool = True) -> None:
+        self.stream, self.enabled = stream, enabled
+        self.tty = enabled and stream.isatty()
+        self.drawn, self.fraction, self.stage, self.started = False, 0.0, "", time.monotonic()
+        self.printed = (None, -1.0)
+
+    def update(self, event: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        if event.get("progress") is not None:
+            self.fraction = float(event["progress"])
+        stage = str(event.get("stage") or event.get("type") or "")
+        self.stage = stage
+        data = event.get("data") or {}
+        macs = data.get("macs_kept", data.get("macs_fraction"))
+        tail = f"  MACs {float(macs) * 100:.1f}%" if isinstance(macs, (int, float)) else ""
+        message = str(event.get("message") or "")
+        if self.tty:
+            width = shutil.get_terminal_size((100, 20)).columns
+            bar = "#" * int(self.fraction * 24)
+            line = (f"[{bar:<24}] {self.fraction * 100:3.0f}% {time.monotonic() - self.started:5.0f}s "
+                    f"{stage:<9} {message}")
+            room = width - 1 - len(tail)
+            line = (line[:room] if len(line) > room else line.ljust(room)) + tail
+            self.stream.write("\r" + line)
+            self.stream.flush()
+            self.drawn = True
+            return
+        previous_stage, previous_fraction = self.printed
+        if stage != previous_stage or self.fraction >= previous_fraction + 0.1 or event.get("type") != "progress":
+            self.printed = (stage, self.fraction)
+            self.stream.write(f"[{self.fraction * 100:3.0f}%] {stage}: {message}{tail}\n")
+            self.stream.flush()
+
+    def note(self, text: str) -> None:
+        if self.enabled:
+            self.close()
+            self.stream.write(f"secateurs: {text}\n")
+            self.stream.flush()
+
+    def close(self) -> None:
+        if self.drawn:
+            self.stream.write("\n")
+            self.stream.flush()
+            self.drawn = False
+
+
+def _summary(job: dict[str, Any]) -> str:
+    m = job.get("metrics") or {}
+    parts = [f"{job['id']} {job['status']}"]
+    for key, label in (("macs_kept", "MACs"), ("params_kept", "params")):
+        if isinstance(m.get(key), (int, float)):
+            parts.append(f"{label} {m[key] * 100:.1f}% kept")
+    if isinstance(m.get("latency_ms_before"), (int, float)) and isinstance(m.get("latency_ms_after"), (int, float)):
+        parts.append(f"latency {m['latency_ms_before']:.3f} -> {m['latency_ms_after']:.3f} ms")
+    if isinstance(m.get("accuracy_after"), (int, float)):
+        parts.append(f"accuracy {m.get('accuracy_before', 0) * 100:.2f}% -> {m['accuracy_after'] * 100:.2f}%")
+    elif isinstance(m.get("agreement"), (int, float)):
+        parts.append(f"top-1 agreement {m['agreement'] * 100:.2f}%")
+    return ", ".join(parts)
+
+
+def _spec_line(spec: dict[str, Any]) -> str:
+    """The choices that matter at a glance; `--json` has the whole spec."""
+    signal = spec.get("signal")
+    parts = [f"signal {signal if isinstance(signal, str) else json.dumps(signal)}"]
+    parts += [f"target {k}={v}" for k, v in (spec.get("target") or {}).items() if v is not None]
+    parts.append(f"recovery {(spec.get('recovery') or {}).get('method', 'none')}")
+    parts += [f"{name} {ref['dataset_id']}" for name in ("calibration", "evaluation")
+              if (ref := spec.get(name) or {}).get("dataset_id")]
+    return ", ".join(parts)
+
+
+def _event_line(e: dict[str, Any]) -> str:
+    progress = f"{e['progress'] * 100:3.0f}%" if e.get("progress") is not None else "   -"
+    return f"{e['id']:>6} {e.get('created_at') or '':<32} {e['type']:<16} {e.get('stage') or '-':<10} {progress} " \
+           f"{e.get('message') or ''}"
+
+
+def _outcome_line(job: dict[str, Any]) -> None:
+    if job["status"] == "failed":
+        _say(f"job {job['id']} failed: {job.get('error') or 'no error given'}")
+    elif job["status"] == "cancelled":
+        _say(f"job {job['id']} was cancelled")
+
+
+def _say(text: str) -> None:
+    print("secateurs: " + " ".join(text.split()), file=sys.stderr, flush=True)
+
+
+# -- plumbing ----------------------------------------------------------------------------------------
+
+def _model_source(args: argparse.Namespace) -> Path:
+    if args.model and args.weights:
+        raise Refused("give either IN.onnx or --arch with --weights, not both")
+    if args.weights and not args.arch:
+        raise Refused("--weights needs --arch")
+    source = args.model or args.weights
+    if not source:
+        raise Refused("give a model: IN.onnx, or --arch NAME --weights W.safetensors")
+    if not Path(source).is_file():
+        raise Refused(f"no file {source}")
+    return Path(source)
+
+
+def _client(args: argparse.Namespace) -> Client:
+    client = Client(args.url, args.api_key)
+    args.resolved_url = client.base_url  # for the error message when it cannot be reached
+    return client
+
+
+def _guarded(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Every failure as one line on stderr and the exit code the contract gives it."""
+
+    @functools.wraps(run)
+    def guarded(args: argparse.Namespace) -> int:
+        try:
+            return run(args)
+        except (Refused, ConfigError) as e:
+            _say(f"error: {e}")
+            return BAD_INPUT
+        except ValidationError as e:  # a spec the SDK refused
+            _say(f"error: invalid spec: {_first_error(e)}")
+            return BAD_INPUT
+        except APIError as e:
+            return _api_error(e, args)
+        except httpx.TransportError as e:
+            _say(f"error: cannot reach the service at {getattr(args, 'resolved_url', args.url)}: "
+                 f"{type(e).__name__}: {e}")
+            return UNREACHABLE
+        except OSError as e:  # a file we read or write
+            _say(f"error: {e}")
+            return BAD_INPUT
+
+    return guarded
+
+
+def _api_error(e: APIError, args: argparse.Namespace) -> int:
+    title, detail = e.problem.get("title") or "error", e.problem.get("detail") or ""
+    if e.status >= 500:
+        _say(f"error: the service is not ready ({e.status} {title}): {detail}")
+        return UNREACHABLE
+    hint = ""
+    if e.status == 401:
+        hint = f" (the key comes from --api-key, $SECATEURS_API_KEY or {config_path()})"
+    _say(f"error: refused ({e.status} {title}): {detail}{hint}")
+    return BAD_INPUT
+
