@@ -24,6 +24,7 @@ class Settings(BaseSettings):
     job_lease_seconds: int = 60  # a running job whose heartbeat is older than this is taken back
     job_max_attempts: int = 3
     sweep_interval_seconds: float = 15.0
+    max_active_jobs_per_tenant: int = 20  # queued + running; more answer 429 with Retry-After
 
     @property
     def db_url(self) -> str:

@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from secateurs.db.models import Artifact, Dataset, IdempotencyRecord, Job, JobEvent, Model, new_id, now
 from secateurs.db.session import sessions
 from secateurs.worker.webhooks import EVENT_TYPES, check_target, notify, tenant_secret
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from .. import pagination
@@ -79,6 +79,7 @@ def create_job(body: JobCreate, request: Request, tenant: CurrentTenant, session
                 raise Problem(422, "Idempotency-Key was used with a different request body", code="idempotency")
             return JSONResponse(rec.response, status_code=rec.status_code, headers={"Idempotent-Replayed": "true"})
     _check(body, tenant.id, session, request.app.state.settings)
+    _within_limit(tenant.id, session, request.app.state.settings.max_active_jobs_per_tenant)
     job = Job(id=new_id("job"), tenant_id=tenant.id, model_id=body.model_id, spec=body.spec.model_dump(mode="json"),
               status="queued", webhook_url=body.webhook_url,
               webhook_events={"types": body.webhook_events} if body.webhook_events else None)
@@ -99,6 +100,15 @@ def create_job(body: JobCreate, request: Request, tenant: CurrentTenant, session
         return JSONResponse(rec.response, status_code=rec.status_code, headers={"Idempotent-Replayed": "true"})
     enqueue(request, job.id)  # after the commit: the worker always finds the row
     return JSONResponse(out, status_code=201)
+
+
+def _within_limit(tenant_id: str, session: SessionDep, limit: int) -> None:
+    """A tenant's queued and running jobs are capped, so that one pipeline cannot fill every worker."""
+    active = session.execute(select(func.count()).select_from(Job).where(
+        Job.tenant_id == tenant_id, Job.status.in_(("queued", "running")))).scalar_one()
+    if active >= limit:
+        raise Problem(429, f"{active} of your jobs are queued or running, the limit is {limit}: wait for one to "
+                           "finish or cancel one", code="too-many-jobs", headers={"Retry-After": "30"})
 
 
 def enqueue(request: Request, job_id: str) -> None:
