@@ -1,5 +1,7 @@
 """The SDK and the client commands: HTTP only, no torch, no server packages."""
 
 from .sdk import APIError, Client, Job
+from .webhooks import WebhookVerificationError
+from .webhooks import verify as verify_webhook
 
-__all__ = ["APIError", "Client", "Job"]
+__all__ = ["APIError", "Client", "Job", "WebhookVerificationError", "verify_webhook"]

@@ -218,6 +218,10 @@ class Client:
             return r
         raise AssertionError("unreachable")
 
+    def webhook_secret(self) -> str:
+        """The tenant's `whsec_` secret, for `secateurs.client.webhooks.verify` on the receiving end."""
+        return str(self._request("GET", "/v1/webhooks/secret").json()["secret"])
+
     def ready(self) -> dict[str, Any]:
         """`/readyz` once, without retries: raises APIError (503) when a dependency is down."""
         r = self._http.get("/readyz", timeout=10)

@@ -109,7 +109,7 @@ def _spec(tmp_path, spec: dict) -> str:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("case", ["unknown-signal", "data-signal-without-data", "pickle", "wrong-data-shape",
-                                  "target", "missing-file"])
+                                  "target", "missing-file", "loopback-webhook"])
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(case, tiny_onnx, env, tmp_path):
     model, extra = str(tiny_onnx), []
     if case == "unknown-signal":
@@ -125,6 +125,8 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(case, tiny_onnx, env
         extra = ["--signal", "activation_mean", "--calib", str(data)]
     elif case == "target":
         extra = ["--target", "macs=2"]
+    elif case == "loopback-webhook":  # refused by the service unless the operator allows private targets
+        extra = ["--webhook-url", "http://127.0.0.1:9/hook"]
     else:
         model = str(tmp_path / "absent.onnx")
     out = tmp_path / "out.onnx"
@@ -133,7 +135,7 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(case, tiny_onnx, env
     line = one_line_error(proc)
     needle = {"unknown-signal": "nonsense", "data-signal-without-data": "spec.calibration.dataset_id",
               "pickle": "refused", "wrong-data-shape": "spec.calibration.dataset_id", "target": "target",
-              "missing-file": "absent.onnx"}[case]
+              "missing-file": "absent.onnx", "loopback-webhook": "SECATEURS_WEBHOOK_ALLOW_PRIVATE"}[case]
     assert needle in line, line
     assert not out.exists()
 
