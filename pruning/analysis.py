@@ -88,6 +88,23 @@ class Analysis:
         return cost
 
 
+    def coupled_layers(self, g: int) -> np.ndarray:
+        """How many conv/linear layers lose each channel of group g (as output or input channel)."""
+        info = self.groups[g]
+        count = np.zeros(info.channels)
+        for t in info.touches:
+            hit = np.zeros(info.channels, dtype=bool)
+            hit[t.root_idxs[t.root_idxs >= 0]] = True
+            count += hit
+        return count
+
+    def mean_channel_macs(self) -> float:
+        """MACs of an average prunable channel of the model (the reference of FLOP-aware scores)."""
+        costs = [self.channel_macs(g) for g in range(len(self.groups))]
+        every = np.concatenate(costs) if costs else np.zeros(1)
+        return float(every.mean()) if every.size else 1.0
+
+
 def layer_costs(model: nn.Module, example: torch.Tensor) -> dict[str, LayerCost]:
     costs: dict[str, LayerCost] = {}
     hooks = []

@@ -68,13 +68,17 @@ COMPOSE_AXES: dict[str, object] = {
     "normalize": {"none": "raw values (comparable across layers only if the measure is)",
                   "mean": "divide by the group mean", "max": "divide by the group maximum",
                   "l2": "divide by the group's L2 norm", "sum": "divide by the group sum"},
-    "per_mac": "divide each channel's score by the MACs it costs (FLOP-aware ranking)",
+    "coupling": {"count": "multiply by the number of conv/linear layers that lose the channel, over 2: a "
+                          "channel of a residual stream leaves every block it runs through, so damage adds up",
+                 "none": "leave the normalised score as it is"},
+    "per_mac": "divide each channel's score by the MACs it costs relative to the model's mean channel "
+               "(FLOP-aware ranking)",
 }
 
 COMPOSE_PRESETS: dict[str, dict[str, object]] = {
-    "l1_norm": {"measure": "weight", "reduce": "l1", "aggregate": "mean", "normalize": "mean"},
-    "l2_norm": {"measure": "weight", "reduce": "l2", "aggregate": "mean", "normalize": "mean"},
-    "bn_scale": {"measure": "bn_scale", "reduce": "abs", "aggregate": "mean", "normalize": "mean"},
+    "l1_norm": {"measure": "weight", "reduce": "l1", "aggregate": "mean", "normalize": "mean", "coupling": "count"},
+    "l2_norm": {"measure": "weight", "reduce": "l2", "aggregate": "mean", "normalize": "mean", "coupling": "count"},
+    "bn_scale": {"measure": "bn_scale", "reduce": "abs", "aggregate": "mean", "normalize": "mean", "coupling": "count"},
     "random": {"measure": "random", "reduce": "uniform", "aggregate": "first", "normalize": "none"},
     "activation_mean": {"measure": "activation", "reduce": "mean_abs", "aggregate": "sum", "normalize": "mean"},
     "apoz": {"measure": "activation", "reduce": "nonzero", "aggregate": "mean", "normalize": "mean"},

@@ -154,16 +154,25 @@ _FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorPro
 def latency(
     before: bytes, after: bytes, input_shape: list[int], *, batch: int, threads: int, repeats: int
 ) -> tuple[float, float]:
-    """Median ONNX Runtime latency (ms) of both models, runs interleaved so drift hits both alike."""
+    """Median ONNX Runtime latency (ms) of both models over `repeats` runs each, interleaved so drift hits
+    both alike. Interleaved in blocks (ABBA order), the first run of each block dropped: an idle session's
+    intra-op workers keep spinning for a while after its run, and with threads > 1 a session timed right
+    after the other shares the cores with the other's spinning workers (ResNet-50 at 2 threads on 2 cores:
+    42 ms alone, 67 ms interleaved run by run)."""
     x = np.random.default_rng(0).standard_normal([batch, *input_shape[1:]]).astype(np.float32)
     sessions = [session(before, threads), session(after, threads)]
     for s in sessions:
         for _ in range(3):
             run(s, x)
+    block = max(2, min(10, repeats // 3 + 1))
     times: list[list[float]] = [[], []]
-    for _ in range(repeats):
-        for i, s in enumerate(sessions):
-            t0 = time.perf_counter()
-            run(s, x)
-            times[i].append((time.perf_counter() - t0) * 1000)
-    return statistics.median(times[0]), statistics.median(times[1])
+    turn = 0
+    while min(len(t) for t in times) < repeats:
+        for i in ((0, 1) if turn % 2 == 0 else (1, 0)):
+            for k in range(block):
+                t0 = time.perf_counter()
+                run(sessions[i], x)
+                if k:
+                    times[i].append((time.perf_counter() - t0) * 1000)
+        turn += 1
+    return statistics.median(times[0][:repeats]), statistics.median(times[1][:repeats])

@@ -67,6 +67,7 @@ class Compose(_Strict):
     reduce: str
     aggregate: Literal["sum", "mean", "max", "first"] = "mean"
     normalize: Literal["none", "mean", "max", "l2", "sum"] = "mean"
+    coupling: Literal["count", "none"] = "none"
     per_mac: bool = False
 
     @model_validator(mode="after")

@@ -5,7 +5,11 @@
 - reduce: how the tensor becomes one number per channel (a norm or statistic);
 - aggregate: how the layers coupled in one dependency group combine (sum, mean, max, first);
 - normalise: how scores are scaled within a group so groups compare under one threshold.
-Plus `per_mac`: divide by the MACs the channel costs (Theis et al.'s FLOP-aware variant).
+Then two corrections after normalising: `coupling` (count: multiply by the number of layers that lose the
+channel, over 2, since a channel of a residual stream leaves every block it runs through; a plain
+conv->conv channel touches 2) and `per_mac` (divide by the MACs the channel costs relative to the model's
+average channel: Theis et al.'s FLOP-aware variant; relative to the model, not the group, or it would
+cancel in the group's normalisation).
 The named signals are presets of this; `{"compose": {...}}` in a spec runs any combination.
 """
 
@@ -28,18 +32,24 @@ def composed(ctx: ScoringContext, axes: dict[str, object]) -> GroupScorer:
     reduce = str(axes["reduce"])
     aggregate = str(axes.get("aggregate", "mean"))
     norm = str(axes.get("normalize", "mean"))
+    coupling = str(axes.get("coupling", "none"))
     per_mac = bool(axes.get("per_mac", False))
     score = _measure(ctx, measure, reduce, aggregate)
+    reference: list[float] = []  # the model's mean channel MACs, computed once
 
     def scorer(g: int) -> np.ndarray | None:
         s = score(g)
         if s is None:
             return None
-        s = np.nan_to_num(np.asarray(s, dtype=np.float64), nan=0.0)
+        s = normalise(np.nan_to_num(np.asarray(s, dtype=np.float64), nan=0.0), norm)
+        if coupling == "count":
+            s = s * np.maximum(ctx.analysis.coupled_layers(g), 1.0) / 2.0
         if per_mac:
+            if not reference:
+                reference.append(max(ctx.analysis.mean_channel_macs(), 1e-12))
             cost = ctx.analysis.channel_macs(g)
-            s = s / np.maximum(cost / max(cost.mean(), 1e-12), 1e-6)
-        return normalise(s, norm)
+            s = s / np.maximum(cost / reference[0], 1e-6)
+        return s
 
     return scorer
 

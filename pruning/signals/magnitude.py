@@ -1,7 +1,9 @@
 """FPGM (He et al. 2019): a filter close to the geometric median of its layer's filters is the most
 replaceable by the others. Scored as the sum of Euclidean distances from the filter to every other
 filter of its layer (the paper's approximation of distance to the median), averaged over the layers
-of the group whose output channels these are."""
+of the group whose output channels these are; then, like the magnitude presets, multiplied by how many
+layers lose the channel over 2 (the taxonomy's `coupling: count`), so residual streams are not ranked as
+if they were one layer."""
 
 from __future__ import annotations
 
@@ -32,6 +34,6 @@ def fpgm(ctx: ScoringContext) -> GroupScorer:
             seen += 1
         if seen == 0:
             return None
-        return normalise(total / seen, "mean")
+        return normalise(total / seen, "mean") * np.maximum(ctx.analysis.coupled_layers(g), 1.0) / 2.0
 
     return scorer

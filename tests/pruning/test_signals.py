@@ -158,7 +158,7 @@ def test_fisher_flop_aware_variant_divides_by_cost():
                                                  "aggregate": "sum", "normalize": "none", "per_mac": True}}, _data())
     group = next(g for g, info in enumerate(analysis.groups) if info.root == "conv1")
     cost = analysis.channel_macs(group)
-    np.testing.assert_allclose(aware, plain / (cost / cost.mean()), rtol=1e-6)
+    np.testing.assert_allclose(aware, plain / (cost / analysis.mean_channel_macs()), rtol=1e-6)
 
 
 def _duplicated_net():
@@ -203,3 +203,69 @@ def test_bandit_learns_which_channel_is_useless_while_running_fewer_channels():
     b = ctx.report["bandit"]
     assert b["channel_steps_executed"] < b["channel_steps_dense"]
     assert 0 < b["executed_fraction"] < 1 and b["steps"] == 16  # 64 calibration samples, batch 16, 4 epochs
+
+
+class Residual(nn.Module):
+    """stem (3->4) feeds a residual stream through two blocks; each block's inner conv is a plain group.
+
+    Stream channels are lost by stem, b1 (in), b2 (out, added), b3 (in), b4 (out, added), fc (in): 6 layers;
+    b1's and b3's output channels by 2 layers each (their conv and the next one)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 3, padding=1)
+        self.b1, self.b2 = nn.Conv2d(4, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)
+        self.b3, self.b4 = nn.Conv2d(4, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        x = x + self.b2(torch.relu(self.b1(x)))
+        x = x + self.b4(torch.relu(self.b3(x)))
+        return self.fc(x.mean((2, 3)))
+
+
+def _all_scores(model, signal):
+    """Scores by group, named "stream" for the group the stem's outputs belong to, else by root layer."""
+    model.eval()
+    analysis = analyse(model, torch.zeros(1, 3, 8, 8), [])
+    ctx = ScoringContext(model=model, analysis=analysis, calibration=None, teacher=model, samples=0,
+                         has_batchnorm=False, options={})
+    scores = _score(ctx, PruneSpec.model_validate({"signal": signal}))
+    names = {g: "stream" if any(t.layer == "stem" for t in info.touches) else info.root
+             for g, info in enumerate(analysis.groups)}
+    return {names[g]: s for g, s in scores.items()}, analysis
+
+
+@pytest.mark.parametrize("preset", ["l1_norm", "l2_norm", "fpgm"])
+def test_magnitude_scores_grow_with_the_layers_a_channel_leaves(preset):
+    torch.manual_seed(0)
+    by_root, analysis = _all_scores(Residual(), preset)
+    stream, inner = by_root["stream"], by_root["b1"]
+    # mean-normalised per group, then times layers/2: the stream's mean is 6/2, a plain group's 2/2
+    assert np.isclose(stream.mean(), 3.0) and np.isclose(inner.mean(), 1.0)
+    g = next(i for i, info in enumerate(analysis.groups) if any(t.layer == "stem" for t in info.touches))
+    assert (analysis.coupled_layers(g) == 6).all()
+
+
+def test_without_coupling_the_stream_is_ranked_as_one_layer():
+    torch.manual_seed(0)
+    axes = {"measure": "weight", "reduce": "l2", "aggregate": "mean", "normalize": "mean"}
+    by_root, _ = _all_scores(Residual(), {"compose": {**axes, "coupling": "none"}})
+    assert np.isclose(by_root["stream"].mean(), 1.0) and np.isclose(by_root["b1"].mean(), 1.0)
+
+
+def test_per_mac_ranks_across_groups_by_cost():
+    """Per-group normalisation must not cancel the FLOP-aware division: the stream's channels cost more
+    MACs than the inner ones (6 layers against 2), so per_mac lowers them relative to the inner group."""
+    torch.manual_seed(0)
+    axes = {"measure": "weight", "reduce": "l2", "aggregate": "mean", "normalize": "mean"}
+    plain, analysis = _all_scores(Residual(), {"compose": axes})
+    aware, _ = _all_scores(Residual(), {"compose": {**axes, "per_mac": True}})
+    ratio_plain = plain["stream"].mean() / plain["b1"].mean()
+    ratio_aware = aware["stream"].mean() / aware["b1"].mean()
+    g = {("stream" if any(t.layer == "stem" for t in info.touches) else info.root): i
+         for i, info in enumerate(analysis.groups)}
+    cost_ratio = analysis.channel_macs(g["stream"]).mean() / analysis.channel_macs(g["b1"]).mean()
+    assert cost_ratio > 2
+    assert np.isclose(ratio_aware, ratio_plain / cost_ratio)
