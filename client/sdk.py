@@ -94,6 +94,8 @@ class Job:
             # open it again, unless the job is over and nothing more came.
             if not follow or (fresh == 0 and self.refresh().status in TERMINAL):
                 return
+            if fresh == 0:
+                time.sleep(1.0)  # closed at once with nothing new: do not spin
 
     def history(self, page_size: int = 500) -> Iterator[dict[str, Any]]:
         """The events so far, oldest first (the JSON pages, no stream)."""
