@@ -9,7 +9,7 @@ import hashlib
 import os
 import shutil
 import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -51,18 +51,23 @@ class LocalStorage:
         return p
 
     def put_file(self, key: str, path: Path) -> None:
-        dest = self._path(key)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(f".{dest.name}.partial")
-        shutil.copyfile(path, tmp)
-        os.replace(tmp, dest)
+        self._write(key, lambda tmp: shutil.copyfile(path, tmp))
 
     def put_bytes(self, key: str, data: bytes) -> None:
+        self._write(key, lambda tmp: tmp.write_bytes(data))
+
+    def _write(self, key: str, fill: Callable[[Path], object]) -> None:
         dest = self._path(key)
-        dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.with_name(f".{dest.name}.partial")
-        tmp.write_bytes(data)
-        os.replace(tmp, dest)
+        for attempt in range(3):  # a delete of the folder's last other file may remove it under us: remake it
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                fill(tmp)
+                os.replace(tmp, dest)
+                return
+            except FileNotFoundError:
+                if attempt == 2:
+                    raise
 
     def get_bytes(self, key: str) -> bytes:
         return self._path(key).read_bytes()
@@ -76,7 +81,17 @@ class LocalStorage:
         return self._path(key).is_file()
 
     def delete(self, key: str) -> None:
-        self._path(key).unlink(missing_ok=True)
+        path = self._path(key)
+        path.unlink(missing_ok=True)
+        # As in S3, a folder exists only while something is in it: a deleted job leaves no empty tree.
+        root = self.root.resolve()
+        for parent in path.parents:
+            if parent == root:
+                break
+            try:
+                parent.rmdir()
+            except OSError:  # not empty (or already gone): stop there
+                break
 
     def ping(self) -> None:
         if not self.root.is_dir():

@@ -128,14 +128,18 @@ def _run_claimed(job: Job, settings: Settings) -> str:
         for name, data in files.items():
             s.add(Artifact(id=new_id("art"), job_id=job_id, name=name, storage_key=f"{base}/{name}",
                            size_bytes=len(data), sha256=hashlib.sha256(data).hexdigest()))
-        done = s.execute(update(Job).where(Job.id == job_id, Job.status == "running", Job.attempts == attempt).values(
+        # A cancel that arrived after the engine's last check (it reads the flag at most twice a second)
+        # still wins: the job only succeeds if nobody asked to stop it before this commit.
+        done = s.execute(update(Job).where(Job.id == job_id, Job.status == "running", Job.attempts == attempt,
+                                           Job.cancel_requested.is_(False)).values(
             status="succeeded", progress=1.0, stage="done", metrics=result.report, finished_at=now(), error=None)
         ).rowcount
         if not done:  # cancelled, or taken back and run again meanwhile: keep nothing of this attempt
             s.rollback()
             for name in files:
                 storage.delete(f"{base}/{name}")
-            return "superseded"
+            # ends it as cancelled when it is still this attempt's; does nothing when it was taken back
+            return "cancelled" if _fail(settings, job_id, attempt, Cancelled("the job was cancelled")) else "superseded"
         s.add(JobEvent(job_id=job_id, type="succeeded", stage="done", progress=1.0, message="job succeeded",
                        data={k: result.report.get(k) for k in ("macs_kept", "params_kept", "latency_ms_before",
                                                                 "latency_ms_after", "accuracy_after")}))
@@ -166,7 +170,7 @@ def _prune(job: Job, settings: Settings, storage: Any, progress: Any, should_can
                  progress=progress, should_cancel=should_cancel, device=device)
 
 
-def _fail(settings: Settings, job_id: str, attempt: int, exc: Exception) -> None:
+def _fail(settings: Settings, job_id: str, attempt: int, exc: Exception) -> bool:
     from secateurs.pruning.errors import Cancelled, PruningError
 
     if isinstance(exc, Cancelled):
@@ -186,6 +190,7 @@ def _fail(settings: Settings, job_id: str, attempt: int, exc: Exception) -> None
         s.commit()
     if n:
         notify(settings, job_id, f"job.{kind}")
+    return bool(n)
 
 
 def sweep(settings: Settings, enqueue: Any, *, waiting_too: bool = False,
