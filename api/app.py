@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.routing import APIRoute
 from secateurs.db.session import migrate
 from secateurs.db.settings import Settings, get_settings
 from secateurs.db.storage import open_storage
 
 from . import problems
+from .deps import KeyCache
 from .limits import BodyLimit
-from .metrics import HTTP_LATENCY
+from .metrics import Timing
 from .routes import jobs, meta, models
 
 
@@ -34,6 +34,7 @@ def create_app(settings: Settings | None = None, *, enqueue: Callable[[str], Non
                   description="Structured channel pruning as a service.", lifespan=_lifespan)
     app.state.settings = s
     app.state.storage = open_storage(s.storage, s.s3_endpoint_url)
+    app.state.key_cache = KeyCache(s.api_key_cache_seconds)
     if enqueue is None or ping_broker is None:
         from secateurs.worker import app as worker_app
 
@@ -48,14 +49,7 @@ def create_app(settings: Settings | None = None, *, enqueue: Callable[[str], Non
     # innermost, so that its 413 reaches FastAPI's body reading as is (not in an outer middleware's task group)
     app.add_middleware(BodyLimit)
 
-    @app.middleware("http")
-    async def _timing(request: Request, call_next):  # type: ignore[no-untyped-def]
-        t0 = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        HTTP_LATENCY.labels(request.method, getattr(route, "path", "unmatched"), str(response.status_code)).observe(
-            time.perf_counter() - t0)
-        return response
+    app.add_middleware(Timing)  # plain ASGI: @app.middleware("http") costs a task group and a stream per request
 
     app.include_router(models.router)
     app.include_router(jobs.router)

@@ -1,4 +1,4 @@
-"""`secateurs up`, `api`, `worker` and `keys create`: running the service."""
+"""`secateurs up`, `api`, `worker` and `keys create|list|revoke`: running the service."""
 
 from __future__ import annotations
 
@@ -31,6 +31,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     p = keys.add_parser("create", help="create an API key for a tenant (printed once, stored hashed)")
     p.add_argument("--tenant", required=True)
     p.set_defaults(run=run_keys_create)
+    p = keys.add_parser("list", help="a tenant's keys: id, prefix, created, revoked (never the key)")
+    p.add_argument("--tenant", required=True)
+    p.set_defaults(run=run_keys_list)
+    p = keys.add_parser("revoke", help="revoke a key by its id (key_...) or the prefix `keys list` shows; "
+                        "API processes stop accepting it within SECATEURS_API_KEY_CACHE_SECONDS")
+    p.add_argument("key", metavar="ID_OR_PREFIX")
+    p.set_defaults(run=run_keys_revoke)
 
 
 def create_key(tenant_name: str) -> str:
@@ -62,6 +69,57 @@ def run_keys_create(args: argparse.Namespace) -> int:
         return 2
     print(f"API key for tenant {args.tenant!r} (shown once; store it now):", file=sys.stderr)
     print(key)
+    return 0
+
+
+def list_keys(tenant_name: str) -> list[dict[str, Any]]:
+    from secateurs.db.models import ApiKey, Tenant
+    from secateurs.db.session import migrate, session_scope
+    from sqlalchemy import select
+
+    migrate()
+    with session_scope() as s:
+        rows = s.execute(select(ApiKey).join(Tenant, Tenant.id == ApiKey.tenant_id)
+                         .where(Tenant.name == tenant_name).order_by(ApiKey.created_at)).scalars()
+        return [{"id": k.id, "prefix": k.prefix, "created_at": k.created_at.isoformat(), "revoked": k.revoked}
+                for k in rows]
+
+
+def revoke_key(ref: str) -> str:
+    """Revoke the key whose id or shown prefix is `ref`; returns its id. A prefix matching several keys is
+    refused (ask by id), as is one matching none."""
+    from secateurs.db.models import ApiKey
+    from secateurs.db.session import migrate, session_scope
+    from sqlalchemy import or_, select
+
+    migrate()
+    with session_scope() as s:
+        found = list(s.execute(select(ApiKey).where(or_(ApiKey.id == ref, ApiKey.prefix == ref))).scalars())
+        if not found:
+            raise ValueError(f"no API key with id or prefix {ref!r}")
+        if len(found) > 1:
+            raise ValueError(f"{len(found)} keys have the prefix {ref!r}; revoke by id (secateurs keys list)")
+        found[0].revoked = True
+        return found[0].id
+
+
+def run_keys_list(args: argparse.Namespace) -> int:
+    keys = list_keys(args.tenant)
+    if not keys:
+        print(f"secateurs: error: tenant {args.tenant!r} has no keys", file=sys.stderr)
+        return 2
+    for k in keys:
+        print(f"{k['id']}  {k['prefix']}...  {k['created_at']}  {'revoked' if k['revoked'] else 'active'}")
+    return 0
+
+
+def run_keys_revoke(args: argparse.Namespace) -> int:
+    try:
+        key_id = revoke_key(args.key)
+    except ValueError as e:
+        print(f"secateurs: error: {e}", file=sys.stderr)
+        return 2
+    print(f"revoked {key_id}", file=sys.stderr)
     return 0
 
 

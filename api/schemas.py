@@ -7,6 +7,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 from secateurs.db.models import Dataset, Job, JobEvent, Model
 from secateurs.pruning.spec import PruneSpec
+from sqlalchemy import Row
 
 
 class JobCreate(BaseModel):
@@ -36,7 +37,7 @@ def dataset_out(d: Dataset) -> dict[str, Any]:
 TERMINAL = ("succeeded", "failed", "cancelled")
 
 
-def job_out(j: Job) -> dict[str, Any]:
+def job_out(j: Job | Row[Any]) -> dict[str, Any]:  # a Row of the jobs table has the same names
     out = {"id": j.id, "object": "job", "model_id": j.model_id, "status": j.status, "stage": j.stage,
            "progress": j.progress, "error": j.error, "metrics": j.metrics, "spec": j.spec,
            "attempts": j.attempts, "webhook_url": j.webhook_url, "created_at": _ts(j.created_at),

@@ -25,6 +25,7 @@ class Settings(BaseSettings):
     job_max_attempts: int = 3
     sweep_interval_seconds: float = 15.0
     max_active_jobs_per_tenant: int = 20  # queued + running; more answer 429 with Retry-After
+    api_key_cache_seconds: float = 5.0  # a verified key is trusted this long per API process; 0 = always look up
 
     @property
     def db_url(self) -> str:

@@ -107,6 +107,39 @@ def test_keys_are_stored_hashed(app_settings, alice):
     assert all(key not in h and len(h) == 64 for h, _ in rows)
 
 
+def test_a_revoked_key_stops_working_within_the_cache_time(tmp_path):
+    import os
+    import time
+
+    from secateurs.api.app import create_app
+    from secateurs.api.cli import list_keys, revoke_key
+
+    settings = Settings(home=tmp_path, broker_url="redis://127.0.0.1:6379/15", api_key_cache_seconds=1.0)
+    key = _key(settings, "carol")
+    os.environ["SECATEURS_HOME"] = str(tmp_path)
+    try:
+        from secateurs.db.settings import get_settings
+
+        get_settings.cache_clear()
+        [listed] = list_keys("carol")
+        assert listed["prefix"] == key[:10] and key not in str(listed) and not listed["revoked"]
+        with pytest.raises(ValueError, match="no API key"):
+            revoke_key("sk_unknown")
+        with TestClient(create_app(settings)) as c:
+            auth = {"Authorization": f"Bearer {key}"}
+            assert c.get("/v1/jobs", headers=auth).status_code == 200  # looked up, then cached
+            assert revoke_key(listed["prefix"]) == listed["id"]
+            assert list_keys("carol")[0]["revoked"]
+            deadline = time.monotonic() + 5
+            while c.get("/v1/jobs", headers=auth).status_code == 200:
+                assert time.monotonic() < deadline, "a revoked key still worked 5 s later (cache 1 s)"
+                time.sleep(0.1)
+            _is_problem(c.get("/v1/jobs", headers=auth), 401)
+    finally:
+        os.environ.pop("SECATEURS_HOME", None)
+        get_settings.cache_clear()
+
+
 def test_another_tenants_objects_answer_404_everywhere(client, alice, bob, model, dataset):
     job = client.post("/v1/jobs", headers=alice, json={"model_id": model["id"]}).json()
     for path in (f"/v1/models/{model['id']}", f"/v1/datasets/{dataset['id']}", f"/v1/jobs/{job['id']}",
