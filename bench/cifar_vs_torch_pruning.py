@@ -1,5 +1,5 @@
-"""ResNet-56 on CIFAR-10, no recovery: our data-free signals against Torch-Pruning's own group-L2 at the
-same MACs, top-1 on the full 10,000-image test set.
+"""CIFAR ResNets (ResNet-56 by default, `--arch resnet20_cifar` etc.), no recovery: our data-free signals
+against Torch-Pruning's own group-L2 at the same MACs, top-1 on the full 10,000-image test set.
 
 Ours: `secateurs.pruning.prune` on the shared pretrained safetensors (arch resnet56_cifar), each data-free
 signal, default spec otherwise (scope global, round_to auto, layer_floor 0.1). Torch-Pruning: called
@@ -8,11 +8,12 @@ global and local) on the same model (`secateurs.pruning.zoo.build` + the same we
 through `CUSTOM_PRUNERS`, `linear` ignored), its pruning_ratio bisected until its MACs land at the MACs of
 our counterpart, l2_norm. MACs are counted the same way for both (FlopCounterMode total / 2 at 1x3x32x32, on the
 PyTorch module). Every model is evaluated the same way: exported to ONNX (ours: the file the engine
-returns) and run in ONNX Runtime, batch 500. Extra rows explain the difference (round_to, exact MACs,
-per-group normalisation, the first stage's residual stream).
+returns) and run in ONNX Runtime, batch 500. Extra rows explain the difference: the same ranking
+without our coupling count (Torch-Pruning's ranking), round_to, per_mac, aimed at exactly Torch-Pruning's
+MACs.
 `--sweep` instead writes top-1 against MACs over a range of targets to a section of its own.
 
-    .venv/bin/python bench/cifar_vs_torch_pruning.py [--targets 0.7,0.5] [--no-extra]
+    .venv/bin/python bench/cifar_vs_torch_pruning.py [--arch resnet56_cifar] [--targets 0.7,0.5] [--no-extra]
     .venv/bin/python bench/cifar_vs_torch_pruning.py --sweep 0.95,0.9,0.85,0.8,0.75,0.7,0.6
 """
 
@@ -30,8 +31,10 @@ SHAPE = (1, 3, 32, 32)
 SIGNALS = ("l2_norm", "l1_norm", "fpgm", "bn_scale", "random")
 # Our counterpart of Torch-Pruning's group-L2: Torch-Pruning is matched to its MACs.
 COUNTERPART = "l2_norm"
-# The 16-channel residual stream of the first stage: the stem conv and every layer1 conv2 share its channels.
-PROTECT = [r"^conv1$", r"layer1\.\d+\.conv2$"]
+# Our l2_norm without the coupling count: channels ranked as Torch-Pruning's group-L2 ranks them.
+UNCOUPLED = {"compose": {"measure": "weight", "reduce": "l2", "aggregate": "mean", "normalize": "mean",
+                         "coupling": "none"}}
+ARCH = "resnet56_cifar"
 
 
 def accuracy_onnx(data: bytes, test) -> float:  # type: ignore[no-untyped-def]
@@ -65,7 +68,7 @@ def original_model(weights: bytes) -> torch.nn.Module:
     from safetensors.torch import load
     from secateurs.pruning import zoo
 
-    model = zoo.build("resnet56_cifar", 10)
+    model = zoo.build(ARCH, 10)
     missing, unexpected = model.load_state_dict(load(weights), strict=False)
     # the checkpoint has no num_batches_tracked buffers, and nothing else may be missing
     assert not unexpected and all(k.endswith("num_batches_tracked") for k in missing), (missing, unexpected)
@@ -77,7 +80,7 @@ def ours(weights: bytes, options: dict, base_macs: float, base_params: int) -> d
 
     spec = PruneSpec.model_validate({"measure": {"repeats": 3}, **options})
     t0 = time.monotonic()
-    result = prune(weights, spec, arch="resnet56_cifar")
+    result = prune(weights, spec, arch=ARCH)
     seconds = time.monotonic() - t0
     st = result.report["stage_seconds"]
     return {"onnx": result.onnx, "macs_kept": macs(result.model, SHAPE) / base_macs,
@@ -120,6 +123,7 @@ def torch_pruning(original: torch.nn.Module, goal: float, global_pruning: bool, 
 
 def compare(args, weights: bytes, test, original: torch.nn.Module) -> list[str]:  # type: ignore[no-untyped-def]
     base_macs, base_params = macs(original, SHAPE), params(original)
+    convs = len(channels(original))
     rows = [{"target": "-", "method": "unpruned", "macs_kept": 1.0, "params_kept": 1.0,
              "accuracy": accuracy_onnx(to_onnx(original), test), "time": ""}]
 
@@ -147,21 +151,19 @@ def compare(args, weights: bytes, test, original: torch.nn.Module) -> list[str]:
                 "method": f"Torch-Pruning group-L2, global_pruning={global_pruning} (pruning_ratio {r['ratio']:.3f})",
                 "time": f"{r['seconds']:.1f} (search {r['search_seconds']:.0f})", **r})
         if not args.no_extra:
-            # Why the two differ, and what closes the gap: the same signal without channel rounding, then
-            # also aimed at exactly Torch-Pruning's MACs; the rounding the latency benchmark recommends;
-            # per_mac; no per-group normalisation; and the first stage's residual stream protected.
-            l2 = {"measure": "weight", "reduce": "l2", "aggregate": "mean", "normalize": "mean"}
+            # Why the two differ: the same ranking without our coupling count (Torch-Pruning's ranking),
+            # also without rounding and aimed at exactly Torch-Pruning's MACs (the same plan, then); our
+            # ranking without rounding and with 16 everywhere; the FLOP-aware variant.
             tp_kept = tp_rows[True]["macs_kept"]
+            l2 = {**UNCOUPLED["compose"], "coupling": "count"}
             for label, spec in (
+                ("coupling=none (Torch-Pruning's ranking)", {"signal": UNCOUPLED}),
+                ("coupling=none, round_to=1", {"signal": UNCOUPLED, "round_to": 1}),
+                (f"coupling=none, round_to=1, target macs={tp_kept:.5f} (Torch-Pruning's global)",
+                 {"signal": UNCOUPLED, "round_to": 1, "target": {"macs": min(tp_kept + 1e-6, 1.0)}}),
                 ("round_to=1", {"round_to": 1}),
-                (f"round_to=1, target macs={tp_kept:.5f} (Torch-Pruning's global)",
-                 {"round_to": 1, "target": {"macs": min(tp_kept + 1e-6, 1.0)}}),
                 ("round_to=16", {"round_to": 16}),
-                ("as compose with per_mac=true", {"signal": {"compose": {**l2, "per_mac": True}}}),
-                ("as compose with aggregate=sum, normalize=none",
-                 {"signal": {"compose": {**l2, "aggregate": "sum", "normalize": "none"}}}),
-                ("protect stem + layer1 residual stream", {"protect": PROTECT}),
-                ("protect stem + layer1 residual stream, round_to=1", {"protect": PROTECT, "round_to": 1}),
+                ("per_mac=true", {"signal": {"compose": {**l2, "per_mac": True}}}),
             ):
                 ours_row(target, f"{COUNTERPART}, {label}", {"signal": COUNTERPART, **spec})
         for row in rows[first:]:
@@ -170,9 +172,11 @@ def compare(args, weights: bytes, test, original: torch.nn.Module) -> list[str]:
         "Torch-Pruning: `BasePruner` + `GroupMagnitudeImportance(p=2)` (its defaults: mean over the group, "
         "mean-normalised), iterative_steps=1, `linear` ignored, option-A shortcut via `CUSTOM_PRUNERS`, "
         f"pruning_ratio bisected to the MACs of our {COUNTERPART} at that target. Ours: default spec (scope "
-        "global, round_to auto = 8 for groups of >= 64 channels else 1, layer_floor 0.1) unless the row says "
-        "otherwise. `channels != TP` = output channels by which the plan differs from Torch-Pruning's global "
-        "plan at that target, summed over the 55 convolutions (0: the same widths everywhere).",
+        "global, round_to auto = 16 for groups of >= 64 channels, 4 from 16, layer_floor 0.1; the magnitude "
+        "signals' scores multiplied by the number of layers that lose the channel, over 2: `coupling: count`) "
+        "unless the row says otherwise. `channels != TP` = output channels by which the plan differs from "
+        f"Torch-Pruning's global plan at that target, summed over the {convs} convolutions (0: the same widths "
+        "everywhere).",
         "",
         "Wall time: ours = the whole `prune` call (import, analyse, score, plan with its measured "
         "attempts, export, ONNX check, 3-repeat latency), in brackets analyse+score+plan; Torch-Pruning = "
@@ -191,18 +195,19 @@ def sweep(args, weights: bytes, test, original: torch.nn.Module) -> list[str]:  
     """Top-1 against MACs kept over a range of targets: is one single point representative?"""
     base_macs, base_params = macs(original, SHAPE), params(original)
     lines = [
-        f"Top-1 over a range of targets: our {COUNTERPART} (round_to auto; 1; 1 with the stem + layer1 residual "
-        f"stream protected) against Torch-Pruning's global group-L2 bisected to the MACs of our {COUNTERPART} "
-        "(auto); no recovery; full test set, ONNX Runtime. Each cell: MACs kept / top-1.",
+        f"Top-1 over a range of targets: our {COUNTERPART} (default spec; round_to=1; without the coupling count, "
+        f"i.e. Torch-Pruning's ranking) against Torch-Pruning's global group-L2 bisected to the MACs of our "
+        f"{COUNTERPART} (default); no recovery; full test set, ONNX Runtime. Each cell: MACs kept / top-1.",
         "",
-        f"| target | secateurs {COUNTERPART} (auto) | secateurs {COUNTERPART}, round_to=1 "
-        f"| secateurs {COUNTERPART}, round_to=1, protect stem + layer1 residual | Torch-Pruning global group-L2 |",
+        f"| target | secateurs {COUNTERPART} | secateurs {COUNTERPART}, round_to=1 "
+        f"| secateurs {COUNTERPART}, coupling=none | Torch-Pruning global group-L2 |",
         "| ---: | ---: | ---: | ---: | ---: |",
     ]
     for target in (float(t) for t in args.sweep.split(",")):
         cells = []
-        for extra in ({}, {"round_to": 1}, {"round_to": 1, "protect": PROTECT}):
-            r = ours(weights, {"signal": COUNTERPART, "target": {"macs": target}, **extra}, base_macs, base_params)
+        for extra in ({}, {"round_to": 1}, {"signal": UNCOUPLED}):
+            r = ours(weights, {"signal": COUNTERPART, "target": {"macs": target}, **extra}, base_macs,
+                     base_params)
             cells.append((r["macs_kept"], accuracy_onnx(r["onnx"], test)))
         r = torch_pruning(original, cells[0][0], True, base_macs, base_params)
         cells.append((r["macs_kept"], accuracy_onnx(r["onnx"], test)))
@@ -213,26 +218,30 @@ def sweep(args, weights: bytes, test, original: torch.nn.Module) -> list[str]:  
 
 def main() -> None:
     p = argparse.ArgumentParser()
+    p.add_argument("--arch", default=ARCH, choices=[f"resnet{d}_cifar" for d in (20, 32, 44, 56)])
     p.add_argument("--targets", default="0.7,0.5")
     p.add_argument("--signals", default=",".join(SIGNALS))
     p.add_argument("--no-extra", action="store_true", help="skip the rows that explain the difference")
     p.add_argument("--sweep", help="instead: our l2_norm and Torch-Pruning over these targets, e.g. 0.9,0.8,0.7")
     args = p.parse_args()
+    globals()["ARCH"] = args.arch
+    depth = args.arch.removeprefix("resnet").removesuffix("_cifar")
     torch.manual_seed(0)
     t_begin = time.monotonic()
-    weights = (DATA / "resnet56_cifar10.safetensors").read_bytes()
+    weights = (DATA / f"resnet{depth}_cifar10.safetensors").read_bytes()
     test = cifar("cifar10_test.npz")
     original = original_model(weights)
+    unpruned = accuracy_onnx(to_onnx(original), test)
     with CpuWatch() as watch:
         body = (sweep if args.sweep else compare)(args, weights, test, original)
     lines = [
-        "## ResNet-56 / CIFAR-10, no recovery: our data-free signals against Torch-Pruning at the same MACs"
+        f"## ResNet-{depth} / CIFAR-10, no recovery: our data-free signals against Torch-Pruning at the same MACs"
         + (" (sweep)" if args.sweep else ""),
         "",
         f"Machine: {machine()}. {(time.monotonic() - t_begin) / 60:.1f} min in all; other processes kept "
         f"{watch.other:.2f} cores busy on average meanwhile (wall times share the CPU with them).",
         "",
-        "Pretrained ResNet-56 (shared data, 93.39% unpruned), no recovery of any kind (not even BatchNorm "
+        f"Pretrained ResNet-{depth} (shared data, {unpruned * 100:.2f}% unpruned), no recovery of any kind (not even BatchNorm "
         "re-estimation); top-1 on the full 10,000-image CIFAR-10 test set, every model run the same way (ONNX "
         "Runtime, batch 500; ours: the ONNX file the engine returns). MACs and params kept: FlopCounterMode "
         "total/2 at 1x3x32x32 and the parameter count of the PyTorch module, the same count for both tools.",
@@ -241,7 +250,8 @@ def main() -> None:
         "",
         f"Command: `{command()}`",
     ]
-    write_section("cifar-vs-torch-pruning" + ("-sweep" if args.sweep else ""), "\n".join(lines))
+    name = "cifar-vs-torch-pruning" + ("" if args.arch == "resnet56_cifar" else f"-resnet{depth}")
+    write_section(name + ("-sweep" if args.sweep else ""), "\n".join(lines))
 
 
 if __name__ == "__main__":

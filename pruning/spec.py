@@ -144,7 +144,8 @@ class PruneSpec(_Strict):
         None,
         ge=1,
         le=512,
-        description="Keep channel counts at multiples of this; null picks per layer (8 for wide layers).",
+        description="Keep channel counts at multiples of this; null picks per group: 16 for groups of 64 "
+        "channels or more, 4 from 16, else 1.",
     )
     layer_floor: float = Field(
         0.1, gt=0, le=1, description="Fraction of each layer's channels that is always kept."
