@@ -18,8 +18,8 @@ class Settings(BaseSettings):
     storage_url: str | None = None  # default: file:// under home
     s3_endpoint_url: str | None = None
     max_upload_bytes: int = 2 * 1024**3
-    job_soft_time_limit: int = 6 * 3600
-    job_time_limit: int = 6 * 3600 + 300
+    job_soft_time_limit: int = Field(6 * 3600, ge=1)
+    job_time_limit: int | None = Field(None, ge=1)  # default: the soft limit + 300 s
     webhook_allow_private: bool = False
     job_lease_seconds: int = 60  # a running job whose heartbeat is older than this is taken back
     job_max_attempts: int = 3
@@ -38,6 +38,12 @@ class Settings(BaseSettings):
     @property
     def storage(self) -> str:
         return self.storage_url or f"file://{self.home / 'storage'}"
+
+    @property
+    def hard_time_limit(self) -> int:
+        """When the pool kills a job's process: a while after the soft limit, which lets the job fail cleanly.
+        Follows a lowered soft limit unless set itself."""
+        return max(self.job_time_limit or self.job_soft_time_limit + 300, self.job_soft_time_limit + 1)
 
     @property
     def embedded(self) -> bool:

@@ -17,14 +17,14 @@ def make_celery(settings: Settings, *, with_tasks: bool = False) -> Celery:
     transport: dict[str, object] = {}
     if settings.broker.startswith("redis"):
         # Above the hard time limit, or a long job would be redelivered while it still runs.
-        transport["visibility_timeout"] = settings.job_time_limit + 3600
+        transport["visibility_timeout"] = settings.hard_time_limit + 3600
     app.conf.update(
         task_default_queue=QUEUE,
         task_acks_late=True,  # a job whose worker dies is redelivered, not lost
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,  # one long job at a time per process
         task_soft_time_limit=settings.job_soft_time_limit,
-        task_time_limit=settings.job_time_limit,
+        task_time_limit=settings.hard_time_limit,
         task_ignore_result=True,
         broker_transport_options=transport,
         broker_connection_retry_on_startup=True,

@@ -54,6 +54,10 @@ def _heartbeat(settings: Settings, job_id: str, attempt: int, stop: threading.Ev
             log.warning("heartbeat for job %s failed", job_id, exc_info=True)
 
 
+class TimeLimitExceeded(Exception):
+    """The job ran past SECATEURS_JOB_SOFT_TIME_LIMIT, noticed at a progress report or between stages."""
+
+
 def run_job(job_id: str, settings: Settings) -> str:
     job = _claim(settings, job_id)
     if job is None:
@@ -66,6 +70,9 @@ def run_job(job_id: str, settings: Settings) -> str:
     beat.start()
     try:
         return _run_claimed(job, settings)
+    except Exception as exc:  # past the engine (the pool's soft time limit while the files are stored, say)
+        _fail(settings, job_id, job.attempts, exc)
+        return "failed"
     finally:
         stop.set()
         beat.join(timeout=5)
@@ -79,9 +86,14 @@ def _run_claimed(job: Job, settings: Settings) -> str:
     make = sessions(settings)
     last_cancel_check = [0.0, False]
     last_event: dict[str, Any] = {"stage": None, "progress": -1.0, "at": 0.0}
+    # Celery's soft time limit interrupts a job only in a prefork pool; `secateurs up` runs a solo pool, where
+    # nothing would. So the runner enforces the limit too, at every progress report and between stages.
+    deadline = time.monotonic() + settings.job_soft_time_limit
 
     def should_cancel() -> bool:
         t = time.monotonic()
+        if t > deadline:
+            raise TimeLimitExceeded(f"the job ran past its time limit ({settings.job_soft_time_limit} s)")
         if t - last_cancel_check[0] > 0.5:
             with make() as s:
                 last_cancel_check[1] = bool(s.execute(select(Job.cancel_requested).where(Job.id == job_id)).scalar_one())
@@ -121,10 +133,34 @@ def _run_claimed(job: Job, settings: Settings) -> str:
     base = f"{job.tenant_id}/jobs/{job_id}/{attempt}"
     report_bytes = json.dumps(result.report, indent=2).encode()
     files = {"model.onnx": result.onnx, "report.json": report_bytes}
+    try:
+        outcome = _keep(settings, job, base, files, result.report, storage)
+    except BaseException:  # the files of a job that did not succeed are not kept
+        for name in files:
+            _delete_quietly(storage, f"{base}/{name}")
+        raise
+    if outcome == "succeeded":
+        notify(settings, job_id, "job.succeeded")
+    return outcome
+
+
+def _delete_quietly(storage: Any, key: str) -> None:
+    try:
+        storage.delete(key)
+    except Exception:
+        log.warning("could not delete %s", key, exc_info=True)
+
+
+def _keep(settings: Settings, job: Job, base: str, files: dict[str, bytes], report: dict[str, Any],
+          storage: Any) -> str:
+    """Store the files, then make the job succeeded in the transaction that records them; or, when it was
+    cancelled or taken back meanwhile, keep nothing."""
+    from secateurs.pruning.errors import Cancelled
+
+    job_id, attempt = job.id, job.attempts
     for name, data in files.items():
         storage.put_bytes(f"{base}/{name}", data)
-
-    with make() as s:
+    with sessions(settings)() as s:
         for name, data in files.items():
             s.add(Artifact(id=new_id("art"), job_id=job_id, name=name, storage_key=f"{base}/{name}",
                            size_bytes=len(data), sha256=hashlib.sha256(data).hexdigest()))
@@ -132,7 +168,7 @@ def _run_claimed(job: Job, settings: Settings) -> str:
         # still wins: the job only succeeds if nobody asked to stop it before this commit.
         done = s.execute(update(Job).where(Job.id == job_id, Job.status == "running", Job.attempts == attempt,
                                            Job.cancel_requested.is_(False)).values(
-            status="succeeded", progress=1.0, stage="done", metrics=result.report, finished_at=now(), error=None)
+            status="succeeded", progress=1.0, stage="done", metrics=report, finished_at=now(), error=None)
         ).rowcount
         if not done:  # cancelled, or taken back and run again meanwhile: keep nothing of this attempt
             s.rollback()
@@ -141,10 +177,9 @@ def _run_claimed(job: Job, settings: Settings) -> str:
             # ends it as cancelled when it is still this attempt's; does nothing when it was taken back
             return "cancelled" if _fail(settings, job_id, attempt, Cancelled("the job was cancelled")) else "superseded"
         s.add(JobEvent(job_id=job_id, type="succeeded", stage="done", progress=1.0, message="job succeeded",
-                       data={k: result.report.get(k) for k in ("macs_kept", "params_kept", "latency_ms_before",
-                                                                "latency_ms_after", "accuracy_after")}))
+                       data={k: report.get(k) for k in ("macs_kept", "params_kept", "latency_ms_before",
+                                                         "latency_ms_after", "accuracy_after")}))
         s.commit()
-    notify(settings, job_id, "job.succeeded")
     return "succeeded"
 
 
@@ -173,15 +208,16 @@ def _prune(job: Job, settings: Settings, storage: Any, progress: Any, should_can
 def _fail(settings: Settings, job_id: str, attempt: int, exc: Exception) -> bool:
     from secateurs.pruning.errors import Cancelled, PruningError
 
-    if isinstance(exc, Cancelled):
+    if _past_time_limit(exc):
+        status, kind = "failed", "failed"
+        message = f"the job ran past its time limit ({settings.job_soft_time_limit} s)"
+    elif isinstance(exc, Cancelled):
         status, message, kind = "cancelled", "cancelled while running", "cancelled"
     elif isinstance(exc, PruningError):
         status, message, kind = "failed", str(exc), "failed"
     else:
         log.exception("job %s crashed", job_id)
         status, message, kind = "failed", f"internal error: {type(exc).__name__}: {str(exc)[:300]}", "failed"
-    if type(exc).__name__ == "SoftTimeLimitExceeded":
-        message = f"the job ran past its time limit ({settings.job_soft_time_limit} s)"
     with sessions(settings)() as s:
         n = s.execute(update(Job).where(Job.id == job_id, Job.status == "running", Job.attempts == attempt).values(
             status=status, error=None if status == "cancelled" else message, finished_at=now(), stage=kind)).rowcount
@@ -191,6 +227,19 @@ def _fail(settings: Settings, job_id: str, attempt: int, exc: Exception) -> bool
     if n:
         notify(settings, job_id, f"job.{kind}")
     return bool(n)
+
+
+def _past_time_limit(exc: BaseException) -> bool:
+    """The runner's own deadline, or Celery's SoftTimeLimitExceeded (raised by a signal wherever the job was, so
+    possibly inside code that wraps every exception in its own: look down the chain too)."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        if isinstance(cur, TimeLimitExceeded) or type(cur).__name__ == "SoftTimeLimitExceeded":
+            return True
+        seen.add(id(cur))
+        cur = cur.__cause__ or cur.__context__
+    return False
 
 
 def sweep(settings: Settings, enqueue: Any, *, waiting_too: bool = False,

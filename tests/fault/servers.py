@@ -152,6 +152,16 @@ def start_api(home: Path, port: int | None = None, **env: str) -> tuple[subproce
     return proc, url, full
 
 
-def start_worker(home: Path, env: dict[str, str]) -> subprocess.Popen:
+def start_worker(home: Path, env: dict[str, str], pool: str = "solo") -> subprocess.Popen:
     log = open(home / "worker.log", "a")  # noqa: SIM115
-    return subprocess.Popen(secateurs_cmd("worker", "--pool", "solo"), env=env, stdout=log, stderr=subprocess.STDOUT)
+    return subprocess.Popen(secateurs_cmd("worker", "--pool", pool), env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+def upload_resnet20(c: httpx.Client) -> str:
+    """The shared CIFAR ResNet-20 weights as a model of the client's tenant; returns its id."""
+    from tests.conftest import shared
+
+    w = shared("resnet20_cifar10.safetensors")
+    model = c.post("/v1/models", files={"file": (w.name, w.read_bytes())}, data={"arch": "resnet20_cifar"})
+    assert model.status_code == 201, model.text
+    return str(model.json()["id"])

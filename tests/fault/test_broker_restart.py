@@ -10,9 +10,8 @@ import httpx
 import pytest
 
 from tests.api.conftest import create_key, stop
-from tests.conftest import shared
 
-from .servers import RedisServer, start_api, start_worker, wait_for
+from .servers import RedisServer, start_api, start_worker, upload_resnet20, wait_for
 
 SPEC = {"signal": "l2_norm", "target": {"macs": 0.6}, "measure": {"repeats": 5}}
 LEASE = 4
@@ -33,10 +32,7 @@ def test_jobs_queued_in_a_broker_that_restarted_empty_are_handed_to_it_again(tmp
         procs.append(api)
         key = create_key(env, "tenant-a")
         with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=60) as c:
-            w = shared("resnet20_cifar10.safetensors")
-            model = c.post("/v1/models", files={"file": (w.name, w.read_bytes())}, data={"arch": "resnet20_cifar"})
-            assert model.status_code == 201, model.text
-            body = {"model_id": model.json()["id"], "spec": SPEC}
+            body = {"model_id": upload_resnet20(c), "spec": SPEC}
             # no worker yet: both jobs wait as messages in Redis
             waiting = [c.post("/v1/jobs", json=body).json()["id"] for _ in range(3)]
             assert redis.client().llen("secateurs") == 3

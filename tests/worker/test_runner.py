@@ -147,6 +147,42 @@ def test_an_unexpected_crash_fails_the_job_and_the_worker_lives_on(settings, ten
     assert job.status == "failed" and job.error.startswith("internal error:")
 
 
+def test_a_job_past_the_soft_time_limit_fails_saying_so_even_in_a_solo_pool(settings, tenant_id, weights):
+    """`secateurs up` runs a solo pool, where Celery's soft time limit never fires: the runner enforces it."""
+    limited = settings.model_copy(update={"job_soft_time_limit": 1})
+    job_id = add_job(settings, tenant_id, add_model(settings, tenant_id, weights),
+                     {**SPEC, "schedule": {"steps": 8}, "measure": {"repeats": 400}})
+    t0 = time.monotonic()
+    assert run_job(job_id, limited) == "failed"
+    job, events, arts = load(settings, job_id)
+    assert job.error == "the job ran past its time limit (1 s)" and arts == []
+    assert events[-1].type == "failed" and events[-1].message == job.error
+    assert time.monotonic() - t0 < 6, "stopped at the first progress report past the limit"
+    assert not [p for p in (settings.home / "storage" / tenant_id).glob(f"jobs/{job_id}/**/*") if p.is_file()]
+
+
+def test_the_pools_soft_time_limit_is_named_even_when_engine_code_wrapped_it(settings, tenant_id):
+    """Celery raises SoftTimeLimitExceeded from a signal handler wherever the job is, possibly inside a library
+    call that the engine turns into its own error (`raise ... from None` keeps the context)."""
+    from celery.exceptions import SoftTimeLimitExceeded
+    from secateurs.pruning.errors import UnsupportedModelError
+    from secateurs.worker.runner import _fail
+
+    job_id = add_job(settings, tenant_id, add_model(settings, tenant_id, None))
+    with sessions(settings)() as s:
+        s.execute(update(Job).where(Job.id == job_id).values(status="running", attempts=1))
+        s.commit()
+    try:
+        try:
+            raise SoftTimeLimitExceeded()
+        except Exception as e:
+            raise UnsupportedModelError(f"the dependency graph cannot be traced: {type(e).__name__}") from None
+    except UnsupportedModelError as wrapped:
+        assert _fail(settings, job_id, 1, wrapped)
+    job, _, _ = load(settings, job_id)
+    assert job.status == "failed" and job.error == f"the job ran past its time limit ({settings.job_soft_time_limit} s)"
+
+
 def test_importing_the_tasks_leaves_torch_and_cuda_to_the_process_that_runs_a_job():
     code = ("import sys, secateurs.worker.tasks, secateurs.worker.app as a; a.worker_app(); "
             "assert 'torch' not in sys.modules, 'torch imported by the worker parent'")
@@ -160,6 +196,8 @@ def test_celery_is_configured_for_long_jobs_that_are_never_lost(tmp_path):
     conf = make_celery(s, with_tasks=True).conf
     assert conf.task_acks_late and conf.task_reject_on_worker_lost and conf.worker_prefetch_multiplier == 1
     assert (conf.task_soft_time_limit, conf.task_time_limit) == (100, 160)
+    # a lowered soft limit brings the hard one down with it, unless that is set too
+    assert make_celery(Settings(home=tmp_path, job_soft_time_limit=3)).conf.task_time_limit == 303
     assert conf.broker_transport_options["visibility_timeout"] > conf.task_time_limit
     embedded = make_celery(Settings(home=tmp_path))
     assert embedded.conf.broker_url.startswith("sqla+sqlite:///") and str(tmp_path) in embedded.conf.broker_url

@@ -1,0 +1,82 @@
+"""A job that runs past SECATEURS_JOB_SOFT_TIME_LIMIT on a real `secateurs worker` (Celery's prefork pool, as in
+production): the job fails saying so, and the same pool process then runs the next job to success."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import httpx
+import pytest
+import torch
+from torch import nn
+
+from tests.api.conftest import create_key, stop
+from tests.conftest import onnx_of
+
+from .servers import start_api, start_worker, upload_resnet20, wait_for
+from .test_worker_killed import _children
+
+SOFT_LIMIT = 8
+# The latency search first times the original model, here for 2 x 10000 ONNX Runtime runs of a batch of 32 in one
+# stretch with no progress report in between (many minutes): only the pool's soft time limit stops it in seconds.
+SLOW = {"target": {"latency_ms": 0.5}, "measure": {"repeats": 10000, "batch": 32}}
+QUICK = {"signal": "l2_norm", "target": {"macs": 0.5}, "measure": {"repeats": 3}}
+
+
+def _tiny_onnx() -> bytes:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1),
+                        nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))
+    return onnx_of(net, 16)
+
+
+def _finished(c: httpx.Client, job_id: str) -> dict:
+    def done() -> dict | None:
+        j = c.get(f"/v1/jobs/{job_id}").json()
+        return j if j["status"] in ("succeeded", "failed", "cancelled") else None
+
+    return wait_for(done, 180, f"job {job_id} to finish")
+
+
+def _seconds(job: dict) -> float:
+    return (datetime.fromisoformat(job["finished_at"]) - datetime.fromisoformat(job["started_at"])).total_seconds()
+
+
+@pytest.mark.slow
+def test_a_job_past_the_soft_time_limit_fails_saying_so_and_the_worker_runs_the_next(tmp_path):
+    procs = []
+    try:
+        api, url, env = start_api(tmp_path, SECATEURS_JOB_SOFT_TIME_LIMIT=str(SOFT_LIMIT))
+        procs.append(api)
+        worker = start_worker(tmp_path, env, pool="prefork")
+        procs.append(worker)
+        key = create_key(env, "tenant-a")
+        with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=60) as c:
+            slow = c.post("/v1/jobs", json={"model_id": upload_resnet20(c), "spec": SLOW})
+            assert slow.status_code == 201, slow.text
+            wait_for(lambda: c.get(f"/v1/jobs/{slow.json()['id']}").json()["status"] != "queued", 120,
+                     "the worker to claim the job")
+            pool = _children(worker.pid)
+            assert len(pool) == 1, f"expected one pool process under the worker, found {pool}"
+
+            failed = _finished(c, slow.json()["id"])
+            assert failed["status"] == "failed", failed
+            assert failed["error"] == f"the job ran past its time limit ({SOFT_LIMIT} s)", failed
+            ran = _seconds(failed)
+            assert ran < SOFT_LIMIT + 10, f"the job was stopped {ran:.1f} s after it started"
+            kinds = [e["type"] for e in c.get(f"/v1/jobs/{failed['id']}/events").json()["data"]]
+            assert kinds[-1] == "failed" and kinds.count("failed") == 1, kinds
+            assert c.get(f"/v1/jobs/{failed['id']}/artifacts/model.onnx").status_code == 404
+
+            tiny = c.post("/v1/models", files={"file": ("tiny.onnx", _tiny_onnx())})
+            assert tiny.status_code == 201, tiny.text
+            nxt = c.post("/v1/jobs", json={"model_id": tiny.json()["id"], "spec": QUICK})
+            assert nxt.status_code == 201, nxt.text
+            done = _finished(c, nxt.json()["id"])
+            assert done["status"] == "succeeded", done
+            assert c.get(done["artifacts"]["model.onnx"]).status_code == 200
+            assert worker.poll() is None and _children(worker.pid) == pool, "the pool process was replaced"
+            print(f"stopped {ran:.1f} s after it started (soft limit {SOFT_LIMIT} s); the same pool process "
+                  f"(pid {pool[0]}) then ran the next job to success in {_seconds(done):.1f} s")
+    finally:
+        stop(procs)
