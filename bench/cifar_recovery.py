@@ -100,11 +100,11 @@ def peer(weights: bytes, train, test, minutes: float) -> dict:  # type: ignore[n
     }
 
 
-def write(rows: list[dict], minutes: float) -> None:
+def write(rows: list[dict], minutes: float, how: str) -> None:
     lines = [
         "## ResNet-56 / CIFAR-10 at macs=0.5: recovery within a time budget",
         "",
-        f"Machine: {machine()}. Budget: {minutes:g} minutes per method, whole job included. Calibration and "
+        f"Machine: {machine()}. Budget: {minutes:g} minutes per method, whole job included; {how}. Calibration and "
         "training on the 10,000 shared training images (distillation uses no labels); accuracy on the full "
         "10,000-image test set.",
         "",
@@ -124,8 +124,16 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=30.0)
     parser.add_argument("--only", choices=["ours", "peer"])
     parser.add_argument("--signal", default="fisher")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--side-by-side", action="store_true",
+                        help="run ours and the peer at the same time, one thread each, so both share the same "
+                             "machine conditions (each gets half the CPU: a conservative measure of both)")
+    parser.add_argument("--no-write", action="store_true", help="print the row as JSON, leave BENCHMARKS.md alone")
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    if args.side_by_side:
+        side_by_side(args)
+        return
+    torch.set_num_threads(args.threads)
     weights = (DATA / "resnet56_cifar10.safetensors").read_bytes()
     train, test = cifar("cifar10_train_subset10k.npz"), cifar("cifar10_test.npz")
     rows = []
@@ -135,7 +143,26 @@ def main() -> None:
     if args.only in (None, "peer"):
         rows.append(peer(weights, train, test, args.minutes))
         print(json.dumps(rows[-1]), flush=True)
-    write(rows, args.minutes)
+    for r in rows:
+        r["threads"] = args.threads
+    if not args.no_write:
+        write(rows, args.minutes, f"{args.threads} thread(s), one method after the other")
+
+
+def side_by_side(args: argparse.Namespace) -> None:
+    import subprocess
+    import sys
+
+    base = [sys.executable, __file__, "--minutes", str(args.minutes), "--signal", args.signal, "--threads", "1",
+            "--no-write", "--only"]
+    procs = [subprocess.Popen([*base, who], stdout=subprocess.PIPE, text=True) for who in ("ours", "peer")]
+    rows = []
+    for proc in procs:
+        out, _ = proc.communicate()
+        if proc.returncode:
+            raise SystemExit(f"a side-by-side run failed (exit {proc.returncode})")
+        rows.append(json.loads(out.strip().splitlines()[-1]))
+    write(rows, args.minutes, "ours and the peer at the same time, 1 thread each (each had half the machine)")
 
 
 if __name__ == "__main__":

@@ -66,3 +66,5 @@ def test_distill_respects_its_time_budget(resnet20_weights, data):
     r = _run(resnet20_weights, cal, ev, "distill", epochs=1000, max_minutes=0.05)
     assert r["recovery"]["seconds"] < 3 + 6
     assert r["recovery"]["epochs"] < 1000
+    # the cosine schedule followed the clock, so the run cut by time still ended annealed
+    assert r["recovery"]["last_lr"] < 0.05 * PruneSpec.model_validate({"recovery": {"method": "distill"}}).recovery.lr
