@@ -224,19 +224,54 @@ def _refuse_external(name: str, external: bool) -> None:
         )
 
 
+def _sparse_tensor(f: BinaryIO, end: int) -> None:
+    """SparseTensorProto: its values (1) and indices (2) are tensors, each of which may point outside."""
+    for number, wire, value in _fields(f, end):
+        if number in (1, 2):
+            _refuse_external(*_tensor(f, _message_end(f, wire, value)))
+
+
+def _attribute(f: BinaryIO, end: int, op_type: str) -> None:
+    """AttributeProto: tensors (5 t, 10 tensors, 22 sparse_tensor, 23 sparse_tensors) must be inline,
+    subgraphs (6 g, 11 graphs) are control flow."""
+    for number, wire, value in _fields(f, end):
+        if number in (5, 10):
+            _refuse_external(*_tensor(f, _message_end(f, wire, value)))
+        elif number in (22, 23):
+            _sparse_tensor(f, _message_end(f, wire, value))
+        elif number in (6, 11):
+            raise UnsupportedModelError(f"control flow ({op_type or 'a subgraph'}) is not supported in a prunable CNN")
+
+
 def _node(f: BinaryIO, end: int) -> None:
-    """NodeProto (4 op_type, 5 attribute): tensors in attributes must be inline, subgraphs are control flow."""
+    """NodeProto (4 op_type, 5 attribute)."""
     op_type = ""
     for number, wire, value in _fields(f, end):
         if number == 4:
             op_type = _string(f, wire, value)
         elif number == 5:
-            for a_number, a_wire, a_value in _fields(f, _message_end(f, wire, value)):
-                if a_number in (5, 10):  # t, tensors
-                    _refuse_external(*_tensor(f, _message_end(f, a_wire, a_value)))
-                elif a_number in (6, 11):  # g, graphs
-                    raise UnsupportedModelError(f"control flow ({op_type or 'a subgraph'}) is not supported in a "
-                                                "prunable CNN")
+            _attribute(f, _message_end(f, wire, value), op_type)
+
+
+def _function(f: BinaryIO, end: int) -> None:
+    """FunctionProto, a model-local function: its nodes (7) and its attributes' default values (11)."""
+    for number, wire, value in _fields(f, end):
+        if number == 7:
+            _node(f, _message_end(f, wire, value))
+        elif number == 11:
+            _attribute(f, _message_end(f, wire, value), "a function's attribute")
+
+
+def _other_graph(f: BinaryIO, end: int) -> None:
+    """A GraphProto other than the model's: only whether a tensor of it points outside matters
+    (1 node, 5 initializer, 15 sparse_initializer)."""
+    for number, wire, value in _fields(f, end):
+        if number == 1:
+            _node(f, _message_end(f, wire, value))
+        elif number == 5:
+            _refuse_external(*_tensor(f, _message_end(f, wire, value)))
+        elif number == 15:
+            _sparse_tensor(f, _message_end(f, wire, value))
 
 
 def _value_info(f: BinaryIO, end: int) -> tuple[str, list[int | str]]:
@@ -285,9 +320,15 @@ def _read_onnx(f: BinaryIO, size: int) -> ModelHeader:
                     version = o_value
             if domain in ("", "ai.onnx") and version is not None:
                 opset = version
+        elif number == 25:  # functions
+            _function(f, _message_end(f, wire, value))
+        elif number == 20:  # training_info: initialization (1) and algorithm (2) graphs
+            for t_number, t_wire, t_value in _fields(f, _message_end(f, wire, value)):
+                if t_number in (1, 2):
+                    _other_graph(f, _message_end(f, t_wire, t_value))
         elif number == 7:  # graph
             for g_number, g_wire, g_value in _fields(f, _message_end(f, wire, value)):
-                g_end = _message_end(f, g_wire, g_value) if g_number in (1, 5, 11, 12) else 0
+                g_end = _message_end(f, g_wire, g_value) if g_number in (1, 5, 11, 12, 15) else 0
                 if g_number == 1:
                     nodes += 1
                     _node(f, g_end)
@@ -295,6 +336,8 @@ def _read_onnx(f: BinaryIO, size: int) -> ModelHeader:
                     name, external = _tensor(f, g_end)
                     _refuse_external(name, external)
                     initializers.add(name)
+                elif g_number == 15:  # sparse_initializer
+                    _sparse_tensor(f, g_end)
                 elif g_number == 11:
                     inputs.append(_value_info(f, g_end))
                 elif g_number == 12:

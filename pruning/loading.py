@@ -10,12 +10,13 @@ from __future__ import annotations
 import io
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import onnx
 import torch
+from google.protobuf.message import Message
 from torch import nn
 
 from . import zoo
@@ -212,13 +213,22 @@ def _refuse_absurd_shapes(proto: onnx.ModelProto) -> None:
                                 f"over the limit of {MAX_TENSOR_ELEMENTS}")
 
 
+def _all_tensors(message: Message) -> Iterator[onnx.TensorProto]:
+    """Every TensorProto anywhere in a message: initializers, sparse ones, attributes, model-local functions,
+    training graphs, subgraphs, and whatever a future field adds."""
+    if isinstance(message, onnx.TensorProto):
+        yield message
+        return
+    for descriptor, value in message.ListFields():
+        if descriptor.type == descriptor.TYPE_MESSAGE:
+            for item in [value] if isinstance(value, Message) else value:
+                yield from _all_tensors(item)
+
+
 def _refuse_external_data(proto: onnx.ModelProto) -> None:
-    tensors = list(proto.graph.initializer)
-    for node in proto.graph.node:
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.TENSOR:
-                tensors.append(attr.t)
-    for t in tensors:
+    """Before onnx.checker, shape inference, onnx2torch or ONNX Runtime see the model: each of them resolves an
+    external-data location against the process's working directory (the checker stats it, a loader reads it)."""
+    for t in _all_tensors(proto):
         if t.data_location == onnx.TensorProto.EXTERNAL or len(t.external_data) > 0:
             raise BadModelError(
                 f"tensor {t.name!r} keeps its data in an external file: refused; "
@@ -226,7 +236,7 @@ def _refuse_external_data(proto: onnx.ModelProto) -> None:
             )
     for node in proto.graph.node:
         for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.GRAPH:
+            if attr.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS):
                 raise UnsupportedModelError(f"control flow ({node.op_type}) is not supported in a prunable CNN")
 
 
