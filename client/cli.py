@@ -12,6 +12,7 @@ import itertools
 import json
 import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,8 +20,10 @@ from typing import IO, Any
 
 import httpx
 from pydantic import ValidationError
-from secateurs.pruning.spec import PruneSpec, Target
+from secateurs.pruning.flags import FlagError, add_spec_flags, describe, parse_shape, spec_from_flags
+from secateurs.pruning.spec import PruneSpec
 
+from . import convert
 from .config import ConfigError, config_path
 from .sdk import APIError, Client, Job
 
@@ -40,21 +43,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
 
     p = sub.add_parser("submit", parents=[common], help="prune a model through the service",
                        description="Upload a model (and data), create a job; with --wait, follow it and download.")
-    p.add_argument("model", nargs="?", help="the model: IN.onnx (or use --arch with --weights)")
+    p.add_argument("model", nargs="?", help="the model: IN.onnx, or your module as path/to/file.py:factory or "
+                   "pkg.mod:factory (exported to ONNX here first; with --input-shape and --weights W.pth)")
     p.add_argument("--arch", help="architecture name for safetensors weights (e.g. resnet50, resnet56_cifar)")
-    p.add_argument("--weights", help="safetensors weights for --arch")
+    p.add_argument("--weights", help="safetensors weights for --arch, or your state dict for a factory model")
     p.add_argument("--num-classes", type=int, help="classifier size for --arch")
-    p.add_argument("--signal", help="pruning signal (GET /v1/signals lists them)")
-    p.add_argument("--target", help="budget kept, e.g. macs=0.5, params=0.6, channels=0.7, latency_ms=5")
-    p.add_argument("--scope", choices=["global", "local"])
-    p.add_argument("--round-to", type=int, help="keep channel counts at multiples of this")
-    p.add_argument("--protect", action="append", help="regex of layer names never pruned (repeatable)")
-    p.add_argument("--steps", type=int, help="prune in this many rounds")
-    p.add_argument("--input-shape", help="input shape with batch, e.g. 1,3,224,224")
-    p.add_argument("--calib", help="calibration data .npz (x, optional y), uploaded with the model")
-    p.add_argument("--eval", dest="evaluation", help="evaluation data .npz (x, y), uploaded with the model")
-    p.add_argument("--recover", help="recovery method: none, bn_recalibrate, reconstruct, distill, finetune")
-    p.add_argument("--spec", help="job spec JSON file; flags override its fields")
+    add_spec_flags(p)  # the same as `secateurs prune`; --calib and --eval are uploaded with the model
     p.add_argument("--webhook-url", help="where the service posts signed job events")
     p.add_argument("--webhook-event", action="append", dest="webhook_events",
                    help="event type to deliver (repeatable; default all)")
@@ -82,40 +76,20 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
                    help="stream events until the job ends; the exit code is then the job's outcome")
     p.set_defaults(run=_guarded(run_events))
 
+    convert.add_parsers(sub)
+
 
 # -- the job spec ----------------------------------------------------------------------------------
 
 def build_spec(args: argparse.Namespace) -> dict[str, Any]:
-    """The spec `secateurs prune` builds from the same flags: --spec's object, each flag overriding its field."""
-    spec: dict[str, Any] = {}
-    if args.spec:
-        try:
-            spec = json.loads(Path(args.spec).read_text())
-        except (OSError, ValueError) as e:
-            raise Refused(f"cannot read spec {args.spec}: {e}") from None
-        if not isinstance(spec, dict):
-            raise Refused(f"spec {args.spec} must hold a JSON object")
-    if args.target:
-        try:
-            spec["target"] = Target.parse_cli(args.target).model_dump(exclude_none=True)
-        except ValueError as e:  # pydantic's ValidationError is a ValueError too
-            raise Refused(f"--target: {_first_error(e)}") from None
-    if args.signal:
-        spec["signal"] = args.signal
-    spec.update({k: getattr(args, k) for k in ("scope", "round_to", "protect") if getattr(args, k) is not None})
-    nested = {"schedule": ("steps", args.steps), "recovery": ("method", args.recover or None)}
-    for section, (key, value) in nested.items():
-        if value is not None:
-            spec[section] = {**spec.get(section, {}), key: value}
-    if args.input_shape:
-        try:
-            spec["input_shape"] = [int(v) for v in args.input_shape.replace("x", ",").split(",")]
-        except ValueError:
-            raise Refused(f"--input-shape must look like 1,3,224,224, got {args.input_shape!r}") from None
+    """The spec `secateurs prune` builds from the same flags (secateurs.pruning.flags), checked here."""
     try:
+        spec = spec_from_flags(args)
         checked = PruneSpec.model_validate(spec)
+    except FlagError as e:
+        raise Refused(str(e)) from None
     except ValidationError as e:
-        raise Refused(f"invalid spec: {_first_error(e)}") from None
+        raise Refused(f"invalid spec: {describe(e)}") from None
     if checked.needs_data and not (args.calib or checked.calibration.dataset_id):
         what = f"recovery {checked.recovery.method!r}" if checked.signal_needs == ["weights"] \
             else f"signal {checked.signal_name!r}"
@@ -123,31 +97,29 @@ def build_spec(args: argparse.Namespace) -> dict[str, Any]:
     return spec
 
 
-def _first_error(e: Exception) -> str:
-    if isinstance(e, ValidationError):
-        err = e.errors()[0]
-        where = ".".join(str(p) for p in err["loc"]) or "spec"
-        return f"{where}: {err['msg']}"
-    return str(e)
-
-
 # -- commands ----------------------------------------------------------------------------------------
 
 def run_submit(args: argparse.Namespace) -> int:
+    with tempfile.TemporaryDirectory(prefix="secateurs-") as scratch:  # an exported model lives only as long
+        return _submit(args, Path(scratch))
+
+
+def _submit(args: argparse.Namespace, scratch: Path) -> int:
     spec = build_spec(args)
-    source = _model_source(args)
     for flag, path in (("--calib", args.calib), ("--eval", args.evaluation)):
         if path and not Path(path).is_file():
             raise Refused(f"{flag}: no file {path}")
     for flag, path in (("-o", args.output), ("--report", args.report)):
         if path and not Path(path).resolve().parent.is_dir():
             raise Refused(f"{flag}: the folder {Path(path).resolve().parent} does not exist")
+    source = _model_source(args, scratch)
     wait = bool(args.wait or args.output or args.report)
     show = Progress(sys.stderr, enabled=not args.quiet)
     with _client(args) as client:
         client.ready()
         show.note(f"uploading {source.name}")
-        model = client.models.upload(source, arch=args.arch, num_classes=args.num_classes)
+        model = client.models.upload(source, arch=args.arch if not args.factory else None,
+                                     num_classes=args.num_classes)
         for section, path in (("calibration", args.calib), ("evaluation", args.evaluation)):
             if path:
                 show.note(f"uploading {Path(path).name}")
@@ -336,17 +308,40 @@ def _say(text: str) -> None:
 
 # -- plumbing ----------------------------------------------------------------------------------------
 
-def _model_source(args: argparse.Namespace) -> Path:
+def _model_source(args: argparse.Namespace, scratch: Path) -> Path:
+    """The file to upload: the model given, or the user's module exported to ONNX into `scratch`."""
+    args.factory = bool(args.model and convert.looks_like_factory(args.model))
+    if args.factory:
+        return _exported(args, scratch)
     if args.model and args.weights:
         raise Refused("give either IN.onnx or --arch with --weights, not both")
     if args.weights and not args.arch:
-        raise Refused("--weights needs --arch")
+        raise Refused("--weights needs --arch (or a model given as file.py:factory)")
     source = args.model or args.weights
     if not source:
-        raise Refused("give a model: IN.onnx, or --arch NAME --weights W.safetensors")
+        raise Refused("give a model: IN.onnx, file.py:factory, or --arch NAME --weights W.safetensors")
     if not Path(source).is_file():
         raise Refused(f"no file {source}")
     return Path(source)
+
+
+def _exported(args: argparse.Namespace, scratch: Path) -> Path:
+    from secateurs.pruning.errors import PruningError
+
+    if args.arch:
+        raise Refused(f"--arch is for safetensors weights; {args.model} is exported to ONNX instead")
+    if not args.input_shape:
+        raise Refused(f"a model given as {args.model} needs --input-shape, e.g. 1,3,224,224, to export it")
+    where, _, name = args.model.rpartition(":")
+    path = scratch / f"{Path(where).stem.split('.')[-1]}_{name}.onnx"
+    if not args.quiet:
+        _say(f"exporting {args.model} to ONNX on this machine")
+    try:
+        convert.export_to_file(args.model, path, input_shape=parse_shape(args.input_shape),
+                               weights=args.weights, command="submit")
+    except (convert.NeedsTorch, PruningError, ValueError) as e:  # PruningError: InputError or a failed check
+        raise Refused(str(e)) from None
+    return path
 
 
 def _client(args: argparse.Namespace) -> Client:
@@ -366,7 +361,7 @@ def _guarded(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Nam
             _say(f"error: {e}")
             return BAD_INPUT
         except ValidationError as e:  # a spec the SDK refused
-            _say(f"error: invalid spec: {_first_error(e)}")
+            _say(f"error: invalid spec: {describe(e)}")
             return BAD_INPUT
         except APIError as e:
             return _api_error(e, args)

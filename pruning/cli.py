@@ -13,7 +13,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from .errors import InputError, PruningError
-from .spec import PruneSpec, Target
+from .flags import FlagError, add_spec_flags, describe, spec_from_flags
+from .spec import PruneSpec
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -23,62 +24,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("--arch", help="architecture name for safetensors weights (e.g. resnet50, resnet56_cifar)")
     p.add_argument("--weights", help="safetensors weights for --arch")
     p.add_argument("--num-classes", type=int, help="classifier size for --arch (guessed from the weights)")
-    p.add_argument("--signal", help="pruning signal (see the catalogue: l2_norm, l1_norm, fpgm, bn_scale, random)")
-    p.add_argument("--target", help="budget kept, e.g. macs=0.5, params=0.6, channels=0.7")
-    p.add_argument("--scope", choices=["global", "local"])
-    p.add_argument("--round-to", type=int, help="keep channel counts at multiples of this")
-    p.add_argument("--protect", action="append", help="regex of layer names never pruned (repeatable)")
-    p.add_argument("--steps", type=int, help="prune in this many rounds")
-    p.add_argument("--input-shape", help="input shape with batch, e.g. 1,3,224,224")
-    p.add_argument("--calib", help="calibration data .npz (x, optional y)")
-    p.add_argument("--eval", dest="evaluation", help="evaluation data .npz (x, y)")
-    p.add_argument("--recover", help="recovery method")
-    p.add_argument("--spec", help="job spec JSON file; flags override its fields")
+    add_spec_flags(p)
     p.add_argument("--report", help="write the report JSON here")
     p.add_argument("--quiet", action="store_true", help="print only the summary")
     p.set_defaults(run=run)
 
 
 def build_spec(args: argparse.Namespace) -> PruneSpec:
-    base: dict[str, Any] = {}
-    if args.spec:
-        try:
-            base = json.loads(Path(args.spec).read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise InputError(f"cannot read spec {args.spec}: {e}") from None
-        if not isinstance(base, dict):
-            raise InputError(f"spec {args.spec} must hold a JSON object")
-    if args.signal:
-        base["signal"] = args.signal
-    if args.target:
-        try:
-            base["target"] = Target.parse_cli(args.target).model_dump(exclude_none=True)
-        except (ValueError, ValidationError) as e:
-            raise InputError(f"--target: {_first_error(e)}") from None
-    for key in ("scope", "round_to", "protect"):
-        if getattr(args, key) is not None:
-            base[key] = getattr(args, key)
-    if args.steps is not None:
-        base["schedule"] = {**base.get("schedule", {}), "steps": args.steps}
-    if args.recover:
-        base["recovery"] = {**base.get("recovery", {}), "method": args.recover}
-    if args.input_shape:
-        try:
-            base["input_shape"] = [int(v) for v in args.input_shape.replace("x", ",").split(",")]
-        except ValueError:
-            raise InputError(f"--input-shape must look like 1,3,224,224, got {args.input_shape!r}") from None
     try:
-        return PruneSpec.model_validate(base)
+        return PruneSpec.model_validate(spec_from_flags(args))
+    except FlagError as e:
+        raise InputError(str(e)) from None
     except ValidationError as e:
-        raise InputError(f"invalid spec: {_first_error(e)}") from None
-
-
-def _first_error(e: Exception) -> str:
-    if isinstance(e, ValidationError):
-        err = e.errors()[0]
-        where = ".".join(str(p) for p in err["loc"]) or "spec"
-        return f"{where}: {err['msg']}"
-    return str(e)
+        raise InputError(f"invalid spec: {describe(e)}") from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -109,9 +67,9 @@ def run(args: argparse.Namespace) -> int:
         data, spec, arch=args.arch, num_classes=args.num_classes,
         calibration=calib, evaluation=evaluation, progress=progress,
     )
-    _write_atomic(out, result.onnx)
+    write_atomic(out, result.onnx)
     if args.report:
-        _write_atomic(Path(args.report), json.dumps(result.report, indent=2).encode())
+        write_atomic(Path(args.report), json.dumps(result.report, indent=2).encode())
     print(summary(result.report, out))
     return 0
 
@@ -140,7 +98,7 @@ def _si(n: float) -> str:
     return f"{n:.0f}"
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
+def write_atomic(path: Path, data: bytes) -> None:
     """Write next to the destination and rename: a failure never leaves a half-written file."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:

@@ -35,10 +35,13 @@ def test_light_install_has_no_torch_and_one_import_name(tmp_path):
     proc = subprocess.run([str(env_dir / "bin" / "secateurs"), "prune", "m.onnx", "-o", "p.onnx"],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "secateurs[server]" in proc.stderr and "Traceback" not in proc.stderr
+    proc = subprocess.run([str(env_dir / "bin" / "secateurs"), "convert-weights", "w.pth", "-o", "w.safetensors"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "secateurs[convert]" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_the_shared_spec_imports_only_pydantic():
-    code = ("import sys; from secateurs.pruning import PruneSpec; "
+    code = ("import sys; from secateurs.pruning import PruneSpec; import secateurs.pruning.flags; "
             "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'onnx', 'numpy', 'fastapi'}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
