@@ -9,48 +9,29 @@
 
 Specs are validated on the client with the same pydantic model the engine uses, so a bad spec fails
 before any upload. Creates carry an idempotency key; 429 and 503 are retried honouring Retry-After.
+`AsyncClient` (client/aio.py) is the same for asyncio; both decide everything in client/protocol.py.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import time
-import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 from secateurs.pruning.spec import PruneSpec
 
-from .config import resolve
+from . import protocol
+from .protocol import TERMINAL, APIError
 
-TERMINAL = ("succeeded", "failed", "cancelled")
-
-
-class APIError(Exception):
-    """A problem+json answer from the service."""
-
-    def __init__(self, status: int, problem: dict[str, Any]) -> None:
-        self.status = status
-        self.problem = problem
-        super().__init__(f"{status}: {problem.get('detail') or problem.get('title') or 'error'}")
+__all__ = ["TERMINAL", "APIError", "Client", "Job"]
 
 
-@dataclass
-class Job:
-    client: Client = field(repr=False)
-    data: dict[str, Any]
-
-    @property
-    def id(self) -> str:
-        return str(self.data["id"])
-
-    @property
-    def status(self) -> str:
-        return str(self.data["status"])
+class Job(protocol.JobData["Client"]):
+    """A job on the service: `data` is its latest JSON object; `refresh()` fetches it again."""
 
     def refresh(self) -> Job:
         self.data = self.client._request("GET", f"/v1/jobs/{self.id}").json()
@@ -63,50 +44,31 @@ class Job:
         `Last-Event-ID`, so every event comes exactly once; a partly received event is dropped and read
         again. Raises the transport error when the first connection fails, after `reconnect_for` seconds
         without a connection, or (with `follow=False`) on the first drop."""
-        last: int | None = None
-        down_since: float | None = None
-        connected = False
+        resume = protocol.Resume(follow, reconnect_for)
         while True:
-            headers = {"Accept": "text/event-stream"}
-            if last is not None:
-                headers["Last-Event-ID"] = str(last)
-            fresh = 0
+            sse, headers = resume.open()
             try:
-                with self.client._http.stream("GET", f"/v1/jobs/{self.id}/events", headers=headers,
-                                              timeout=httpx.Timeout(30, read=60)) as r:
-                    if r.status_code >= 400:
-                        r.read()
-                        raise _error(r)
-                    down_since, connected = None, True
-                    for event in _sse(r.iter_lines()):
-                        last, fresh = int(event["id"]), fresh + 1
-                        yield event
-                        if event["type"] in TERMINAL:
-                            return
+                with self.client._stream(f"/v1/jobs/{self.id}/events", headers, protocol.STREAM_TIMEOUT) as r:
+                    resume.opened()
+                    for line in r.iter_lines():
+                        if (event := sse.feed(line)) is not None:
+                            yield event
+                            if resume.seen(event):
+                                return
             except httpx.TransportError:
-                now = time.monotonic()
-                down_since = down_since or now
-                if not follow or not connected or now - down_since > reconnect_for:
+                if not resume.dropped(time.monotonic()):
                     raise
-                time.sleep(1.0)
+                time.sleep(protocol.PAUSE)
                 continue
-            # The server closed the stream before the terminal event (a restart, a proxy's timeout):
-            # open it again, unless the job is over and nothing more came.
-            if not follow or (fresh == 0 and self.refresh().status in TERMINAL):
+            step = resume.closed()
+            if step == "stop" or (step == "check" and self.refresh().status in TERMINAL):
                 return
-            if fresh == 0:
-                time.sleep(1.0)  # closed at once with nothing new: do not spin
+            if step == "check":
+                time.sleep(protocol.PAUSE)
 
     def history(self, page_size: int = 500) -> Iterator[dict[str, Any]]:
         """The events so far, oldest first (the JSON pages, no stream)."""
-        cursor: str | None = None
-        while True:
-            params: dict[str, Any] = {"limit": page_size, **({"cursor": cursor} if cursor else {})}
-            page = self.client._request("GET", f"/v1/jobs/{self.id}/events", params=params).json()
-            yield from page["data"]
-            cursor = page.get("next_cursor")
-            if not cursor:
-                return
+        yield from self.client._pages(f"/v1/jobs/{self.id}/events", page_size)
 
     def wait(self, timeout: float | None = None, poll: float = 1.0) -> Job:
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -124,19 +86,10 @@ class Job:
         return self.client._request("GET", f"/v1/jobs/{self.id}/artifacts/report.json").json()
 
     def download(self, path: str | os.PathLike[str], artifact: str = "model.onnx") -> Path:
-        dest = Path(path)
-        tmp = dest.with_name(f".{dest.name}.partial")
-        try:
-            with self.client._http.stream("GET", f"/v1/jobs/{self.id}/artifacts/{artifact}") as r:
-                if r.status_code >= 400:
-                    r.read()
-                    raise _error(r)
-                with open(tmp, "wb") as f:
-                    for chunk in r.iter_bytes():
-                        f.write(chunk)
-            tmp.replace(dest)
-        finally:
-            tmp.unlink(missing_ok=True)  # a broken download leaves nothing behind
+        with protocol.partial_file(path) as (dest, f), \
+                self.client._stream(f"/v1/jobs/{self.id}/artifacts/{artifact}") as r:
+            for chunk in r.iter_bytes():
+                f.write(chunk)
         return dest
 
 
@@ -146,9 +99,8 @@ class _Models:
 
     def upload(self, path: str | os.PathLike[str], *, arch: str | None = None,
                num_classes: int | None = None) -> dict[str, Any]:
-        data = {k: str(v) for k, v in (("arch", arch), ("num_classes", num_classes)) if v is not None}
-        with open(path, "rb") as f:
-            return self.client._request("POST", "/v1/models", files={"file": (Path(path).name, f)}, data=data).json()
+        with protocol.upload(path, arch=arch, num_classes=num_classes) as form:
+            return self.client._request("POST", "/v1/models", **form).json()
 
     def get(self, model_id: str) -> dict[str, Any]:
         return self.client._request("GET", f"/v1/models/{model_id}").json()
@@ -159,8 +111,8 @@ class _Datasets:
         self.client = client
 
     def upload(self, path: str | os.PathLike[str]) -> dict[str, Any]:
-        with open(path, "rb") as f:
-            return self.client._request("POST", "/v1/datasets", files={"file": (Path(path).name, f)}).json()
+        with protocol.upload(path) as form:
+            return self.client._request("POST", "/v1/datasets", **form).json()
 
 
 class _Jobs:
@@ -170,55 +122,53 @@ class _Jobs:
     def create(self, model: str | dict[str, Any], spec: PruneSpec | dict[str, Any] | None = None, *,
                webhook_url: str | None = None, webhook_events: list[str] | None = None,
                idempotency_key: str | None = None) -> Job:
-        checked = spec if isinstance(spec, PruneSpec) else PruneSpec.model_validate(spec or {})
-        body = {"model_id": model if isinstance(model, str) else model["id"],
-                "spec": checked.model_dump(mode="json", exclude_defaults=True), "webhook_url": webhook_url,
-                "webhook_events": webhook_events}
-        r = self.client._request("POST", "/v1/jobs", json=body,
-                                 headers={"Idempotency-Key": idempotency_key or str(uuid.uuid4())})
-        return Job(self.client, r.json())
+        request = protocol.create_job(model, spec, webhook_url=webhook_url, webhook_events=webhook_events,
+                                      idempotency_key=idempotency_key)
+        return Job(self.client, self.client._request("POST", "/v1/jobs", **request).json())
 
     def get(self, job_id: str) -> Job:
         return Job(self.client, self.client._request("GET", f"/v1/jobs/{job_id}").json())
 
     def list(self, status: str | None = None, limit: int = 50) -> Iterator[Job]:
-        cursor = None
-        while True:
-            params: dict[str, Any] = {"limit": limit, **({"status": status} if status else {}),
-                                      **({"cursor": cursor} if cursor else {})}
-            page = self.client._request("GET", "/v1/jobs", params=params).json()
-            for item in page["data"]:
-                yield Job(self.client, item)
-            cursor = page.get("next_cursor")
-            if not cursor:
-                return
+        for item in self.client._pages("/v1/jobs", limit, status=status):
+            yield Job(self.client, item)
 
 
-class Client:
-    def __init__(self, base_url: str | None = None, api_key: str | None = None, *, timeout: float = 300,
-                 retries: int = 5) -> None:
-        self.base_url, key = resolve(base_url, api_key)
-        headers = {"Authorization": f"Bearer {key}"} if key else {}
-        self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout)
-        self.retries = retries
-        self.models = _Models(self)
-        self.datasets = _Datasets(self)
-        self.jobs = _Jobs(self)
+class Client(protocol.ClientBase[httpx.Client]):
+    http = httpx.Client
+    parts = (_Models, _Datasets, _Jobs)
+    models: _Models
+    datasets: _Datasets
+    jobs: _Jobs
 
     def _request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
-        for attempt in range(self.retries + 1):
-            r = self._http.request(method, url, **kwargs)
-            if r.status_code in (429, 503) and attempt < self.retries:
-                retry_after = r.headers.get("Retry-After", "")
-                time.sleep(float(retry_after) if retry_after.replace(".", "", 1).isdigit() else min(2**attempt, 30))
-                for f in (kwargs.get("files") or {}).values():
-                    if hasattr(f[1], "seek"):
-                        f[1].seek(0)
-                continue
+        attempt = 0
+        while (delay := protocol.retry_delay(r := self._http.request(method, url, **kwargs), attempt,
+                                             self.retries)) is not None:
+            time.sleep(delay)
+            protocol.rewind(kwargs)
+            attempt += 1
+        if r.status_code >= 400:
+            raise protocol.error(r)
+        return r
+
+    def _pages(self, url: str, limit: int, **filters: Any) -> Iterator[dict[str, Any]]:
+        cursor: str | None = None
+        while True:
+            page = self._request("GET", url, params=protocol.page_params(limit, cursor, **filters)).json()
+            yield from page["data"]
+            if not (cursor := page.get("next_cursor")):
+                return
+
+    @contextmanager
+    def _stream(self, url: str, headers: dict[str, str] | None = None,
+                timeout: httpx.Timeout | None = None) -> Iterator[httpx.Response]:
+        """A streamed GET; a problem answer raised as APIError."""
+        with self._http.stream("GET", url, headers=headers, **({"timeout": timeout} if timeout else {})) as r:
             if r.status_code >= 400:
-                raise _error(r)
-            return r
-        raise AssertionError("unreachable")
+                r.read()
+                raise protocol.error(r)
+            yield r
 
     def webhook_secret(self) -> str:
         """The tenant's `whsec_` secret, for `secateurs.client.webhooks.verify` on the receiving end."""
@@ -228,7 +178,7 @@ class Client:
         """`/readyz` once, without retries: raises APIError (503) when a dependency is down."""
         r = self._http.get("/readyz", timeout=10)
         if r.status_code >= 400:
-            raise _error(r)
+            raise protocol.error(r)
         return dict(r.json())
 
     def close(self) -> None:
@@ -239,23 +189,3 @@ class Client:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _sse(lines: Iterator[str]) -> Iterator[dict[str, Any]]:
-    """The `data` of each complete Server-Sent Event; an event is complete at its blank line."""
-    data: list[str] = []
-    for line in lines:
-        if not line:
-            if data:
-                yield json.loads("\n".join(data))
-            data = []
-        elif line.startswith("data:"):
-            data.append(line[5:].removeprefix(" "))
-
-
-def _error(r: httpx.Response) -> APIError:
-    try:
-        body = r.json()
-    except ValueError:
-        body = {"detail": r.text[:300]}
-    return APIError(r.status_code, body if isinstance(body, dict) else {"detail": str(body)})
