@@ -32,13 +32,16 @@ class Upload:
             self.path.unlink(missing_ok=True)
 
 
-async def read_upload(request: Request, limit: int, tmp_dir: Path) -> Upload:
+async def read_upload(request: Request, limit: int, tmp_dir: Path, over_limit: str | None = None) -> Upload:
+    """The form, its file part in `tmp_dir`. A file past `limit` bytes is refused with 413 (saying
+    `over_limit` when given: the limit is then what the tenant may still store) as soon as it passes it."""
     ctype, params = parse_options_header(request.headers.get("content-type", ""))
     if ctype != b"multipart/form-data" or b"boundary" not in params:
         raise Problem(415, "send the file as multipart/form-data with a 'file' field", code="multipart")
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit + 1024 * 1024:
-        raise Problem(413, f"the upload is {declared} bytes, over the limit of {limit} bytes", code="too-large")
+        raise Problem(413, over_limit or f"the upload is {declared} bytes, over the limit of {limit} bytes",
+                      code="too-large")
 
     up = Upload()
     state: dict[str, object] = {"headers": {}, "field": b"", "value": b"", "name": None, "file": None, "parts": 0}
@@ -112,7 +115,7 @@ async def read_upload(request: Request, limit: int, tmp_dir: Path) -> Upload:
     except TooLarge:
         _close(state)
         up.discard()
-        raise Problem(413, f"the upload is over the limit of {limit} bytes", code="too-large") from None
+        raise Problem(413, over_limit or f"the upload is over the limit of {limit} bytes", code="too-large") from None
     except Problem:
         _close(state)
         up.discard()

@@ -28,6 +28,11 @@ class Tenant(Base):
     name: Mapped[str] = mapped_column(String(200), unique=True)
     webhook_secret: Mapped[str | None] = mapped_column(String(100), nullable=True)  # whsec_..., made on first use
     created_at: Mapped[datetime] = mapped_column(default=now)
+    # Usage, counted here so that every API process sees the same figures (db/quotas.py): bytes of the
+    # tenant's models, datasets and job artifacts in storage, and uploads begun in the current minute.
+    stored_bytes: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    upload_minute: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")  # minutes since 1970
+    uploads_this_minute: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class ApiKey(Base):

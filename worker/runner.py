@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from secateurs.db.models import Artifact, Dataset, Job, JobEvent, Model, new_id, now
+from secateurs.db.quotas import charge_storage
 from secateurs.db.session import sessions
 from secateurs.db.settings import Settings
 from secateurs.db.storage import open_storage
@@ -176,6 +177,7 @@ def _keep(settings: Settings, job: Job, base: str, files: dict[str, bytes], repo
                 storage.delete(f"{base}/{name}")
             # ends it as cancelled when it is still this attempt's; does nothing when it was taken back
             return "cancelled" if _fail(settings, job_id, attempt, Cancelled("the job was cancelled")) else "superseded"
+        charge_storage(s, job.tenant_id, sum(len(data) for data in files.values()), None)  # counted, never refused
         s.add(JobEvent(job_id=job_id, type="succeeded", stage="done", progress=1.0, message="job succeeded",
                        data={k: report.get(k) for k in ("macs_kept", "params_kept", "latency_ms_before",
                                                          "latency_ms_after", "accuracy_after")}))

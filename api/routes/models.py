@@ -7,6 +7,8 @@ from typing import Any
 from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from secateurs.db.models import Dataset, Model, new_id
+from secateurs.db.quotas import charge_storage, stored_bytes, take_upload_slot
+from secateurs.db.settings import Settings
 from secateurs.pruning.errors import InputError
 from sqlalchemy import select
 
@@ -49,7 +51,8 @@ def _int_field(up: Upload, name: str) -> int | None:
 @router.post("/models", status_code=201, summary="Upload a model (ONNX, or safetensors with arch)")
 async def upload_model(request: Request, tenant: CurrentTenant, session: SessionDep, settings: SettingsDep,
                        storage: StorageDep) -> dict[str, Any]:
-    up = await read_upload(request, settings.max_upload_bytes, settings.home / "tmp")
+    limit, over_limit = await _admit(tenant.id, session, settings)
+    up = await read_upload(request, limit, settings.home / "tmp", over_limit)
     try:
         arch = up.fields.get("arch") or None
         num_classes = _int_field(up, "num_classes")
@@ -57,7 +60,7 @@ async def upload_model(request: Request, tenant: CurrentTenant, session: Session
         model = Model(id=new_id("mdl"), tenant_id=tenant.id, filename=up.filename, format=info["format"],
                       arch=arch, num_classes=num_classes, input_shape={"shape": info["input_shape"]},
                       size_bytes=up.size, sha256=up.sha256, storage_key="")
-        await _store(model, f"{tenant.id}/models/{model.id}", up, session, storage)
+        await _store(model, f"{tenant.id}/models/{model.id}", up, session, storage, settings)
         return model_out(model)
     finally:
         up.discard()
@@ -78,13 +81,14 @@ def get_model(model_id: str, tenant: CurrentTenant, session: SessionDep) -> dict
 @router.post("/datasets", status_code=201, summary="Upload calibration or evaluation data (.npz)")
 async def upload_dataset(request: Request, tenant: CurrentTenant, session: SessionDep, settings: SettingsDep,
                          storage: StorageDep) -> dict[str, Any]:
-    up = await read_upload(request, settings.max_upload_bytes, settings.home / "tmp")
+    limit, over_limit = await _admit(tenant.id, session, settings)
+    up = await read_upload(request, limit, settings.home / "tmp", over_limit)
     try:
         info = await run_in_threadpool(_validate_dataset, str(up.path))
         ds = Dataset(id=new_id("dst"), tenant_id=tenant.id, filename=up.filename, samples=info["samples"],
                      sample_shape={"shape": info["shape"]}, labelled=info["labelled"], size_bytes=up.size,
                      sha256=up.sha256, storage_key="")
-        await _store(ds, f"{tenant.id}/datasets/{ds.id}", up, session, storage)
+        await _store(ds, f"{tenant.id}/datasets/{ds.id}", up, session, storage, settings)
         return dataset_out(ds)
     finally:
         up.discard()
@@ -102,14 +106,41 @@ def get_dataset(dataset_id: str, tenant: CurrentTenant, session: SessionDep) -> 
     return dataset_out(owned(session, Dataset, dataset_id, tenant.id))
 
 
-async def _store(row: Model | Dataset, key: str, up: Upload, session: SessionDep, storage: StorageDep) -> None:
-    """The validated upload goes to storage, then its row is committed; a failed commit removes the
-    object again, so storage never holds a file no row names."""
+async def _admit(tenant_id: str, session: SessionDep, settings: Settings) -> tuple[int, str | None]:
+    """Before anything is read: the tenant's upload rate (429), then how many bytes this upload may take, with
+    the detail its refusal gives when the tenant's storage limit, not the per-file one, is what bounds it."""
+    wait = await run_in_threadpool(take_upload_slot, session, tenant_id, settings.max_uploads_per_minute_per_tenant)
+    if wait is not None:
+        raise Problem(429, f"more than {settings.max_uploads_per_minute_per_tenant} uploads in a minute: retry in "
+                           f"{wait:.0f} s", code="too-many-uploads", headers={"Retry-After": f"{wait:.0f}"})
+    used = await run_in_threadpool(stored_bytes, session, tenant_id)
+    room = max(0, settings.max_storage_bytes_per_tenant - used)
+    if room < settings.max_upload_bytes:
+        return room, _over_quota(used, settings.max_storage_bytes_per_tenant)
+    return settings.max_upload_bytes, None
+
+
+def _over_quota(used: int, limit: int) -> str:
+    # 413, not 429: the request is refused for the size of what it sends, and sending it again later will not
+    # help (429 is for request rates, and its Retry-After promises that waiting does); not 507, a server error.
+    return (f"your models, datasets and job results take {used} of the {limit} bytes a tenant may keep, and this "
+            "upload would pass that: ask the service's operator for more room")
+
+
+async def _store(row: Model | Dataset, key: str, up: Upload, session: SessionDep, storage: StorageDep,
+                 settings: Settings) -> None:
+    """The validated upload goes to storage, then its row is committed with the tenant's stored bytes (unless
+    a concurrent upload took the room meanwhile); a failed commit removes the object again, so storage never
+    holds a file no row names."""
     assert up.path is not None
     row.storage_key = key
     await run_in_threadpool(storage.put_file, key, up.path)
     session.add(row)
     try:
+        if not charge_storage(session, row.tenant_id, up.size, settings.max_storage_bytes_per_tenant):
+            session.rollback()
+            raise Problem(413, _over_quota(stored_bytes(session, row.tenant_id), settings.max_storage_bytes_per_tenant),
+                          code="too-large")
         session.commit()
     except Exception:
         storage.delete(key)

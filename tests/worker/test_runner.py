@@ -94,6 +94,8 @@ def test_a_job_succeeds_with_its_artifacts_recorded_and_its_report_as_metrics(se
     assert report["macs_after"] == stats(files["model.onnx"], [1, 3, 32, 32]).macs
     assert report["macs_after"] <= 0.6 * report["macs_before"]
     assert all(a.size_bytes == len(files[a.name]) for a in arts)
+    with sessions(settings)() as s:  # the tenant's stored bytes count what its jobs wrote (the first job here)
+        assert s.get(Tenant, job.tenant_id).stored_bytes == sum(a.size_bytes for a in arts)
     kinds = [e.type for e in events]
     assert kinds[0] == "running" and kinds[-1] == "succeeded" and set(kinds[1:-1]) == {"progress"}
     progress = [e.progress for e in events if e.type == "progress"]
