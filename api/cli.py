@@ -137,8 +137,10 @@ def run_worker(args: argparse.Namespace) -> int:
 def _serve(host: str, port: int, workers: int = 1) -> None:
     import uvicorn
 
+    from .server import uvicorn_options
+
     uvicorn.run("secateurs.api.main:app", host=host, port=port, workers=workers, log_level="warning",
-                timeout_graceful_shutdown=5, limit_max_requests=None, h11_max_incomplete_event_size=64 * 1024)
+                timeout_graceful_shutdown=5, limit_max_requests=None, **uvicorn_options())
 
 
 def run_api(args: argparse.Namespace) -> int:

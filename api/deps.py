@@ -10,12 +10,12 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Header, Request
-from fastapi.concurrency import run_in_threadpool
 from secateurs.db.models import ApiKey, Tenant
-from secateurs.db.session import read_one, sessions
+from secateurs.db.reads import Read, read_one_async
+from secateurs.db.session import sessions
 from secateurs.db.settings import Settings
 from secateurs.db.storage import Storage
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from .problems import Problem
@@ -84,9 +84,12 @@ class KeyCache:
             self._entries[key_hash] = (time.monotonic() + self.ttl, caller)
 
 
-def _lookup(settings: Settings, key_hash: str) -> Caller | None:
-    row = read_one(settings, select(Tenant.id, Tenant.name).join(ApiKey, ApiKey.tenant_id == Tenant.id)
-                   .where(ApiKey.key_hash == key_hash, ApiKey.revoked.is_(False)))
+_TENANT_OF_KEY = Read(select(Tenant.id, Tenant.name).join(ApiKey, ApiKey.tenant_id == Tenant.id)
+                      .where(ApiKey.key_hash == bindparam("key_hash"), ApiKey.revoked.is_(False)))
+
+
+async def _lookup(settings: Settings, key_hash: str) -> Caller | None:
+    row = await read_one_async(settings, _TENANT_OF_KEY, {"key_hash": key_hash})
     return Caller(row.id, row.name) if row is not None else None
 
 
@@ -95,15 +98,15 @@ def _unauthorized(detail: str) -> Problem:
 
 
 async def current_tenant(request: Request, authorization: Annotated[str | None, Header()] = None) -> Caller:
-    # async, and no request session: a cached key costs no thread hop and no database round trip, and a
-    # looked-up one holds its connection only inside that lookup
+    # async, and no request session: a cached key costs no database round trip, and a looked-up one holds
+    # its connection only inside that lookup
     if not authorization or not authorization.lower().startswith("bearer "):
         raise _unauthorized("send your API key as 'Authorization: Bearer <key>'")
     key_hash = hash_key(authorization[7:].strip())
     cache: KeyCache = request.app.state.key_cache
     caller = cache.get(key_hash)
     if caller is None:
-        caller = await run_in_threadpool(_lookup, request.app.state.settings, key_hash)
+        caller = await _lookup(request.app.state.settings, key_hash)
         if caller is None:
             raise _unauthorized("unknown or revoked API key")
         cache.put(key_hash, caller)

@@ -18,9 +18,13 @@ from .settings import Settings, get_settings
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
+SQLITE_POOL_SIZE = 8  # connections a process keeps to the embedded database (and reads it holds at once)
+
+
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        engine = create_engine(url, pool_size=SQLITE_POOL_SIZE, max_overflow=8, pool_timeout=30,
+                               connect_args={"check_same_thread": False, "timeout": 30})
 
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn, _record):  # type: ignore[no-untyped-def]
@@ -31,13 +35,16 @@ def make_engine(url: str) -> Engine:
             cur.close()
 
         return engine
-    # A database that is down or unreachable must fail a request fast (the API maps it to 503), not hang it:
-    # bounded connect, pool wait and dead-peer detection; a ping drops connections a restart broke.
-    connect_args = {"connect_timeout": 5, "keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5,
-                    "keepalives_count": 3} if url.startswith("postgresql") else {}
-    engine = create_engine(url, pool_size=10, max_overflow=20, pool_timeout=10, connect_args=connect_args)
+    engine = create_engine(url, pool_size=10, max_overflow=20, pool_timeout=10, connect_args=connect_args(url))
     _ping_when_idle(engine)
     return engine
+
+
+def connect_args(url: str) -> dict[str, Any]:
+    # A database that is down or unreachable must fail a request fast (the API maps it to 503), not hang it:
+    # bounded connect, pool wait and dead-peer detection; a ping drops connections a restart broke.
+    return {"connect_timeout": 5, "keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5,
+            "keepalives_count": 3} if url.startswith("postgresql") else {}
 
 
 PING_AFTER_IDLE_SECONDS = 1.0
@@ -76,7 +83,7 @@ def sessions(settings: Settings | None = None) -> sessionmaker[Session]:
     return sessionmaker(engine_for(s.db_url), expire_on_commit=False)
 
 
-def read_one(settings: Settings, stmt: Executable) -> Row[Any] | None:
+def read_one(settings: Settings, stmt: Executable, params: dict[str, Any] | None = None) -> Row[Any] | None:
     """One row of a read, on a pooled connection in autocommit (no BEGIN/ROLLBACK round trips around a
     single SELECT), checked out and returned within this call (so no connection is held while a request
     waits for a thread). Retried once when the connection turns out dead (the database restarted)."""
@@ -84,7 +91,7 @@ def read_one(settings: Settings, stmt: Executable) -> Row[Any] | None:
     for attempt in (1, 2):
         try:
             with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-                return conn.execute(stmt).first()
+                return conn.execute(stmt, params).first()
         except DBAPIError as exc:
             if attempt == 2 or not exc.connection_invalidated:
                 raise

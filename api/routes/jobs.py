@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
 from secateurs.db.models import (
     Artifact,
     Dataset,
@@ -22,15 +22,16 @@ from secateurs.db.models import (
     new_id,
     now,
 )
-from secateurs.db.session import read_one, sessions
+from secateurs.db.reads import Read, read_one_async
+from secateurs.db.session import sessions
 from secateurs.worker.webhooks import EVENT_TYPES, check_target, notify, tenant_secret
-from sqlalchemy import func, select, update
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from .. import pagination
 from ..deps import CurrentTenant, SessionDep, StorageDep
 from ..problems import Problem
-from ..schemas import TERMINAL, JobCreate, event_out, job_out
+from ..schemas import TERMINAL, JobCreate, event_out, job_out, json_object
 from .events import router as events_router
 from .models import owned
 
@@ -139,15 +140,21 @@ def list_jobs(tenant: CurrentTenant, session: SessionDep, cursor: str | None = N
     return pagination.result(list(session.scalars(pagination.page(stmt, Job, cursor, limit))), limit, job_out)
 
 
+# Built once: building a statement per request costs more than running it (SQLAlchemy caches its SQL, not its making)
+_OF_TENANT = (Job.id == bindparam("job_id"), Job.tenant_id == bindparam("tenant_id"))
+_JOB_OF_TENANT = Read(select(Job.__table__).where(*_OF_TENANT))
+_JOB_ID_OF_TENANT = Read(select(Job.id).where(*_OF_TENANT))
+
+
 @router.get("/jobs/{job_id}", summary="Get a job", response_model=dict[str, Any])
-async def get_job(job_id: str, request: Request, tenant: CurrentTenant) -> JSONResponse:
-    # The status poll, the hottest route: one thread hop for one autocommit SELECT scoped to the tenant, and
-    # the dict sent as is (job_out builds it; FastAPI's response validation would only walk it again).
-    row = await run_in_threadpool(read_one, request.app.state.settings,
-                                  select(Job.__table__).where(Job.id == job_id, Job.tenant_id == tenant.id))
+async def get_job(job_id: str, request: Request, tenant: CurrentTenant) -> Response:
+    # The status poll, the hottest route: one autocommit SELECT scoped to the tenant (on PostgreSQL from the
+    # event loop, no thread), and the dict sent as is (job_out builds it; response validation would only walk
+    # it again).
+    row = await read_one_async(request.app.state.settings, _JOB_OF_TENANT, {"job_id": job_id, "tenant_id": tenant.id})
     if row is None:
         raise Problem(404, f"no job {job_id!r}", code="not-found")
-    return JSONResponse(job_out(row))
+    return json_object(job_out(row))
 
 
 @router.post("/jobs/{job_id}/cancel", summary="Cancel a job")
@@ -190,15 +197,17 @@ def _events_after(settings: Any, job_id: str, after: int, limit: int) -> tuple[l
 
 
 @router.get("/jobs/{job_id}/events", summary="Job events: Server-Sent Events, or a JSON page")
-async def job_events(job_id: str, request: Request, tenant: CurrentTenant, session: SessionDep,
+async def job_events(job_id: str, request: Request, tenant: CurrentTenant,
                      cursor: str | None = None, after: int = Query(0, ge=0),
                      limit: int = Query(100, ge=1, le=1000),
                      last_event_id: Annotated[str | None, Header()] = None) -> Any:
     """Oldest first. The JSON page's `next_cursor` (an event id) is set while more events exist;
     pass it back as `?cursor=` (`?after=<event id>` is the same thing)."""
-    owned(session, Job, job_id, tenant.id)
-    session.close()
     settings = request.app.state.settings
+    # not through a request session: its query would run on the event loop, where a wait for a pooled
+    # connection (or an SQLite lock) stops every other request of the process
+    if await read_one_async(settings, _JOB_ID_OF_TENANT, {"job_id": job_id, "tenant_id": tenant.id}) is None:
+        raise Problem(404, f"no job {job_id!r}", code="not-found")
     if cursor is not None:
         if not cursor.isdigit():
             raise _invalid("cursor", "not a cursor this API issued")
@@ -235,14 +244,25 @@ async def job_events(job_id: str, request: Request, tenant: CurrentTenant, sessi
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
-@router.get("/jobs/{job_id}/artifacts/{name}", summary="Download an artifact (model.onnx, report.json)")
-def get_artifact(job_id: str, name: str, tenant: CurrentTenant, session: SessionDep, storage: StorageDep) -> Any:
+@router.get("/jobs/{job_id}/artifacts/{name}", summary="Download an artifact (model.onnx, report.json)",
+            responses={307: {"description": "with redirect=true on S3 storage: Location is a presigned URL of the file"}})
+def get_artifact(job_id: str, name: str, request: Request, tenant: CurrentTenant, session: SessionDep,
+                 storage: StorageDep,
+                 redirect: bool = Query(False, description="On S3 storage, answer 307 to a short-lived presigned URL "
+                                        "of the file instead of sending it (elsewhere the file is sent as usual)."),
+                 expires_in: int | None = Query(None, ge=1, le=7 * 24 * 3600, description="Seconds the presigned "
+                                                "URL lives; at most, and by default, the service's limit.")) -> Any:
     job = owned(session, Job, job_id, tenant.id)
     if name not in ARTIFACTS:
         raise Problem(404, f"no artifact {name!r}; artifacts: {', '.join(ARTIFACTS)}", code="not-found")
     art = session.execute(select(Artifact).where(Artifact.job_id == job.id, Artifact.name == name)).scalar_one_or_none()
     if art is None:
         raise Problem(404, f"job {job.id} has no {name} (status {job.status})", code="not-found")
+    if redirect:
+        limit = request.app.state.settings.artifact_url_seconds
+        url = storage.presigned_url(art.storage_key, min(expires_in or limit, limit), f"{job.id}-{name}")
+        if url is not None:  # the bytes then go from the bucket to the user, not through the API
+            return RedirectResponse(url, status_code=307, headers={"Cache-Control": "no-store"})
     media = "application/json" if name.endswith(".json") else "application/octet-stream"
     return StreamingResponse(storage.open_chunks(art.storage_key), media_type=media, headers={
         "Content-Length": str(art.size_bytes), "ETag": f'"{art.sha256}"',
