@@ -13,7 +13,7 @@ from secateurs.db.session import migrate
 from secateurs.db.settings import Settings, get_settings
 from secateurs.db.storage import open_storage
 
-from . import problems
+from . import openapi, problems
 from .deps import KeyCache
 from .limits import BodyLimit
 from .metrics import Timing
@@ -54,6 +54,7 @@ def create_app(settings: Settings | None = None, *, enqueue: Callable[[str], Non
     app.include_router(models.router)
     app.include_router(jobs.router)
     app.include_router(meta.router)
+    openapi.install(app)
     return app
 
 
