@@ -27,6 +27,7 @@ class Settings(BaseSettings):
     max_active_jobs_per_tenant: int = 20  # queued + running; more answer 429 with Retry-After
     max_storage_bytes_per_tenant: int = Field(100 * 1024**3, ge=0)  # models + datasets + artifacts; past it 413
     max_uploads_per_minute_per_tenant: int = Field(60, ge=0)  # models + datasets begun; past it 429, Retry-After
+    artifact_url_seconds: int = Field(300, ge=1, le=7 * 24 * 3600)  # presigned artifact URLs live at most this long
     api_key_cache_seconds: float = 5.0  # a verified key is trusted this long per API process; 0 = always look up
 
     @property

@@ -37,6 +37,7 @@ class Storage(Protocol):
     def exists(self, key: str) -> bool: ...
     def delete(self, key: str) -> None: ...
     def ping(self) -> None: ...
+    def presigned_url(self, key: str, seconds: int, filename: str) -> str | None: ...
 
 
 class LocalStorage:
@@ -97,14 +98,19 @@ class LocalStorage:
         if not self.root.is_dir():
             raise OSError(f"storage root {self.root} is missing")
 
+    def presigned_url(self, key: str, seconds: int, filename: str) -> str | None:
+        return None  # local files are served by the API only
+
 
 class S3Storage:
     def __init__(self, bucket: str, prefix: str, endpoint_url: str | None) -> None:
         import boto3
+        from botocore.config import Config
 
         self.bucket = bucket
         self.prefix = prefix.strip("/")
-        self.client = boto3.client("s3", endpoint_url=endpoint_url)
+        # SigV4 for presigned URLs too (the signature covers their expiry; SigV2 is refused in newer regions)
+        self.client = boto3.client("s3", endpoint_url=endpoint_url, config=Config(signature_version="s3v4"))
 
     def _key(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key
@@ -136,6 +142,14 @@ class S3Storage:
 
     def ping(self) -> None:
         self.client.head_bucket(Bucket=self.bucket)
+
+    def presigned_url(self, key: str, seconds: int, filename: str) -> str | None:
+        """A GET URL for one object that anyone holding it may use until it expires, `seconds` from now; signed
+        locally with the service's credentials (no request to S3)."""
+        return str(self.client.generate_presigned_url(
+            "get_object", ExpiresIn=seconds, Params={
+                "Bucket": self.bucket, "Key": self._key(key),
+                "ResponseContentDisposition": f'attachment; filename="{filename}"'}))
 
 
 def open_storage(url: str, endpoint_url: str | None = None) -> Storage:

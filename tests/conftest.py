@@ -66,6 +66,17 @@ def onnx_of(model, size: int) -> bytes:  # type: ignore[no-untyped-def]
     return buf.getvalue()
 
 
+def tiny_cnn_onnx() -> bytes:
+    """A two-convolution classifier on 16 x 16 images: a job on it takes a few seconds."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1),
+                        nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))
+    return onnx_of(net, 16)
+
+
 @pytest.fixture(scope="session")
 def resnet20_weights() -> bytes:
     return shared("resnet20_cifar10.safetensors").read_bytes()

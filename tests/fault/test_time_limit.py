@@ -7,11 +7,9 @@ from datetime import datetime
 
 import httpx
 import pytest
-import torch
-from torch import nn
 
 from tests.api.conftest import create_key, stop
-from tests.conftest import onnx_of
+from tests.conftest import tiny_cnn_onnx
 
 from .servers import start_api, start_worker, upload_resnet20, wait_for
 from .test_worker_killed import _children
@@ -21,13 +19,6 @@ SOFT_LIMIT = 8
 # stretch with no progress report in between (many minutes): only the pool's soft time limit stops it in seconds.
 SLOW = {"target": {"latency_ms": 0.5}, "measure": {"repeats": 10000, "batch": 32}}
 QUICK = {"signal": "l2_norm", "target": {"macs": 0.5}, "measure": {"repeats": 3}}
-
-
-def _tiny_onnx() -> bytes:
-    torch.manual_seed(0)
-    net = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1),
-                        nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))
-    return onnx_of(net, 16)
 
 
 def _finished(c: httpx.Client, job_id: str) -> dict:
@@ -68,7 +59,7 @@ def test_a_job_past_the_soft_time_limit_fails_saying_so_and_the_worker_runs_the_
             assert kinds[-1] == "failed" and kinds.count("failed") == 1, kinds
             assert c.get(f"/v1/jobs/{failed['id']}/artifacts/model.onnx").status_code == 404
 
-            tiny = c.post("/v1/models", files={"file": ("tiny.onnx", _tiny_onnx())})
+            tiny = c.post("/v1/models", files={"file": ("tiny.onnx", tiny_cnn_onnx())})
             assert tiny.status_code == 201, tiny.text
             nxt = c.post("/v1/jobs", json={"model_id": tiny.json()["id"], "spec": QUICK})
             assert nxt.status_code == 201, nxt.text
