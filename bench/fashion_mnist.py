@@ -1,28 +1,40 @@
-"""A second network, trained here: a small CNN on Fashion-MNIST, then pruned by every signal with each
-recovery at macs 0.7 and 0.5; and the bandit against l1_norm after the same fine-tune.
+"""A second network, trained here: a small CNN on Fashion-MNIST, pruned by every signal with each recovery
+at macs 0.7 and 0.5 (bench/plots/recovery_fashion_mnist.png); then the bandit against l1_norm after the
+same fine-tune, with the channel-steps the bandit's own fine-tune executed.
 
-The network is trained from scratch on the 60,000 shared training images (no download), exported to
-ONNX the ordinary way, and handed to the engine as a user would. Calibration: 2,000 training images;
-evaluation: the 10,000-image test set, on the pruned ONNX in ONNX Runtime.
+The network is trained from scratch on the 60,000 shared training images (no download), exported to ONNX
+the ordinary way but with BatchNorm kept as nodes (do_constant_folding=False: folded, BatchNorm
+re-estimation and bn_scale would have nothing to work on), and handed to the engine as a user would.
+Calibration: the first `--calib` training images (labels included); evaluation: the 10,000-image test
+set, on the pruned ONNX in ONNX Runtime. The trained model is kept in bench/results/fashion_net.onnx
+(not committed) so that `--resume` measures the same network.
 
-    .venv/bin/python bench/fashion_mnist.py [--epochs 3] [--signals ...] [--recoveries ...]
+    .venv/bin/python bench/fashion_mnist.py [--resume] [--epochs 3] [--signals ...] [--skip-bandit]
+    .venv/bin/python bench/fashion_mnist.py --write-only
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import io
-import json
 import time
 import warnings
+from datetime import datetime, timezone
 
 import numpy as np
+import recovery_grid as grid
 import torch
 import torch.nn.functional as F
-from common import DATA, ROOT, command, machine, write_section
+from common import DATA, ROOT, command, load_average, machine, write_section
 from torch import nn
 
-RESULTS = ROOT / "bench" / "results"
+RESULTS = ROOT / "bench" / "results" / "fashion_mnist.json"
+BANDIT = ROOT / "bench" / "results" / "fashion_mnist_bandit.json"
+MODEL = ROOT / "bench" / "results" / "fashion_net.onnx"
+PLOT = ROOT / "bench" / "plots" / "recovery_fashion_mnist.png"
+EXTRA = ['{"compose": {"measure": "activation_gradient", "reduce": "fisher", "aggregate": "sum", '
+         '"normalize": "none", "per_mac": true}}']
 
 
 class FashionNet(nn.Module):
@@ -40,12 +52,12 @@ class FashionNet(nn.Module):
         return self.fc(F.adaptive_avg_pool2d(self.features(x), 1).flatten(1))
 
 
-def fashion(name: str):  # type: ignore[no-untyped-def]
+def fashion(name: str, n: int | None = None):  # type: ignore[no-untyped-def]
     from secateurs.pruning.data import Dataset
 
     with np.load(DATA / name) as d:
-        x = (d["x"].astype(np.float32)[:, None] / 255.0 - 0.2860) / 0.3530
-        return Dataset(np.ascontiguousarray(x), d["y"].astype(np.int64))
+        x = (d["x"][:n].astype(np.float32)[:, None] / 255.0 - 0.2860) / 0.3530
+        return Dataset(np.ascontiguousarray(x), d["y"][:n].astype(np.int64))
 
 
 def train(train_set, epochs: int) -> nn.Module:  # type: ignore[no-untyped-def]
@@ -73,71 +85,220 @@ def to_onnx(model: nn.Module) -> bytes:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(model, (torch.zeros(1, 1, 28, 28),), buf, dynamo=False, opset_version=17,
-                          input_names=["image"], output_names=["logits"],
+                          input_names=["image"], output_names=["logits"], do_constant_folding=False,
                           dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}})
     return buf.getvalue()
 
 
-def main() -> None:
-    from secateurs.pruning import PruneSpec, prune
-
-    p = argparse.ArgumentParser()
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--signals", default="l1_norm,l2_norm,fpgm,random,activation_mean,apoz,dead_units,taylor,"
-                                        "fisher,similarity,lasso,bandit")
-    p.add_argument("--recoveries", default="none,bn_recalibrate,reconstruct,distill")
-    p.add_argument("--targets", default="0.7,0.5")
-    p.add_argument("--threads", type=int, default=1)
-    args = p.parse_args()
-    torch.set_num_threads(args.threads)
-    train_set, test = fashion("fashion_mnist_train.npz"), fashion("fashion_mnist_test.npz")
+def network(args: argparse.Namespace, meta: dict) -> bytes:  # type: ignore[type-arg]
+    """The trained network: reused from MODEL when resuming (same bytes as the cells already measured)."""
+    if args.resume and MODEL.exists() and meta.get("model_sha256"):
+        data = MODEL.read_bytes()
+        if hashlib.sha256(data).hexdigest() == meta["model_sha256"]:
+            return data
+    train_set = fashion("fashion_mnist_train.npz")
     t0 = time.monotonic()
     model = train(train_set, args.epochs)
-    train_minutes = (time.monotonic() - t0) / 60
-    onnx_model = to_onnx(model)
-    calib = train_set.head(2000)
-    rows = []
+    meta["train_minutes"] = (time.monotonic() - t0) / 60
+    meta["train_epochs"] = args.epochs
+    meta["parameters"] = sum(p.numel() for p in model.parameters())
+    data = to_onnx(model)
+    MODEL.parent.mkdir(parents=True, exist_ok=True)
+    MODEL.write_bytes(data)
+    meta["model_sha256"] = hashlib.sha256(data).hexdigest()
+    return data
+
+
+# ------------------------------------------------------------------------------ bandit against l1_norm
+
+
+def bandit_claim(model: bytes, args: argparse.Namespace, test, results: grid.Results) -> None:  # type: ignore[no-untyped-def]
+    """At each target: bandit (its scoring is a fine-tune executing a CUCB-chosen subset of channels)
+    and l1_norm, each followed by the same supervised fine-tune; and l1_norm given a dense fine-tune as
+    long as the bandit's plus that one, so neither has more training epochs."""
+    from secateurs.pruning import PruneSpec, prune
+
+    calib = fashion("fashion_mnist_train.npz", args.bandit_calib)
+    ft = args.bandit_finetune
     for target in (float(t) for t in args.targets.split(",")):
-        for signal in args.signals.split(","):
-            for rec in args.recoveries.split(","):
-                spec = PruneSpec.model_validate({
-                    "signal": signal, "target": {"macs": target}, "calibration": {"samples": 2000},
-                    "recovery": {"method": rec, "epochs": 2, "lr": 0.01, "batch_size": 64},
-                    "signal_options": {"bandit_epochs": 1}, "measure": {"repeats": 5},
-                })
-                t1 = time.monotonic()
-                r = prune(onnx_model, spec, calibration=calib, evaluation=test).report
-                row = {"signal": signal, "recovery": rec, "target": target, "macs_kept": r["macs_kept"],
-                       "accuracy_before": r["accuracy_before"], "accuracy": r["accuracy_after"],
-                       "minutes": (time.monotonic() - t1) / 60, "bandit": r.get("bandit")}
-                rows.append(row)
-                print(json.dumps(row), flush=True)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "fashion_mnist.json").write_text(json.dumps(rows, indent=1))
-    before = rows[0]["accuracy_before"] if rows else float("nan")
+        for signal, epochs, variant in (
+            ("bandit", ft, f"bandit ({args.bandit_epochs:g} ep. sparse) + fine-tune {ft:g} ep."),
+            ("l1_norm", ft, f"l1_norm + fine-tune {ft:g} ep."),
+            ("l1_norm", ft + args.bandit_epochs, f"l1_norm + fine-tune {ft + args.bandit_epochs:g} ep."),
+        ):
+            if results.done(variant, target, "finetune") is not None:
+                continue
+            spec = PruneSpec.model_validate({
+                "signal": signal, "target": {"macs": target}, "calibration": {"samples": len(calib)},
+                "recovery": {"method": "finetune", "epochs": epochs, "lr": 0.01, "batch_size": 64},
+                "signal_options": {"bandit_epochs": args.bandit_epochs}, "measure": {"repeats": 5},
+            })
+            t0 = time.monotonic()
+            r = prune(model, spec, calibration=calib)
+            seconds = time.monotonic() - t0
+            results.add({"signal": variant, "base_signal": signal, "target": target, "recovery": "finetune",
+                         "finetune_epochs": epochs, "macs_kept": r.report["macs_kept"],
+                         "accuracy": grid.onnx_accuracy(r.onnx, test, args.threads), "minutes": seconds / 60,
+                         "bandit": r.report.get("bandit"), "recovery_info": r.report.get("recovery")})
+
+
+def bandit_lines(results: grid.Results, args: argparse.Namespace) -> list[str]:
+    rows = results.rows
+    if not rows:
+        return []
+    m = results.meta
     lines = [
-        "## Fashion-MNIST, a network trained here: every signal x recovery",
         "",
-        f"Machine: {machine()}; {args.threads} thread(s). FashionNet (5 conv + BN blocks, "
-        f"{sum(p.numel() for p in model.parameters())} parameters) trained {args.epochs} epochs on the 60k "
-        f"training images in {train_minutes:.1f} min: {before * 100:.2f}% on the 10k test set. Calibration and "
-        "recovery on 2,000 training images (distill: 2 epochs, no labels); accuracy of the pruned ONNX in ONNX "
-        "Runtime on the test set.",
+        "### Bandit against l1_norm after the same fine-tune",
         "",
-        "| signal | recovery | target | MACs kept | top-1 | minutes |",
-        "| --- | --- | ---: | ---: | ---: | ---: |",
+        f"Calibration: the first {m['bandit_calib']} training images, with labels. `bandit` scores during a "
+        f"fine-tune of {m['bandit_epochs']:g} epoch(s) over them (cross-entropy, SGD 0.01 momentum 0.9, batch 64) "
+        "in which every step executes, in each dependency group, only the channels with the highest upper "
+        "confidence bound (the rest zeroed at their consumers' inputs), then prunes the lowest-scored. Every "
+        f"model then gets the same supervised fine-tune (recovery `finetune`: {m['bandit_finetune']:g} epoch(s) "
+        "over the same images, SGD 0.01 cosine, batch 64, after BatchNorm re-estimation); the last row gives "
+        "l1_norm a dense fine-tune as many epochs long as the bandit's two together. Top-1 on the 10,000 "
+        "test images, pruned ONNX in ONNX Runtime.",
+        "",
+        "| target | model | MACs kept | top-1 | channel-steps executed / dense | minutes |",
+        "| ---: | --- | ---: | ---: | ---: | ---: |",
     ]
-    for r in rows:
-        lines.append(f"| {r['signal']} | {r['recovery']} | {r['target']} | {r['macs_kept']:.3f} | "
-                     f"{r['accuracy'] * 100:.2f}% | {r['minutes']:.2f} |")
-    bandit = [r for r in rows if r["signal"] == "bandit" and r["bandit"]]
-    if bandit:
-        b = bandit[0]["bandit"]
-        lines += ["", f"Bandit fine-tune: {b['channel_steps_executed']} channel-steps executed against "
-                      f"{b['channel_steps_dense']} for a dense fine-tune of the same length "
-                      f"({b['executed_fraction'] * 100:.0f}%)."]
-    lines += ["", f"Command: `{command()}`"]
+    for r in sorted(rows, key=lambda r: (-r["target"], r["signal"])):
+        b = r.get("bandit")
+        steps = (f"{b['channel_steps_executed']} / {b['channel_steps_dense']} ({b['executed_fraction'] * 100:.0f}%)"
+                 if b else "-")
+        lines.append(f"| {r['target']:g} | {r['signal']} | {r['macs_kept']:.3f} | {r['accuracy'] * 100:.2f}% | "
+                     f"{steps} | {r['minutes']:.1f} |")
+    lines.append("")
+    for t in sorted({r["target"] for r in rows}, reverse=True):
+        band = [r for r in rows if r["target"] == t and r["base_signal"] == "bandit"]
+        same = [r for r in rows if r["target"] == t and r["base_signal"] == "l1_norm"
+                and r["finetune_epochs"] == m["bandit_finetune"]]
+        longer = [r for r in rows if r["target"] == t and r["base_signal"] == "l1_norm"
+                  and r["finetune_epochs"] != m["bandit_finetune"]]
+        if not band or not same:
+            continue
+        b, s = band[0], same[0]
+        verdict = "at least as accurate as" if b["accuracy"] >= s["accuracy"] else "**less accurate** than"
+        text = (f"At macs {t:g}: bandit {b['accuracy'] * 100:.2f}% (MACs kept {b['macs_kept']:.3f}) is {verdict} "
+                f"l1_norm {s['accuracy'] * 100:.2f}% (MACs kept {s['macs_kept']:.3f}) after the same fine-tune")
+        if b.get("bandit"):
+            bb = b["bandit"]
+            text += (f"; its own fine-tune executed {bb['channel_steps_executed']} channel-steps, "
+                     f"{bb['executed_fraction'] * 100:.0f}% of a dense one's {bb['channel_steps_dense']}")
+        if longer:
+            lo = longer[0]
+            than = "at least as accurate as" if b["accuracy"] >= lo["accuracy"] else "less accurate than"
+            text += (f"; against l1_norm with the longer dense fine-tune ({lo['accuracy'] * 100:.2f}%) it is "
+                     f"{than} it")
+        lines.append(text + ".")
+    return lines
+
+
+# ------------------------------------------------------------------------------------------ the section
+
+
+def write(results: grid.Results, bandit: grid.Results, args: argparse.Namespace, signals: list[str]) -> None:
+    rows, m = results.rows, results.meta
+    targets = [float(t) for t in args.targets.split(",")]
+    grid.plot(rows, signals, list(grid.RECOVERIES), m["unpruned"], PLOT,
+         "Fashion-MNIST network (trained here): top-1 against MACs kept, per signal and recovery")
+    lines = [
+        "## Fashion-MNIST, a network trained here: every signal x recovery at macs 0.7 and 0.5",
+        "",
+        f"Machine: {m['machine']}; torch threads {m['threads']}. Run {m['started']} to "
+        f"{m.get('finished', '(cut)')} UTC (load average at start {m['load_start']}, at end {m.get('load_end', '?')}: "
+        "the 2 cores were shared with other work, so minutes are upper bounds).",
+        "",
+        f"FashionNet (5 conv 3x3 + BatchNorm + ReLU blocks of 32, 32, 64, 64, 128 channels, two max-pools, global "
+        f"average pool, linear; {m['parameters']} parameters) trained {m['train_epochs']} epochs on the 60,000 "
+        f"training images (SGD, one-cycle to 0.1, batch 128) in {m['train_minutes']:.1f} min: "
+        f"{m['unpruned'] * 100:.2f}% on the 10,000 test images (ONNX Runtime). Exported to ONNX with BatchNorm "
+        "kept as nodes and handed to `secateurs.pruning.prune` as ONNX, default spec otherwise. Calibration and "
+        f"recovery: the first {m['calib']} training images (with labels: gradient signals and the bandit's "
+        f"fine-tune use them). Budgets, the same for every signal: `distill` = label-free distillation from the "
+        f"original, {m['distill_epochs']:g} epochs over those images (SGD 0.01 cosine, T=4, batch 64), after "
+        "BatchNorm re-estimation; `reconstruct` = least-squares refit of every layer whose inputs changed, then "
+        f"BatchNorm re-estimation; `bandit` scores during a fine-tune of {m['bandit_epochs_grid']:g} epoch(s) "
+        "over them.",
+        "",
+        "Each signal scores and prunes once per target (`prune` with recovery `none`); each recovery runs on a "
+        "copy of that pruned model through the engine's own recovery stage, and the copy is exported and "
+        "checked like a job's output. Top-1: the exported ONNX in ONNX Runtime on the 10,000 test images. "
+        "Minutes: the `prune` call plus that recovery, without the test-set evaluation. `lasso` asks the "
+        "engine for the refit itself, so its `none` column is already refit and BatchNorm re-estimated.",
+        "",
+        *grid.table(rows, signals, targets, list(grid.RECOVERIES), m["unpruned"]),
+        "",
+        "Best per target: " + "; ".join(grid.best_cells(rows, targets)) + ".",
+        "",
+        f"![top-1 against MACs kept](bench/plots/{PLOT.name})",
+    ]
+    gone = grid.missing(rows, signals, targets, list(grid.RECOVERIES))
+    if gone:
+        lines += ["", "Missing cells (not measured, so not shown): " + "; ".join(gone) + "."]
+    lines += bandit_lines(bandit, args)
+    lines += ["", f"Command: `{m['command']}`"]
     write_section("fashion-mnist", "\n".join(lines))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--epochs", type=int, default=3, help="training epochs of the network")
+    p.add_argument("--signals", default=None, help="comma-separated; default: every registered signal + EXTRA")
+    p.add_argument("--targets", default="0.7,0.5")
+    p.add_argument("--recoveries", default=",".join(grid.RECOVERIES))
+    p.add_argument("--calib", type=int, default=2000)
+    p.add_argument("--distill-epochs", type=float, default=2.0)
+    p.add_argument("--bandit-epochs-grid", type=float, default=1.0, help="the bandit's fine-tune in the grid")
+    p.add_argument("--bandit-calib", type=int, default=10000, help="training images for the bandit claim")
+    p.add_argument("--bandit-epochs", type=float, default=1.0, help="the bandit's fine-tune in the claim")
+    p.add_argument("--bandit-finetune", type=float, default=1.0, help="the fine-tune after pruning in the claim")
+    p.add_argument("--skip-grid", action="store_true")
+    p.add_argument("--skip-bandit", action="store_true")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--write-only", action="store_true")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    signals = [grid.parse_signal(s) for s in args.signals.split(";" if ";" in args.signals else ",")] \
+        if args.signals else [*grid.registered_signals(), *(grid.parse_signal(s) for s in EXTRA)]
+    labels = [grid.signal_label(s) for s in signals]
+    if args.write_only:
+        write(grid.Results(RESULTS, True, {}), grid.Results(BANDIT, True, {}), args, labels)
+        return
+    meta = {"machine": machine(("pruning", "bench")), "threads": args.threads, "calib": args.calib,
+            "distill_epochs": args.distill_epochs, "bandit_epochs_grid": args.bandit_epochs_grid,
+            "command": command()}
+    results = grid.Results(RESULTS, args.resume, meta)
+    results.meta.setdefault("started", datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M"))
+    results.meta.setdefault("load_start", load_average())
+    model = network(args, results.meta)
+    test = fashion("fashion_mnist_test.npz")
+    if "unpruned" not in results.meta or not args.resume:
+        results.meta["unpruned"] = grid.onnx_accuracy(model, test, args.threads)
+    results.save()
+    if not args.skip_grid:
+        calib = fashion("fashion_mnist_train.npz", args.calib)
+        base = {"calibration": {"samples": args.calib},
+                "recovery": {"epochs": args.distill_epochs, "lr": 0.01, "batch_size": 64, "temperature": 4},
+                "signal_options": {"bandit_epochs": args.bandit_epochs_grid}, "measure": {"repeats": 5}}
+        grid.run_grid(model=model, arch=None, calib=calib, test=test, signals=signals,
+                 targets=[float(t) for t in args.targets.split(",")], recoveries=args.recoveries.split(","),
+                 base_spec=base, results=results, threads=args.threads)
+    bandit = grid.Results(BANDIT, args.resume, {"bandit_calib": args.bandit_calib, "bandit_epochs": args.bandit_epochs,
+                                           "bandit_finetune": args.bandit_finetune,
+                                           "model_sha256": results.meta["model_sha256"]})
+    if bandit.saved_meta.get("model_sha256", results.meta["model_sha256"]) != results.meta["model_sha256"]:
+        bandit = grid.Results(BANDIT, False, bandit.meta)
+    if not args.skip_bandit:
+        bandit_claim(model, args, test, bandit)
+    bandit.save()
+    results.meta["finished"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M")
+    results.meta["load_end"] = load_average()
+    results.meta["command"] = command()
+    results.save()
+    write(results, bandit, args, labels)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,261 @@
+"""Every signal x every recovery at a few MACs targets, for one model: shared by bench/recovery_table.py
+(ResNet-56 / CIFAR-10) and bench/fashion_mnist.py (a network trained here).
+
+Each (signal, target) is scored and pruned once, by `secateurs.pruning.prune` with recovery `none`; each
+recovery then runs on a copy of that pruned model through the engine's own recovery stage
+(`pipeline._recover`, the code a job with that `recovery.method` runs), with the kept channels read back
+from the report's `cut` bitmasks. The recovered copy is exported and checked by the engine's ONNX tools;
+top-1 is that of the exported ONNX in ONNX Runtime. Cells are appended to a JSON file as they finish, so
+a cut run keeps what it measured and `--resume` skips what is done.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+RECOVERIES = ("none", "bn_recalibrate", "reconstruct", "distill")
+
+
+def registered_signals() -> list[str]:
+    """Every signal the engine implements, in the catalogue's order (GET /v1/signals)."""
+    from secateurs.pruning.catalog import SIGNALS
+    from secateurs.pruning.signals import REGISTRY
+
+    return [name for name in SIGNALS if name in REGISTRY]
+
+
+def signal_label(signal: str | dict) -> str:
+    if isinstance(signal, str):
+        return signal
+    axes = signal["compose"]
+    keys = ("measure", "reduce", "aggregate", "normalize", "coupling", "per_mac")
+    return "compose(" + ", ".join(f"{k}={axes[k]}" for k in keys if k in axes) + ")"
+
+
+def parse_signal(text: str) -> str | dict:
+    """A registry name, or a JSON compose object: '{"compose": {...}}'."""
+    text = text.strip()
+    return json.loads(text) if text.startswith("{") else text
+
+
+def kept_from_report(report: dict[str, Any]) -> dict[str, np.ndarray]:
+    """Per layer, the original output channels the pruned model kept, decoded from the report's `cut`
+    bitmask (hex, channel 0 the first digit's high bit, 1 = cut)."""
+    kept = {}
+    for layer in report["layers"]:
+        digits = np.array([int(c, 16) for c in layer["cut"]], dtype=np.uint8)
+        bits = ((digits[:, None] >> np.array([3, 2, 1, 0])) & 1).reshape(-1)[: layer["channels_before"]]
+        kept[layer["name"]] = np.flatnonzero(bits == 0)
+        assert len(kept[layer["name"]]) == layer["channels_after"], layer["name"]
+    return kept
+
+
+def onnx_accuracy(data: bytes, test, threads: int, batch: int = 500) -> float:  # type: ignore[no-untyped-def]
+    from secateurs.pruning import onnx_tools
+
+    sess = onnx_tools.session(data, threads)
+    correct = 0
+    for s in range(0, len(test), batch):
+        correct += int((onnx_tools.run(sess, test.x[s : s + batch]).argmax(1) == test.y[s : s + batch]).sum())
+    return correct / len(test)
+
+
+def recover_copy(pruned: torch.nn.Module, original: torch.nn.Module, kept: dict[str, np.ndarray], calib,
+                 spec, method: str, loaded) -> tuple[bytes, dict[str, Any], float]:  # type: ignore[no-untyped-def]
+    """Run the engine's recovery stage with `method` on a copy of the pruned model, export and verify
+    it as a job would; returns the ONNX, the recovery's report and the seconds it took."""
+    from secateurs.pruning import onnx_tools, pipeline
+
+    t0 = time.monotonic()
+    net = copy.deepcopy(pruned)
+    rspec = spec.model_copy(update={"recovery": spec.recovery.model_copy(update={"method": method})})
+    torch.manual_seed(0)
+    info = pipeline._recover(net, original, kept, calib, rspec, torch.device("cpu"), pipeline._Run(None, None), {})
+    net = net.cpu().eval()
+    example = torch.zeros(loaded.input_shape)
+    data = onnx_tools.export(net, example, input_name=loaded.input_name, output_names=loaded.output_names,
+                             dynamic_axes=pipeline._dynamic_axes(loaded, rspec),
+                             opset=max(rspec.export.opset, loaded.opset))
+    onnx_tools.verify(data, net, calib.x[:4], None)
+    return data, info, time.monotonic() - t0
+
+
+class Results:
+    """The JSON file of finished cells, rewritten after each one."""
+
+    def __init__(self, path: Path, resume: bool, meta: dict[str, Any]) -> None:
+        self.path = path
+        self.rows: list[dict[str, Any]] = []
+        self.meta = meta
+        self.saved_meta: dict[str, Any] = {}
+        if resume and path.exists():
+            saved = json.loads(path.read_text())
+            self.rows = saved["rows"]
+            self.saved_meta = saved.get("meta", {})
+            self.meta = {**self.saved_meta, **meta}
+
+    def done(self, signal: str, target: float, recovery: str) -> dict[str, Any] | None:
+        for r in self.rows:
+            if r["signal"] == signal and r["target"] == target and r["recovery"] == recovery:
+                return r
+        return None
+
+    def add(self, row: dict[str, Any]) -> None:
+        self.rows = [r for r in self.rows if (r["signal"], r["target"], r["recovery"]) !=
+                     (row["signal"], row["target"], row["recovery"])]
+        self.rows.append(row)
+        self.save()
+        print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()
+                          if k not in ("recovery_info", "signal_report")}), flush=True)
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"meta": self.meta, "rows": self.rows}, indent=1))
+        tmp.replace(self.path)
+
+
+def run_grid(*, model: bytes, arch: str | None, calib, test, signals: list[str | dict], targets: list[float],
+             recoveries: list[str], base_spec: dict[str, Any], results: Results, threads: int,
+             stop_at: float | None = None, log: Callable[[str], None] = print) -> None:  # type: ignore[no-untyped-def]
+    """Fill `results` with every (signal, target, recovery) cell not already in it. `stop_at`: a
+    time.time() after which no new (signal, target) is started."""
+    from secateurs.pruning import PruneSpec, prune
+    from secateurs.pruning.loading import load_model
+
+    loaded = load_model(model, arch=arch)
+    original = loaded.module.eval()
+    for target in targets:
+        for signal in signals:
+            label = signal_label(signal)
+            todo = [r for r in recoveries if results.done(label, target, r) is None]
+            if not todo:
+                continue
+            if stop_at is not None and time.time() > stop_at:
+                log(f"out of time: {label} at macs {target} not started ({', '.join(todo)})")
+                continue
+            spec = PruneSpec.model_validate({**base_spec, "signal": signal, "target": {"macs": target},
+                                             "recovery": {**base_spec.get("recovery", {}), "method": "none"}})
+            t0 = time.monotonic()
+            try:
+                result = prune(model, spec, arch=arch, calibration=calib)
+            except Exception as e:  # a signal that fails is a result too: say so in the table
+                for rec in todo:
+                    results.add({"signal": label, "target": target, "recovery": rec, "error": f"{type(e).__name__}: {e}"[:300]})
+                continue
+            prune_seconds = time.monotonic() - t0
+            report = result.report
+            kept = kept_from_report(report)
+            signal_report = {k: report[k] for k in ("bandit", "dead_channels", "similar_channels", "recovery")
+                             if k in report}
+            common = {"signal": label, "target": target, "macs_kept": report["macs_kept"],
+                      "params_kept": report["params_kept"], "prune_minutes": prune_seconds / 60,
+                      "stage_seconds": report["stage_seconds"], "signal_report": signal_report}
+            for rec in todo:
+                if rec == "none":
+                    data, info, seconds = result.onnx, report.get("recovery", {}), 0.0
+                else:
+                    data, info, seconds = recover_copy(result.model, original, kept, calib, spec, rec, loaded)
+                results.add({**common, "recovery": rec, "accuracy": onnx_accuracy(data, test, threads),
+                             "recover_minutes": seconds / 60, "minutes": (prune_seconds + seconds) / 60,
+                             "recovery_info": info})
+
+
+# ------------------------------------------------------------------------------------------ writing it up
+
+
+def table(rows: list[dict[str, Any]], signals: list[str], targets: list[float], recoveries: list[str],
+          unpruned: float) -> list[str]:
+    """One row per (signal, target): top-1 and minutes per recovery; `-` where a cell is missing."""
+    by = {(r["signal"], r["target"], r["recovery"]): r for r in rows}
+    head = "| signal | target | MACs kept | " + " | ".join(f"{r}: top-1 (min)" for r in recoveries) + " |"
+    lines = [head, "| --- | ---: | ---: | " + " | ".join("---:" for _ in recoveries) + " |"]
+    for target in targets:
+        best = max((r["accuracy"] for r in rows if r["target"] == target and "accuracy" in r), default=None)
+        for s in signals:
+            cells, kept = [], None
+            for rec in recoveries:
+                r = by.get((s, target, rec))
+                if r is None:
+                    cells.append("- (not run)")
+                elif "error" in r:
+                    cells.append("failed")
+                else:
+                    kept = r["macs_kept"]
+                    acc = f"{r['accuracy'] * 100:.2f}%"
+                    acc = f"**{acc}**" if r["accuracy"] == best else acc
+                    cells.append(f"{acc} ({r['minutes']:.1f})")
+            lines.append(f"| {s} | {target:g} | {'-' if kept is None else f'{kept:.3f}'} | " + " | ".join(cells) + " |")
+    lines += ["", f"Unpruned: {unpruned * 100:.2f}%. Bold: the best cell at each target."]
+    return lines
+
+
+def missing(rows: list[dict[str, Any]], signals: list[str], targets: list[float], recoveries: list[str]) -> list[str]:
+    have = {(r["signal"], r["target"], r["recovery"]) for r in rows}
+    out = []
+    for t in targets:
+        for s in signals:
+            gone = [rec for rec in recoveries if (s, t, rec) not in have]
+            if gone:
+                out.append(f"{s} at macs {t:g} ({', '.join(gone)})")
+    failed = [f"{r['signal']} at macs {r['target']:g} ({r['recovery']}): {r['error']}" for r in rows if "error" in r]
+    return out + failed
+
+
+def best_cells(rows: list[dict[str, Any]], targets: list[float]) -> list[str]:
+    out = []
+    for t in targets:
+        ok = [r for r in rows if r["target"] == t and "accuracy" in r]
+        if ok:
+            b = max(ok, key=lambda r: r["accuracy"])
+            out.append(f"macs {t:g}: {b['signal']} + {b['recovery']}, {b['accuracy'] * 100:.2f}% "
+                       f"(MACs kept {b['macs_kept']:.3f}, {b['minutes']:.1f} min)")
+    return out
+
+
+def plot(rows: list[dict[str, Any]], signals: list[str], recoveries: list[str], unpruned: float, path: Path,
+         title: str) -> None:
+    """Top-1 against MACs kept, one panel per recovery, one line per signal (through the unpruned model)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cmap = plt.get_cmap("tab20")
+    markers = "osD^v<>pPX*hH8d"
+    fig, axes = plt.subplots(1, len(recoveries), figsize=(5.2 * len(recoveries), 5.6), sharey=True, squeeze=False)
+    for ax, rec in zip(axes[0], recoveries, strict=True):
+        for i, s in enumerate(signals):
+            pts = sorted((r["macs_kept"], r["accuracy"] * 100) for r in rows
+                         if r["signal"] == s and r["recovery"] == rec and "accuracy" in r)
+            if not pts:
+                continue
+            pts.append((1.0, unpruned * 100))
+            xs, ys = zip(*pts, strict=True)
+            ax.plot(xs, ys, marker=markers[i % len(markers)], color=cmap(i % 20), label=s, lw=1.4, ms=6)
+        ax.plot([1.0], [unpruned * 100], marker="*", color="black", ms=13, ls="none", label="unpruned")
+        ax.set_title(f"recovery: {rec}")
+        ax.set_xlabel("MACs kept (fraction of the original)")
+        ax.grid(alpha=0.3)
+        ax.set_xlim(0.45, 1.03)
+    axes[0][0].set_ylabel("top-1 on the test set (%), pruned ONNX in ONNX Runtime")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    for ax in axes[0][1:]:
+        for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
+            if lab not in labels:
+                handles.append(h)
+                labels.append(lab)
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 7), fontsize=9, frameon=False)
+    fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0.1 if len(labels) > 7 else 0.06, 1, 0.96))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
