@@ -118,8 +118,7 @@ def _submit(args: argparse.Namespace, scratch: Path) -> int:
     with _client(args) as client:
         client.ready()
         show.note(f"uploading {source.name}")
-        model = client.models.upload(source, arch=args.arch if not args.factory else None,
-                                     num_classes=args.num_classes)
+        model = client.models.upload(source, arch=args.arch, num_classes=args.num_classes)
         for section, path in (("calibration", args.calib), ("evaluation", args.evaluation)):
             if path:
                 show.note(f"uploading {Path(path).name}")
@@ -310,8 +309,7 @@ def _say(text: str) -> None:
 
 def _model_source(args: argparse.Namespace, scratch: Path) -> Path:
     """The file to upload: the model given, or the user's module exported to ONNX into `scratch`."""
-    args.factory = bool(args.model and convert.looks_like_factory(args.model))
-    if args.factory:
+    if args.model and convert.looks_like_factory(args.model):
         return _exported(args, scratch)
     if args.model and args.weights:
         raise Refused("give either IN.onnx or --arch with --weights, not both")

@@ -12,6 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
+from secateurs.pruning.flags import parse_shape
+
 EXTRA = "convert"
 #: `path/to/file.py:factory` or `package.module:factory`.
 FACTORY = re.compile(r"(?P<where>[^:]+\.py|[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*):(?P<name>[A-Za-z_]\w*)")
@@ -73,10 +75,10 @@ def run_convert_weights(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> None:
     if FACTORY.fullmatch(args.module) is None:
         raise ValueError(f"--module must look like pkg.mod:factory or path/to/file.py:factory, got {args.module!r}")
+    if not 13 <= args.opset <= 21:
+        raise ValueError(f"--opset must be between 13 (the oldest the service takes) and 21, got {args.opset}")
     out = Path(args.output)
     _check_folder(out)
-    from secateurs.pruning.flags import parse_shape
-
     export_to_file(args.module, out, input_shape=parse_shape(args.input_shape), weights=args.weights,
                    opset=args.opset)
     print(f"wrote {out} (ONNX opset {args.opset}, batch dynamic, checked against the module in ONNX Runtime)")

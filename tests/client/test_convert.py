@@ -143,6 +143,7 @@ def _bad_files(root: Path) -> None:
      "0.weight [3, 3, 3, 3] (model has [8, 3, 3, 3])"),
     ("wrong shape", ["export", "--module", "train.py:build", "--input-shape", "1,5,32,32"], "does not run on"),
     ("bad shape", ["export", "--module", "train.py:build", "--input-shape", "1,3,a"], "--input-shape"),
+    ("old opset", ["export", "--module", "train.py:build", "--opset", "11"], "--opset must be between 13"),
 ])
 def test_bad_input_is_one_line_and_exit_2_and_nothing_is_written(case, args, needle, user, tmp_path, capsys):
     root, _ = user
