@@ -20,7 +20,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     p = sub.add_parser("api", help="the API server (production: point SECATEURS_* at PostgreSQL, Redis, S3)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
+    p.add_argument("--workers", type=int, default=1,
+                   help="uvicorn worker processes: one per core in production (README), 1 by default")
     p.set_defaults(run=run_api)
     p = sub.add_parser("worker", help="a Celery worker running pruning jobs (one job at a time per process)")
     p.add_argument("--concurrency", type=int, default=1)
