@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import io
 import os
+import threading
 import warnings
 from pathlib import Path
 
@@ -88,3 +89,31 @@ def cifar_eval_npz(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("data") / "cifar_eval.npz"
     path.write_bytes(npz_bytes(x=x, y=y))
     return path
+
+
+def webhook_receiver(secret: list[str]):  # type: ignore[no-untyped-def]
+    """An HTTP endpoint that answers 204 to a delivery verified with secret[0] and 400 to anything else."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from secateurs.client import WebhookVerificationError, verify_webhook
+
+    verified: list[dict] = []
+    refused: list[bytes] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802
+            body = self.rfile.read(int(self.headers["content-length"]))
+            try:
+                verified.append(verify_webhook(body, self.headers, secret[0]))
+                self.send_response(204)
+            except WebhookVerificationError:
+                refused.append(body)
+                self.send_response(400)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}/hook", verified, refused

@@ -4,14 +4,14 @@ signing and sending code to a local HTTP receiver, and every way a forged or rep
 from __future__ import annotations
 
 import json
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from secateurs import Client
 from secateurs.client import WebhookVerificationError, verify_webhook
 from secateurs.worker.webhooks import deliver, new_secret, sign
+
+from tests.conftest import webhook_receiver
 
 SECRET = new_secret()
 EVENT = {"type": "job.succeeded", "timestamp": "2026-01-01T00:00:00", "data": {"id": "job_1", "status": "succeeded"}}
@@ -19,25 +19,8 @@ EVENT = {"type": "job.succeeded", "timestamp": "2026-01-01T00:00:00", "data": {"
 
 @pytest.fixture
 def receiver():
-    """An HTTP endpoint that answers 204 to a verified delivery and 400 to anything else."""
-    verified: list[dict] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802
-            body = self.rfile.read(int(self.headers["content-length"]))
-            try:
-                verified.append(verify_webhook(body, self.headers, SECRET))
-                self.send_response(204)
-            except WebhookVerificationError:
-                self.send_response(400)
-            self.end_headers()
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/hook", verified
+    server, url, verified, _ = webhook_receiver([SECRET])
+    yield url, verified
     server.shutdown()
 
 
