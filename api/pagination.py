@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from datetime import datetime
 from typing import Any
 
@@ -12,6 +13,16 @@ from sqlalchemy import Select, and_, or_
 from .problems import Problem
 
 MAX_LIMIT = 200
+MAX_EVENT_ID = 2**63 - 1  # event ids are 64-bit integers in every database
+
+
+def event_id(raw: str) -> int | None:
+    """An event id as a client sends it back (`?cursor=`, `Last-Event-ID`): decimal digits that fit 64 bits,
+    else None (`str.isdigit` also takes digits `int` refuses, such as superscripts)."""
+    if not re.fullmatch(r"[0-9]{1,19}", raw):
+        return None
+    value = int(raw)
+    return value if value <= MAX_EVENT_ID else None
 
 
 def encode(created_at: datetime, row_id: str) -> str:
@@ -23,7 +34,9 @@ def decode(cursor: str) -> tuple[datetime, str]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         stamp, row_id = json.loads(raw)
-        return datetime.fromisoformat(stamp), str(row_id)
+        if not re.fullmatch(r"[a-z]{2,8}_[0-9a-f]{1,64}", row_id):  # ids are new_id()'s
+            raise ValueError(row_id)
+        return datetime.fromisoformat(stamp), row_id
     except Exception:
         raise Problem(422, "cursor: not a cursor this API issued", code="validation",
                       errors=[{"field": "cursor", "message": "invalid cursor"}]) from None

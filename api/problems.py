@@ -9,7 +9,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from secateurs.pruning.errors import InputError, UnsafeFormatError
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DataError, DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -79,6 +79,14 @@ def install(app: FastAPI) -> None:
         log.warning("no database connection free: %s", exc)  # every one stuck on a database that does not answer
         return problem(503, "the database is not answering; retry shortly", code="unavailable",
                        headers={"Retry-After": "2"})
+
+    @app.exception_handler(DataError)
+    async def _unstorable(_: Request, exc: DataError) -> JSONResponse:
+        # The database refused a value of the request as data (PostgreSQL: a NUL character in a string, a number
+        # past its column's range): the request is at fault, whichever field it was.
+        log.info("value refused by the database: %s", exc.orig)
+        return problem(422, "a value in the request cannot be stored or looked up: strings may not contain NUL "
+                            "characters, and numbers must fit 64 bits", code="validation")
 
     @app.exception_handler(DBAPIError)
     async def _db_error(_: Request, exc: DBAPIError) -> JSONResponse:

@@ -175,11 +175,13 @@ class PruneSpec(_Strict):
     @field_validator("protect")
     @classmethod
     def _regexes(cls, v: list[str]) -> list[str]:
+        if len(v) > 1000 or any(len(pattern) > 1000 for pattern in v):
+            raise ValueError("at most 1000 protect patterns of at most 1000 characters each")
         for pattern in v:
             try:
                 re.compile(pattern)
-            except re.error as e:
-                raise ValueError(f"protect pattern {pattern!r} is not a valid regex: {e}") from None
+            except (re.error, RecursionError, OverflowError) as e:  # deep nesting exhausts the regex parser's stack
+                raise ValueError(f"protect pattern {pattern[:100]!r} is not a valid regex: {str(e)[:200]}") from None
         return v
 
     @field_validator("input_shape")

@@ -19,6 +19,7 @@ from secateurs.db.session import sessions
 from sqlalchemy import func, select
 
 from ..deps import CurrentTenant
+from ..pagination import MAX_EVENT_ID, event_id
 from ..schemas import event_out
 
 router = APIRouter()
@@ -40,13 +41,15 @@ def _newest_id(settings: Any, tenant_id: str) -> int:
 
 
 @router.get("/events", summary="Every job's events, as one Server-Sent Events stream")
-async def tenant_events(request: Request, tenant: CurrentTenant, after: int | None = Query(None, ge=0),
+async def tenant_events(request: Request, tenant: CurrentTenant,
+                        after: int | None = Query(None, ge=0, le=MAX_EVENT_ID),
                         last_event_id: Annotated[str | None, Header()] = None) -> StreamingResponse:
     """Events of all the tenant's jobs, oldest first, each with its `job_id`. Starts after `Last-Event-ID`,
     else after `?after=<event id>`, else with the events that happen from now on. Never ends by itself."""
     settings = request.app.state.settings
-    if last_event_id and last_event_id.isdigit():
-        after = int(last_event_id)
+    resumed = event_id(last_event_id) if last_event_id else None  # an id of ours, or ignored
+    if resumed is not None:
+        after = resumed
     # fixed before the headers go out: a page that lists jobs once the stream answers misses nothing
     start = after if after is not None else await run_in_threadpool(_newest_id, settings, tenant.id)
 

@@ -6,7 +6,7 @@ import asyncio
 import hashlib
 import json
 import logging
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.concurrency import run_in_threadpool
@@ -130,7 +130,8 @@ def enqueue(request: Request, job_id: str) -> None:
 
 
 @router.get("/jobs", summary="List jobs")
-def list_jobs(tenant: CurrentTenant, session: SessionDep, cursor: str | None = None, status: str | None = None,
+def list_jobs(tenant: CurrentTenant, session: SessionDep, cursor: str | None = None,
+              status: Literal["queued", "running", "succeeded", "failed", "cancelled"] | None = None,
               model_id: str | None = None, limit: int = Query(50, ge=1, le=pagination.MAX_LIMIT)) -> dict[str, Any]:
     stmt = select(Job).where(Job.tenant_id == tenant.id)
     if status:
@@ -198,7 +199,7 @@ def _events_after(settings: Any, job_id: str, after: int, limit: int) -> tuple[l
 
 @router.get("/jobs/{job_id}/events", summary="Job events: Server-Sent Events, or a JSON page")
 async def job_events(job_id: str, request: Request, tenant: CurrentTenant,
-                     cursor: str | None = None, after: int = Query(0, ge=0),
+                     cursor: str | None = None, after: int = Query(0, ge=0, le=pagination.MAX_EVENT_ID),
                      limit: int = Query(100, ge=1, le=1000),
                      last_event_id: Annotated[str | None, Header()] = None) -> Any:
     """Oldest first. The JSON page's `next_cursor` (an event id) is set while more events exist;
@@ -209,15 +210,17 @@ async def job_events(job_id: str, request: Request, tenant: CurrentTenant,
     if await read_one_async(settings, _JOB_ID_OF_TENANT, {"job_id": job_id, "tenant_id": tenant.id}) is None:
         raise Problem(404, f"no job {job_id!r}", code="not-found")
     if cursor is not None:
-        if not cursor.isdigit():
+        parsed = pagination.event_id(cursor)
+        if parsed is None:
             raise _invalid("cursor", "not a cursor this API issued")
-        after = int(cursor)
+        after = parsed
     if "text/event-stream" not in request.headers.get("accept", ""):
         rows, _ = await run_in_threadpool(_events_after, settings, job_id, after, limit + 1)
         more = len(rows) > limit
         rows = rows[:limit]
         return {"data": [event_out(e) for e in rows], "next_cursor": str(rows[-1].id) if more else None}
-    start = int(last_event_id) if last_event_id and last_event_id.isdigit() else after
+    resumed = pagination.event_id(last_event_id) if last_event_id else None  # an id of ours, or ignored
+    start = after if resumed is None else resumed
 
     async def stream():  # noqa: ANN202
         cursor, idle = start, 0.0

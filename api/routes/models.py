@@ -42,10 +42,14 @@ def _int_field(up: Upload, name: str) -> int | None:
     if raw in (None, ""):
         return None
     try:
-        return int(raw)
+        value = int(raw)
     except ValueError:
         raise Problem(422, f"{name}: must be an integer", code="validation",
                       errors=[{"field": name, "message": "must be an integer"}]) from None
+    if not 1 <= value <= 2**31 - 1:
+        raise Problem(422, f"{name}: must be between 1 and {2**31 - 1}", code="validation",
+                      errors=[{"field": name, "message": "out of range"}])
+    return value
 
 
 @router.post("/models", status_code=201, summary="Upload a model (ONNX, or safetensors with arch)")
