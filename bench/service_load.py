@@ -678,6 +678,15 @@ def render(results: dict, big_size: int, cap: int, minutes: float, load: tuple[s
         *lines,
         "",
         *_sweep(results.get("production", {}).get("sweep")),
+        "The embedded stack once answered no poll at all under wrk c=50 (0/s in this section at 79bcec5). That "
+        "was a deadlock, not load, and it came back when that code was run again with 200 concurrent polls: each "
+        "poll's request session took one of the SQLite pool's 15 connections in the key check and kept it while "
+        "waiting for a thread for the route, and the thread pool's 40 threads were all polls waiting for a "
+        "connection, so nothing moved until the pool's 30 s timeout answered 503. Polls now read in one step "
+        "that returns its connection (f9e3e2c), at most as many at once as the pool holds, on PostgreSQL without "
+        "a thread; tests/api/test_poll_load.py fires 200 concurrent polls at the embedded stack while its write "
+        "lock is held.",
+        "",
         f"The 413's detail: \"{detail}\".",
         "",
         f"Commands: `{r0['wrk']['command']}`; `{r0['hey']['command']}` (hey paces each of its 10 workers at "
