@@ -98,5 +98,22 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _crash(_: Request, exc: Exception) -> JSONResponse:
+        if _lone_surrogate(exc):  # JSON may escape half a UTF-16 pair (\ud800); no database can store it
+            return problem(422, "a string in the request is not valid Unicode (a lone UTF-16 surrogate such as "
+                                "\\ud800)", code="validation")
         log.exception("unhandled error")
         return problem(500, "internal error", code="internal")
+
+
+def _lone_surrogate(exc: BaseException) -> bool:
+    """Whether encoding a string of the request failed on a lone surrogate, here or below a wrapper
+    (SQLAlchemy's StatementError keeps it as .orig)."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        if isinstance(cur, UnicodeEncodeError) and "surrogate" in str(cur):
+            return True
+        seen.add(id(cur))
+        orig = getattr(cur, "orig", None)
+        cur = orig if isinstance(orig, BaseException) else (cur.__cause__ or cur.__context__)
+    return False

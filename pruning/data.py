@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import BadDataError
-from .headers import _array_header
+from .headers import UNREADABLE_NPY, _array_header
 
 
 @dataclass
@@ -50,7 +50,7 @@ def _check_declared(data: bytes, max_elements: int) -> None:
                                        f"of {max_elements} float32 elements: send fewer samples")
     except zipfile.BadZipFile:
         return  # not a zip: np.load says what it is (a lone .npy, garbage) below
-    except (ValueError, OSError, EOFError) as e:
+    except UNREADABLE_NPY as e:
         raise BadDataError(f"not a readable .npz archive: {str(e)[:200]}") from None
 
 
@@ -58,7 +58,7 @@ def load_npz(data: bytes, max_elements: int = 1 << 31) -> Dataset:
     _check_declared(data, max_elements)
     try:
         archive = np.load(io.BytesIO(data), allow_pickle=False)
-    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
+    except (*UNREADABLE_NPY, zipfile.BadZipFile) as e:
         raise BadDataError(f"not a readable .npz archive: {str(e)[:200]}") from None
     if not isinstance(archive, np.lib.npyio.NpzFile):
         raise BadDataError("data must be an .npz archive with keys x (inputs) and optional y (labels)")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import struct
+import tokenize
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,6 +30,9 @@ SEND_INSTEAD = (
 )
 MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024  # the safetensors format's own limit
 MAX_NAME = 64 * 1024  # longer strings (names, domains) are not a model we take
+# What numpy raises on a malformed .npy header: it parses the header dict with ast.literal_eval (SyntaxError,
+# RecursionError when nested deep) after tokenizing it (TokenError), besides its own ValueErrors.
+UNREADABLE_NPY = (ValueError, OSError, EOFError, SyntaxError, RecursionError, MemoryError, tokenize.TokenError)
 MAX_TENSOR_ELEMENTS = 1 << 28  # per tensor at batch 1: 1 GiB of float32, far above any image classifier
 
 
@@ -127,7 +131,8 @@ def _check_safetensors(f: BinaryIO, size: int) -> None:
             begin, end = (int(v) for v in info["data_offsets"])
         except (KeyError, TypeError, ValueError):
             raise BadModelError(f"the safetensors file cannot be read: bad header entry for {name!r}") from None
-        if any(d < 0 for d in shape) or end - begin != itemsize * int(np.prod(shape, dtype=np.int64)):
+        # Python ints: a declared 2^70 must not overflow numpy's int64 (or C long) on its way to the check
+        if any(d < 0 for d in shape) or end - begin != itemsize * math.prod(shape):
             raise BadModelError(f"the safetensors file cannot be read: {name!r} has {end - begin} bytes for "
                                 f"shape {shape}")
         spans.append((begin, end))
@@ -400,7 +405,7 @@ def _npy_header(archive: zipfile.ZipFile, member: str) -> tuple[tuple[int, ...],
     try:
         with archive.open(member) as f:
             shape, dtype = _array_header(f)
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+    except (*UNREADABLE_NPY, zipfile.BadZipFile) as e:
         raise BadDataError(f"not a readable .npz archive: {member}: {str(e)[:160]}") from None
     if dtype.hasobject:
         raise BadDataError(f"the .npz cannot be read without pickle: {member} holds Python objects")

@@ -4,6 +4,10 @@ problem+json, or the answer it should have had. The fuzzing itself is tests/api/
 from __future__ import annotations
 
 import base64
+import io
+import json
+import struct
+import zipfile
 
 import httpx
 import pytest
@@ -12,6 +16,19 @@ from .conftest import Stack
 from .test_fuzz import fuzzed  # noqa: F401 (fixture)
 
 BIG = str(10**30)
+
+
+def _safetensors_declaring(shape: list[int]) -> bytes:
+    header = json.dumps({"w": {"dtype": "F32", "shape": shape, "data_offsets": [0, 8]}}).encode()
+    return struct.pack("<Q", len(header)) + header + b"\0" * 8
+
+
+def _npz_with_member(raw: bytes) -> bytes:
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as z:
+        z.writestr("x.npy", raw)
+    return out.getvalue()
+
 NUL_CURSOR = base64.urlsafe_b64encode(b'["2026-01-01T00:00:00+00:00", "\\u0000"]').decode()
 CASES = {
     # event ids past 64 bits: SQLite's driver overflowed, PostgreSQL refused the bigint
@@ -38,12 +55,20 @@ CASES = {
     # a protect pattern nested past the regex parser's recursion limit
     "protect nested 1000 deep": ("POST", "/v1/jobs", {"json": {"model_id": "{model_id}",
                                                                "spec": {"protect": ["(" * 1000]}}}),
+    # half a UTF-16 pair, which JSON can escape and no database can store
+    "lone surrogate in the spec": ("POST", "/v1/jobs", {"json_text": '{"model_id": "{model_id}", '
+                                                                    '"spec": {"protect": ["\\ud800"]}}'}),
+    # headers whose numbers or syntax broke the checks reading them
+    "safetensors shape past 64 bits": ("POST", "/v1/models", {
+        "files": {"file": ("w.safetensors", _safetensors_declaring([2**70]))}, "data": {"arch": "resnet20_cifar"}}),
+    ".npy header cut inside its dict": ("POST", "/v1/datasets", {  # numpy's tokenizer: TokenError
+        "files": {"file": ("d.npz", _npz_with_member(b"\x93NUMPY\x01\x00\x20\x00{'descr': '<f4', 'shape': (2,3   \n"))}}),
 }
 
 
 def _fill(value, known):  # type: ignore[no-untyped-def]
     if isinstance(value, str):
-        return value.format(**known) if "{" in value and "}" in value and "(" not in value else value
+        return value.replace("{model_id}", known["model_id"]).replace("{job_id}", known["job_id"])
     if isinstance(value, dict):
         return {k: _fill(v, known) for k, v in value.items()}
     if isinstance(value, list):
@@ -60,10 +85,12 @@ def test_what_once_got_a_server_error_is_a_4xx_problem(fuzzed, name):  # noqa: F
     app, auth, known = fuzzed
     method, path, kw = CASES[name]
     kw = _fill(kw, known)
-    if path == "/v1/models":
+    if path == "/v1/models" and "files" not in kw:
         kw["files"] = {"file": ("m.onnx", tiny_cnn_onnx())}
+    if "json_text" in kw:
+        kw = {"content": kw.pop("json_text").encode(), "headers": {"content-type": "application/json"}}
     with TestClient(app, raise_server_exceptions=False) as c:
-        r = c.request(method, path.format(**known), headers=auth, **kw)
+        r = c.request(method, _fill(path, known), headers={**auth, **kw.pop("headers", {})}, **kw)
     if r.status_code == 200 and "model_id=" in path:
         assert r.json()["data"] == []
         return
