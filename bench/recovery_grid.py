@@ -12,7 +12,9 @@ a cut run keeps what it measured and `--resume` skips what is done.
 from __future__ import annotations
 
 import copy
+import fcntl
 import json
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -117,10 +119,26 @@ class Results:
                           if k not in ("recovery_info", "signal_report")}), flush=True)
 
     def save(self) -> None:
+        """Merge into the file under a lock: several runs (say, one per recovery) may fill one file; the
+        cells on disk that this run does not hold are kept."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"meta": self.meta, "rows": self.rows}, indent=1))
-        tmp.replace(self.path)
+        with open(self.path.with_suffix(".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if self.path.exists():
+                disk = json.loads(self.path.read_text())
+                mine = {(r["signal"], r["target"], r["recovery"]) for r in self.rows}
+                self.rows += [r for r in disk["rows"] if (r["signal"], r["target"], r["recovery"]) not in mine]
+                old = disk.get("meta", {})
+                merged = {**old, **self.meta}
+                merged["commands"] = sorted(set(old.get("commands", [])) | set(self.meta.get("commands", [])))
+                for key, pick in (("started", min), ("finished", max)):
+                    have = [m[key] for m in (old, self.meta) if key in m]
+                    if have:
+                        merged[key] = pick(have)
+                self.meta = merged
+            tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps({"meta": self.meta, "rows": self.rows}, indent=1))
+            tmp.replace(self.path)
 
 
 def run_grid(*, model: bytes, arch: str | None, calib, test, signals: list[str | dict], targets: list[float],
@@ -229,10 +247,14 @@ def plot(rows: list[dict[str, Any]], signals: list[str], recoveries: list[str], 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    cmap = plt.get_cmap("tab20")
+    colours = plt.get_cmap("tab10").colors
     markers = "osD^v<>pPX*hH8d"
-    fig, axes = plt.subplots(1, len(recoveries), figsize=(5.2 * len(recoveries), 5.6), sharey=True, squeeze=False)
-    for ax, rec in zip(axes[0], recoveries, strict=True):
+    cols = 2 if len(recoveries) > 2 else len(recoveries)
+    rows_n = -(-len(recoveries) // cols)
+    fig, axes = plt.subplots(rows_n, cols, figsize=(6.4 * cols, 4.8 * rows_n + 1.4), sharey=True, squeeze=False)
+    flat = list(axes.flat)
+    shown: dict[str, object] = {}
+    for ax, rec in zip(flat, recoveries, strict=False):
         for i, s in enumerate(signals):
             pts = sorted((r["macs_kept"], r["accuracy"] * 100) for r in rows
                          if r["signal"] == s and r["recovery"] == rec and "accuracy" in r)
@@ -240,22 +262,22 @@ def plot(rows: list[dict[str, Any]], signals: list[str], recoveries: list[str], 
                 continue
             pts.append((1.0, unpruned * 100))
             xs, ys = zip(*pts, strict=True)
-            ax.plot(xs, ys, marker=markers[i % len(markers)], color=cmap(i % 20), label=s, lw=1.4, ms=6)
-        ax.plot([1.0], [unpruned * 100], marker="*", color="black", ms=13, ls="none", label="unpruned")
+            (line,) = ax.plot(xs, ys, marker=markers[i % len(markers)], color=colours[i % 10],
+                              ls="-" if i < 10 else "--", label=s, lw=1.4, ms=6)
+            shown.setdefault(s, line)
+        (star,) = ax.plot([1.0], [unpruned * 100], marker="*", color="black", ms=13, ls="none", label="unpruned")
+        shown.setdefault("unpruned", star)
         ax.set_title(f"recovery: {rec}")
         ax.set_xlabel("MACs kept (fraction of the original)")
+        ax.set_ylabel("top-1 on the test set (%)")
         ax.grid(alpha=0.3)
         ax.set_xlim(0.45, 1.03)
-    axes[0][0].set_ylabel("top-1 on the test set (%), pruned ONNX in ONNX Runtime")
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    for ax in axes[0][1:]:
-        for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
-            if lab not in labels:
-                handles.append(h)
-                labels.append(lab)
-    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 7), fontsize=9, frameon=False)
-    fig.suptitle(title)
-    fig.tight_layout(rect=(0, 0.1 if len(labels) > 7 else 0.06, 1, 0.96))
+    for ax in flat[len(recoveries):]:
+        ax.set_visible(False)
+    fig.legend(list(shown.values()), list(shown.keys()), loc="lower center", ncol=4, fontsize=9, frameon=False)
+    fig.suptitle(title + "\n(pruned ONNX in ONNX Runtime; each line ends at the unpruned model)")
+    legend_rows = -(-len(shown) // 4)
+    fig.tight_layout(rect=(0, 0.03 + 0.022 * legend_rows, 1, 0.97))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)

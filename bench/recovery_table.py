@@ -87,7 +87,8 @@ def write(results: grid.Results, args: argparse.Namespace, signals: list[str]) -
     if gone:
         lines += ["", "Missing cells (not measured, so not shown): " + "; ".join(gone) + ". " +
                   meta.get("missing_reason", "")]
-    lines += ["", f"Command: `{meta['command']}`"]
+    lines += ["", "Commands (several runs, each with the recoveries it names, filled the one results file; "
+                  "rerunning any of them with --resume skips the cells done): " + "; ".join(f"`{c}`" for c in meta["commands"])]
     write_section("recovery-resnet56", "\n".join(lines))
 
 
@@ -113,7 +114,7 @@ def main() -> None:
     labels = [grid.signal_label(s) for s in signals]
     targets = [float(t) for t in args.targets.split(",")]
     meta = {"machine": machine(("pruning", "bench")), "threads": args.threads, "samples": args.samples,
-            "epochs": args.epochs, "bandit_epochs": args.bandit_epochs, "command": command()}
+            "epochs": args.epochs, "bandit_epochs": args.bandit_epochs, "commands": [command()]}
     if args.missing_reason:
         meta["missing_reason"] = args.missing_reason
     if args.write_only:
@@ -146,7 +147,6 @@ def main() -> None:
              threads=args.threads, stop_at=stop_at)
     results.meta["finished"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M")
     results.meta["load_end"] = load_average()
-    results.meta["command"] = command()
     results.save()
     if not args.no_write:
         write(results, args, labels)
