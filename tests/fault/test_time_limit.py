@@ -14,7 +14,7 @@ from tests.conftest import tiny_cnn_onnx
 from .servers import start_api, start_worker, upload_resnet20, wait_for
 from .test_worker_killed import _children
 
-SOFT_LIMIT = 15  # well above the next job's few seconds, which on a busy 2-core machine have reached 9
+SOFT_LIMIT = 20  # well above the next job's few seconds, which on a busy 2-core machine have reached 9
 # The latency search first times the original model, here for 2 x 10000 ONNX Runtime runs of a batch of 32 in one
 # stretch with no progress report in between (many minutes): only the pool's soft time limit stops it in seconds.
 SLOW = {"target": {"latency_ms": 0.5}, "measure": {"repeats": 10000, "batch": 32}}
