@@ -44,7 +44,7 @@ def _kept(home: Path) -> list[Path]:
 
 def _clear_of_a_minute_boundary() -> None:
     """The upload rate is counted in minute-aligned windows: a burst that straddles two may pass twice."""
-    if 60 - time.time() % 60 < 8:
+    if 60 - time.time() % 60 < 15:
         time.sleep(60 - time.time() % 60 + 0.1)
 
 
@@ -134,11 +134,13 @@ def test_concurrent_uploads_through_two_api_processes_never_pass_a_limit(tmp_pat
         with ThreadPoolExecutor(2) as pool:
             (first, url1, _), (second, url2, _) = pool.map(lambda _: start_api(tmp_path, **env), range(2))
         procs += [first, second]
-        _clear_of_a_minute_boundary()
         t0 = time.monotonic()
         stored = Counter(_burst([url1, url2], quota_key, [("m.onnx", MODEL)] * 6, "/v1/models"))
-        rated = Counter(_burst([url1, url2], rate_key, [("d.npz", b"not npz")] * 10, "/v1/datasets"))
         took = time.monotonic() - t0
+        _clear_of_a_minute_boundary()
+        t0 = time.monotonic()
+        rated = Counter(_burst([url1, url2], rate_key, [("d.npz", b"not npz")] * 10, "/v1/datasets"))
+        took += time.monotonic() - t0
         assert stored == {201: 2, 413: 4}, stored  # room for two and a half
         assert rated == {422: 6, 429: 4}, rated  # six begun a minute; these six were not data
         models = sorted(p for p in (tmp_path / "storage").rglob("*") if p.is_file())
