@@ -213,6 +213,7 @@ def production(root: Path, cap: int, workers: int) -> Iterator[Stack]:
         try:
             yield stack
         finally:
+            _restore_redis(stack)
             _stop(stack)
 
 
@@ -230,17 +231,29 @@ def embedded(root: Path, cap: int) -> Iterator[Stack]:
 
 
 def _renice_backends(stack: Stack) -> None:
-    """Our database's PostgreSQL backends (the postmaster forks them at its own priority) run at this
-    benchmark's priority, as the stack's own processes do: the service is measured, not the machine's other
-    work at a better priority than part of it."""
+    """Our database's PostgreSQL backends (the postmaster forks them at its own priority) and the Redis server
+    run at this benchmark's priority while it measures, as the stack's own processes do: the service is
+    measured, not the machine's other work at a better priority than part of it. Redis is shared with other
+    work on the machine, so its priority is put back when the stack stops (`_restore_redis`)."""
+    mine = os.getpriority(os.PRIO_PROCESS, 0)
     database = getattr(stack, "database", None)
-    if database:
-        mine = os.getpriority(os.PRIO_PROCESS, 0)
-        for pid in _backends(database):
-            try:
-                os.setpriority(os.PRIO_PROCESS, pid, mine)
-            except OSError:
-                pass
+    for pid in [*(_backends(database) if database else []), *stack.service_pids]:
+        try:
+            if pid in stack.service_pids:
+                if os.getpriority(os.PRIO_PROCESS, pid) <= mine:
+                    continue  # never lowered
+                stack.__dict__.setdefault("redis_nice", {}).setdefault(pid, os.getpriority(os.PRIO_PROCESS, pid))
+            os.setpriority(os.PRIO_PROCESS, pid, mine)
+        except OSError:
+            pass
+
+
+def _restore_redis(stack: Stack) -> None:
+    for pid, nice in stack.__dict__.get("redis_nice", {}).items():
+        try:
+            os.setpriority(os.PRIO_PROCESS, pid, nice)
+        except OSError:
+            pass
 
 
 def _watch(stack: Stack) -> Watch:
@@ -660,7 +673,7 @@ def render(results: dict, big_size: int, cap: int, minutes: float, load: tuple[s
         f"Machine: {common.machine(SERVICE_CODE)}. Load average at start {load[0]}, at end {load[1]}; {minutes:.1f} min in all. "
         "The load generators run on the same 2 cores as the API, the worker, PostgreSQL and Redis. "
         f"This run at nice {nice} (the stack and load generators inherit it; our database's PostgreSQL backends "
-        "are set to it too), serialised with the machine's other timing runs by a lock; the machine's other work "
+        "and, while the production stack is measured, the Redis server are set to it too), serialised with the machine's other timing runs by a lock; the machine's other work "
         "(other agents' builds and tests) went on meanwhile at its own priority. `other load` = the machine's "
         "busy CPU minus this benchmark's processes (stack, load generator, our PostgreSQL backends, Redis), in "
         "cores: above ~0.2 the figures shared the CPU with other work.",
