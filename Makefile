@@ -6,8 +6,10 @@ PIP := $(VENV)/bin/pip
 # This machine keeps these wheels on disk; pyproject.toml itself declares ranges.
 TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.installed
+NNI_VENV ?= .nni-venv
+NNI_STAMP := $(NNI_VENV)/.installed
 
-.PHONY: install demo test lint bench bench-quick clean
+.PHONY: install demo test lint bench bench-quick nni-venv clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,15 +31,25 @@ test: $(STAMP) lint
 	bash scripts/chromium.sh
 	$(VENV)/bin/pytest -q
 
-# Benchmarks rewrite their own sections of BENCHMARKS.md (see bench/common.py).
+# Benchmarks rewrite their own sections of BENCHMARKS.md (see bench/common.py); bench/run_all.py lists what
+# each target runs. bench-quick (a small form of each, under 10 minutes) writes sections and plots of its own.
+# Timed figures: run them alone, e.g. `flock /tmp/secateurs-timing.lock nice -n -10 make bench-quick`.
 bench-quick: $(STAMP)
-	$(PY) bench/latency_vs_macs.py --rounds auto,16 --threads 1 --repeats 30 --seconds 2 --no-extra
-	$(PY) bench/cifar_vs_torch_pruning.py --targets 0.7 --signals l2_norm,fpgm --no-extra
+	$(PY) bench/run_all.py quick
 
-bench: $(STAMP)
-	$(PY) bench/latency_vs_macs.py
-	$(PY) bench/cifar_vs_torch_pruning.py
-	$(PY) bench/cifar_recovery.py
+bench: $(STAMP) $(NNI_STAMP)
+	$(PY) bench/run_all.py full --nni-python $(NNI_VENV)/bin/python
+
+# NNI for the comparison (bench/nni_prune.py), in a virtual environment of its own that also sees the
+# project's torch and secateurs (NNI's dependencies stay out of .venv).
+$(NNI_STAMP): $(STAMP)
+	test -x $(NNI_VENV)/bin/python || $(PYTHON) -m venv $(NNI_VENV)
+	$(NNI_VENV)/bin/pip install -q 'nni==3.0'
+	$(PY) -c "import sysconfig; print('import site; site.addsitedir(%r)' % sysconfig.get_paths()['purelib'])" \
+		> "$$($(NNI_VENV)/bin/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")/secateurs-project.pth"
+	touch $(NNI_STAMP)
+
+nni-venv: $(NNI_STAMP)
 
 clean:
-	rm -rf $(VENV) .demo demo-output .pytest_cache
+	rm -rf $(VENV) $(NNI_VENV) .demo demo-output .pytest_cache

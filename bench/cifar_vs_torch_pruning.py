@@ -11,9 +11,14 @@ PyTorch module). Every model is evaluated the same way: exported to ONNX (ours: 
 returns) and run in ONNX Runtime, batch 500. Extra rows explain the difference: the same ranking
 without our coupling count (Torch-Pruning's ranking), round_to, per_mac, aimed at exactly Torch-Pruning's
 MACs.
-`--sweep` instead writes top-1 against MACs over a range of targets to a section of its own.
+`--with-nni PYTHON` adds NNI's L1/L2 norm pruners with its ModelSpeedup at the same MACs, run by
+bench/nni_prune.py in PYTHON, an interpreter with NNI (`make nni-venv`). For ResNet-56 the section also
+quotes DepGraph's published figure (full fine-tuning; quoted, not measured).
+`--sweep` instead writes top-1 against MACs over a range of targets to a section of its own, with a plot
+(bench/plots/cifar_sweep_resnet56.png).
 
     .venv/bin/python bench/cifar_vs_torch_pruning.py [--arch resnet56_cifar] [--targets 0.7,0.5] [--no-extra]
+        [--with-nni .nni-venv/bin/python]
     .venv/bin/python bench/cifar_vs_torch_pruning.py --sweep 0.95,0.9,0.85,0.8,0.75,0.7,0.6
 """
 
@@ -22,10 +27,25 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import subprocess
+import tempfile
 import time
+from pathlib import Path
 
 import torch
-from common import DATA, CpuWatch, cifar, command, machine, macs, params, write_section
+from common import (
+    DATA,
+    CpuWatch,
+    cifar,
+    command,
+    machine,
+    macs,
+    params,
+    plot_link,
+    plot_path,
+    pyplot,
+    write_section,
+)
 
 SHAPE = (1, 3, 32, 32)
 SIGNALS = ("l2_norm", "l1_norm", "fpgm", "bn_scale", "random")
@@ -35,6 +55,11 @@ COUNTERPART = "l2_norm"
 UNCOUPLED = {"compose": {"measure": "weight", "reduce": "l2", "aggregate": "mean", "normalize": "mean",
                          "coupling": "none"}}
 ARCH = "resnet56_cifar"
+# The literature's figure for ResNet-56 on CIFAR-10, quoted in the section (not measured here): DepGraph's
+# group-sparsity pruner with its full training schedule (Fang et al., "DepGraph: Towards Any Structural
+# Pruning", CVPR 2023), as Torch-Pruning's README lists it.
+DEPGRAPH = {"base": 93.53, "pruned": 93.77, "speedup": 2.13,
+            "source": "https://github.com/VainF/Torch-Pruning#benchmarks"}
 
 
 def accuracy_onnx(data: bytes, test) -> float:  # type: ignore[no-untyped-def]
@@ -124,6 +149,7 @@ def torch_pruning(original: torch.nn.Module, goal: float, global_pruning: bool, 
 def compare(args, weights: bytes, test, original: torch.nn.Module) -> list[str]:  # type: ignore[no-untyped-def]
     base_macs, base_params = macs(original, SHAPE), params(original)
     convs = len(channels(original))
+    notes: list[str] = []
     rows = [{"target": "-", "method": "unpruned", "macs_kept": 1.0, "params_kept": 1.0,
              "accuracy": accuracy_onnx(to_onnx(original), test), "time": ""}]
 
@@ -150,6 +176,16 @@ def compare(args, weights: bytes, test, original: torch.nn.Module) -> list[str]:
                 "target": target, "accuracy": accuracy_onnx(r["onnx"], test),
                 "method": f"Torch-Pruning group-L2, global_pruning={global_pruning} (pruning_ratio {r['ratio']:.3f})",
                 "time": f"{r['seconds']:.1f} (search {r['search_seconds']:.0f})", **r})
+        if args.with_nni:
+            for which in ("l1", "l2"):
+                r = nni_row(args.with_nni, which, goal, test)
+                if "error" in r:
+                    notes.append(r["error"])
+                    break
+                tp_rows[which] = add({"target": target, **r})
+                whole = sum(r["channels"][k] == v for k, v in channels(original).items())
+                notes.append(f"NNI {which.upper()} at {target}: {whole} of {convs} convolutions kept at full width "
+                             "after ModelSpeedup.")
         if not args.no_extra:
             # Why the two differ: the same ranking without our coupling count (Torch-Pruning's ranking),
             # also without rounding and aimed at exactly Torch-Pruning's MACs (the same plan, then); our
@@ -168,6 +204,9 @@ def compare(args, weights: bytes, test, original: torch.nn.Module) -> list[str]:
                 ours_row(target, f"{COUNTERPART}, {label}", {"signal": COUNTERPART, **spec})
         for row in rows[first:]:
             row["differ"] = str(differ(row["channels"], tp_rows[True]["channels"]))
+    if not args.with_nni:
+        notes.append("NNI: not run (`--with-nni PYTHON` runs its L1/L2 norm pruners from an interpreter with NNI; "
+                     "`make bench` does, after `make nni-venv`).")
     lines = [
         "Torch-Pruning: `BasePruner` + `GroupMagnitudeImportance(p=2)` (its defaults: mean over the group, "
         "mean-normalised), iterative_steps=1, `linear` ignored, option-A shortcut via `CUSTOM_PRUNERS`, "
@@ -180,7 +219,9 @@ def compare(args, weights: bytes, test, original: torch.nn.Module) -> list[str]:
         "",
         "Wall time: ours = the whole `prune` call (import, analyse, score, plan with its measured "
         "attempts, export, ONNX check, 3-repeat latency), in brackets analyse+score+plan; Torch-Pruning = "
-        "building the pruner and `step()` at the final pruning_ratio, in brackets the whole ratio search.",
+        "building the pruner and `step()` at the final pruning_ratio, in brackets the whole ratio search; NNI "
+        "(when run) = masking and ModelSpeedup at the final sparse_ratio, in brackets its search (secant steps "
+        "on sparse_ratio, each a full prune and speed-up, until the MACs are within 0.005 of our l2_norm's).",
         "",
         "| target | method | MACs kept | params kept | top-1 | channels != TP | wall time of pruning (s) |",
         "| ---: | --- | ---: | ---: | ---: | ---: | ---: |",
@@ -188,7 +229,33 @@ def compare(args, weights: bytes, test, original: torch.nn.Module) -> list[str]:
     for r in rows:
         lines.append(f"| {r['target']} | {r['method']} | {r['macs_kept']:.4f} | {r['params_kept']:.3f} "
                      f"| {r['accuracy'] * 100:.2f}% | {r.get('differ', '')} | {r['time']} |")
+    if ARCH == "resnet56_cifar":
+        d = DEPGRAPH
+        lines.append(f"| {1 / d['speedup']:.2f} ({d['speedup']}x) | *quoted, not measured:* DepGraph group-sparsity "
+                     f"pruner + full training (Fang et al., CVPR 2023; their ResNet-56 at {d['base']}% unpruned), "
+                     f"[source]({d['source']}) | {1 / d['speedup']:.4f} | - | {d['pruned']:.2f}% | - | - |")
+    if notes:
+        lines += [""] + notes
     return lines
+
+
+def nni_row(python: str, which: str, goal: float, test) -> dict:  # type: ignore[no-untyped-def]
+    """NNI's L1/L2 norm pruner + ModelSpeedup at `goal` MACs, in the interpreter that has NNI; the row, or
+    {"error": one line} when it fails."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "nni.onnx"
+        proc = subprocess.run([python, str(Path(__file__).with_name("nni_prune.py")), "--arch", ARCH,
+                               "--pruner", which, "--goal", f"{goal:.6f}", "--out", str(out)],
+                              capture_output=True, text=True, check=False)
+        if proc.returncode:
+            last = (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
+            return {"error": f"NNI ({python}): not measured because `nni_prune.py --pruner {which}` failed: {last}"}
+        r = json.loads(proc.stdout.strip().splitlines()[-1])
+        acc = accuracy_onnx(out.read_bytes(), test)
+    return {"method": f"NNI {r['nni']} {which.upper()}NormPruner + ModelSpeedup, every conv at sparse_ratio "
+                      f"{r['ratio']:.3f}", "accuracy": acc, "macs_kept": r["macs_kept"],
+            "params_kept": r["params_kept"], "channels": r["channels"],
+            "time": f"{r['seconds']:.0f} (search {r['search_seconds']:.0f}, {len(r['tried'])} tries)"}
 
 
 def sweep(args, weights: bytes, test, original: torch.nn.Module) -> list[str]:  # type: ignore[no-untyped-def]
@@ -203,6 +270,9 @@ def sweep(args, weights: bytes, test, original: torch.nn.Module) -> list[str]:  
         f"| secateurs {COUNTERPART}, coupling=none | Torch-Pruning global group-L2 |",
         "| ---: | ---: | ---: | ---: | ---: |",
     ]
+    columns = [f"secateurs {COUNTERPART}", f"secateurs {COUNTERPART}, round_to=1",
+               f"secateurs {COUNTERPART}, coupling=none", "Torch-Pruning global group-L2"]
+    points: list[list[tuple[float, float]]] = [[] for _ in columns]
     for target in (float(t) for t in args.sweep.split(",")):
         cells = []
         for extra in ({}, {"round_to": 1}, {"signal": UNCOUPLED}):
@@ -213,7 +283,32 @@ def sweep(args, weights: bytes, test, original: torch.nn.Module) -> list[str]:  
         cells.append((r["macs_kept"], accuracy_onnx(r["onnx"], test)))
         print(target, cells, flush=True)
         lines.append(f"| {target} | " + " | ".join(f"{k:.3f} / {a * 100:.2f}%" for k, a in cells) + " |")
+        for column, cell in zip(points, cells, strict=True):
+            column.append(cell)
+    path = plot_path(f"cifar_sweep_{ARCH.removesuffix('_cifar')}")
+    if not args.no_write:
+        plot_sweep(columns, points, accuracy_onnx(to_onnx(original), test), path)
+    lines += ["", plot_link(path, "top-1 against MACs kept, ours and Torch-Pruning")]
     return lines
+
+
+def plot_sweep(columns: list[str], points: list[list[tuple[float, float]]], unpruned: float, path: Path) -> None:
+    """Top-1 against MACs kept, one line per method, from the sweep table's cells."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7.5, 5.2))
+    for i, (label, pts) in enumerate(zip(columns, points, strict=True)):
+        xs, ys = zip(*sorted((k, a * 100) for k, a in pts), strict=True)
+        ax.plot(xs, ys, marker="osD^"[i % 4], ls="--" if label.startswith("Torch") else "-", label=label, lw=1.5)
+    ax.plot([1.0], [unpruned * 100], marker="*", color="black", ms=13, ls="none", label="unpruned")
+    ax.set_xlabel("MACs kept (fraction of the original)")
+    ax.set_ylabel("top-1 on the CIFAR-10 test set (%), no recovery")
+    ax.set_title(f"ResNet-{ARCH.removeprefix('resnet').removesuffix('_cifar')} / CIFAR-10: ours against Torch-Pruning")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=9, loc="lower right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def main() -> None:
@@ -223,6 +318,8 @@ def main() -> None:
     p.add_argument("--signals", default=",".join(SIGNALS))
     p.add_argument("--no-extra", action="store_true", help="skip the rows that explain the difference")
     p.add_argument("--sweep", help="instead: our l2_norm and Torch-Pruning over these targets, e.g. 0.9,0.8,0.7")
+    p.add_argument("--with-nni", metavar="PYTHON", help="also NNI's L1/L2 norm pruners, run in this interpreter")
+    p.add_argument("--no-write", action="store_true", help="print the section; leave BENCHMARKS.md and the plot alone")
     args = p.parse_args()
     globals()["ARCH"] = args.arch
     depth = args.arch.removeprefix("resnet").removesuffix("_cifar")
@@ -251,6 +348,9 @@ def main() -> None:
         f"Command: `{command()}`",
     ]
     name = "cifar-vs-torch-pruning" + ("" if args.arch == "resnet56_cifar" else f"-resnet{depth}")
+    if args.no_write:
+        print("\n".join(lines))
+        return
     write_section(name + ("-sweep" if args.sweep else ""), "\n".join(lines))
 
 

@@ -19,6 +19,10 @@ ROOT = Path(__file__).resolve().parents[1]
 # The shared data sits next to the repository and is read in place, never copied into it.
 DATA = Path(os.environ.get("SECATEURS_SHARED_DATA", ROOT.parent / "shared" / "data"))
 BENCHMARKS = ROOT / "BENCHMARKS.md"
+PLOTS = ROOT / "bench" / "plots"
+# `make bench-quick` (bench/run_all.py quick) sets this: every section and plot then goes under a name of its
+# own ending in -quick, so a quick run never overwrites the full run's figures.
+QUICK = os.environ.get("SECATEURS_BENCH_QUICK") == "1"
 CIFAR_MEAN = np.asarray((0.485, 0.456, 0.406), dtype=np.float32)[None, :, None, None]
 CIFAR_STD = np.asarray((0.229, 0.224, 0.225), dtype=np.float32)[None, :, None, None]
 HEADER = (
@@ -151,9 +155,35 @@ def command() -> str:
     return " ".join([".venv/bin/python", os.path.relpath(sys.argv[0], ROOT), *sys.argv[1:]])
 
 
-def write_section(name: str, body: str) -> None:
+def plot_path(name: str) -> Path:
+    """Where a script saves its figure `name` (bench/plots/NAME.png, NAME-quick.png in a quick run)."""
+    return PLOTS / f"{name}{'-quick' if QUICK else ''}.png"
+
+
+def plot_link(path: Path, alt: str) -> str:
+    """The Markdown image of a saved plot, relative to BENCHMARKS.md."""
+    return f"![{alt}]({path.relative_to(ROOT).as_posix()})"
+
+
+def pyplot():  # type: ignore[no-untyped-def]
+    """matplotlib.pyplot on the Agg backend (no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def write_section(name: str, body: str, top: bool = False) -> None:
     """Replace the block between `<!-- bench:name -->` and `<!-- /bench:name -->` (append it when
-    absent), under a lock so that several benchmark scripts can share the file."""
+    absent, or put it right after the file's header with `top`), under a lock so that several benchmark
+    scripts can share the file. In a quick run the section is NAME-quick and its heading says so."""
+    if QUICK:
+        name += "-quick"
+        lines = body.splitlines()
+        if lines and lines[0].startswith("## "):
+            body = "\n".join([lines[0] + " (quick run: `make bench-quick`)", *lines[1:]])
     start, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
     block = f"{start}\n{body.rstrip()}\n{end}"
     with open(BENCHMARKS, "a+") as f:  # the file is its own lock
@@ -162,6 +192,9 @@ def write_section(name: str, body: str) -> None:
         text = f.read() or HEADER
         if start in text and end in text:
             text = text[: text.index(start)] + block + text[text.index(end) + len(end) :]
+        elif top and "<!-- bench:" in text:
+            at = text.index("<!-- bench:")
+            text = text[:at] + block + "\n\n" + text[at:]
         else:
             text = text.rstrip() + "\n\n" + block + "\n"
         f.seek(0)

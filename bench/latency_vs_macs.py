@@ -4,9 +4,10 @@ For torchvision ResNet-50 and MobileNetV2 (random weights, 224x224, exported wit
 opset 17, dynamic batch) the engine prunes with l2_norm to macs=0.5 for each `round_to`: auto, 1, 8, 16,
 and 4 (the fewest channels ONNX Runtime's NCHWc kernels accept); and 16 with the groups narrower than 128
 channels kept whole (a candidate rule that spares narrow layers). The original and each pruned file are
-then timed here in ONNX Runtime (CPU provider, batch 1, 1 and 2 threads): warm-up, then blocks of runs
-interleaved in ABBA order, medians. The engine's own report figures (its interleaved measurement, batch 1,
-1 thread, 50 repeats) are listed too.
+then timed here in ONNX Runtime (CPU provider, batch 1 and 32, 1 and 2 threads): warm-up, then blocks of
+runs interleaved in ABBA order, medians. The engine's own report figures (its interleaved measurement,
+batch 1, 1 thread, 50 repeats) are listed too. A bar chart of latency saving beside MACs saving per model,
+round_to, batch and threads goes to bench/plots/latency_vs_macs.png.
 
     ratio = (1 - latency_after / latency_before) / (1 - MACs_after / MACs_before)     goal: >= 0.9
 
@@ -15,7 +16,7 @@ median over the profiled runs, each convolution mapped back to its ONNX node for
 channel counts (aligned or not to ONNX Runtime's NCHWc block: 16 channels on AVX-512, 8 on AVX2).
 
     .venv/bin/python bench/latency_vs_macs.py [--models resnet50,mobilenet_v2] [--rounds auto,1,4,8,16]
-        [--threads 1,2] [--repeats 100] [--no-extra]
+        [--threads 1,2] [--batches 1,32] [--repeats 100] [--no-extra] [--no-write]
 """
 
 from __future__ import annotations
@@ -34,7 +35,17 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 import onnxruntime as ort
-from common import CpuWatch, command, cpu_isa, load_average, machine, write_section
+from common import (
+    CpuWatch,
+    command,
+    cpu_isa,
+    load_average,
+    machine,
+    plot_link,
+    plot_path,
+    pyplot,
+    write_section,
+)
 
 SIZE = 224
 # A measurement is contended when the other processes' load plus our threads exceeds the cores by more
@@ -105,15 +116,22 @@ def quietest(measure, *args, threads: int = 1, tries: int = 2):  # type: ignore[
     return best
 
 
-def interleaved(before: bytes, after: bytes, threads: int, repeats: int, seconds: float) -> tuple[list[float], int]:
+def runs_for(repeats: int, batch: int) -> int:
+    """Timed runs asked of a batch: `repeats` images' worth, at least one block's (a batch of 32 takes ~32x
+    as long as one image)."""
+    return max(-(-repeats // batch), BLOCK - 1)
+
+
+def interleaved(before: bytes, after: bytes, threads: int, repeats: int, seconds: float,
+                batch: int = 1) -> tuple[list[float], int]:
     """Median ms of both models, interleaved in blocks of BLOCK runs in ABBA order so that drift hits both
     alike; the first run of each block is dropped (it may meet the other session's spinning workers). At
     least `repeats` timed runs each and, for fast models, more: until `seconds` have been spent."""
-    x = np.random.default_rng(0).standard_normal([1, 3, SIZE, SIZE]).astype(np.float32)
+    x = np.random.default_rng(0).standard_normal([batch, 3, SIZE, SIZE]).astype(np.float32)
     sessions = [session(before, threads), session(after, threads)]
     feeds = [{s.get_inputs()[0].name: x} for s in sessions]
     for s, f in zip(sessions, feeds, strict=True):
-        for _ in range(10):
+        for _ in range(10 if batch == 1 else 3):
             s.run(None, f)
     times: list[list[float]] = [[], []]
     t_start = time.perf_counter()
@@ -296,11 +314,14 @@ def main() -> None:
     p.add_argument("--models", default="resnet50,mobilenet_v2")
     p.add_argument("--rounds", default="auto,1,4,8,16")
     p.add_argument("--threads", default="1,2")
+    p.add_argument("--batches", default="1,32", help="batch sizes timed (the profile is at batch 1)")
     p.add_argument("--repeats", type=int, default=100, help="timed runs per model at least (more for fast models)")
     p.add_argument("--no-extra", action="store_true", help="skip the round_to=16 + narrow groups kept variant")
     p.add_argument("--seconds", type=float, default=6.0, help="and at least this long per measurement")
+    p.add_argument("--no-write", action="store_true", help="print the section; leave BENCHMARKS.md and the plot alone")
     args = p.parse_args()
     threads = [int(t) for t in args.threads.split(",")]
+    batches = [int(b) for b in args.batches.split(",")]
     load_start = load_average()
     t_begin = time.monotonic()
     rows = []
@@ -316,18 +337,19 @@ def main() -> None:
             kept = rep["macs_after"] / rep["macs_before"]
             bd = breakdown(pruned)
             breakdowns[name].append((label, bd))
-            for th in threads:
-                ((lb, la), n), other = quietest(interleaved, original, pruned, th, args.repeats, args.seconds,
-                                                threads=th)
-                row = {"other": other, "model": name, "variant": label, "threads": th, "macs_kept": kept,
-                       "params_kept": rep["params_kept"], "before": lb, "after": la, "runs": n,
-                       "ratio": ratio(lb, la, kept), "prune_s": seconds}
-                if th == rep["latency_threads"]:
-                    row["report"] = (rep["latency_ms_before"], rep["latency_ms_after"],
-                                     ratio(rep["latency_ms_before"], rep["latency_ms_after"], kept))
-                rows.append(row)
-                print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}),
-                      flush=True)
+            for b in batches:
+                for th in threads:
+                    ((lb, la), n), other = quietest(interleaved, original, pruned, th, runs_for(args.repeats, b),
+                                                    args.seconds, b, threads=th)
+                    row = {"other": other, "model": name, "variant": label, "batch": b, "threads": th,
+                           "macs_kept": kept, "params_kept": rep["params_kept"], "before": lb, "after": la,
+                           "runs": n, "ratio": ratio(lb, la, kept), "prune_s": seconds}
+                    if th == rep["latency_threads"] and b == rep.get("latency_batch", 1):
+                        row["report"] = (rep["latency_ms_before"], rep["latency_ms_after"],
+                                         ratio(rep["latency_ms_before"], rep["latency_ms_after"], kept))
+                    rows.append(row)
+                    print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}),
+                          flush=True)
     block = block_size()
     lines = [
         "## Latency saving over MACs saving (ONNX Runtime, CPU)",
@@ -337,9 +359,12 @@ def main() -> None:
         "",
         f"torchvision models with random weights, {SIZE}x{SIZE}, exported with `torch.onnx.export` (opset 17, "
         "dynamic batch); pruned by `secateurs.pruning.prune` with signal l2_norm, target macs=0.5. Latency: "
-        "ONNX Runtime CPU provider (default session options), batch 1, original and pruned file interleaved "
-        f"in blocks of {BLOCK} runs in ABBA order after 10 warm-up runs, first run of each block dropped (the "
-        "idle session's spinning workers would otherwise share the cores), median of `runs` runs each. `report` = the engine's own figures (interleaved, 1 thread, 50 repeats).",
+        f"ONNX Runtime CPU provider (default session options), batch {' and '.join(map(str, batches))}, original "
+        f"and pruned file interleaved in blocks of {BLOCK} runs in ABBA order after 10 warm-up runs (3 at batch > 1), "
+        "first run of each block dropped (the idle session's spinning workers would otherwise share the "
+        f"cores), median of `runs` runs each (at least {args.repeats} images' worth and {args.seconds:g} s, "
+        f"and never fewer than {BLOCK - 1} runs). `report` = the engine's own figures (interleaved, batch 1, 1 "
+        "thread, 50 repeats).",
         "",
         "ratio = (1 - latency_after / latency_before) / (1 - MACs_after / MACs_before); goal >= 0.9.",
         "",
@@ -347,29 +372,75 @@ def main() -> None:
         f"exceeds the {os.cpu_count()} cores by more than {SLACK}, the measurement is taken again, the quieter "
         "kept, and a row still contended is marked *contended*: its latencies shared the CPU.",
         "",
-        "| model | round_to | MACs kept | params kept | threads | before (ms) | after (ms) | runs | other load "
-        "| ratio | report before / after (ms) | report ratio | prune (s) |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| model | round_to | MACs kept | params kept | batch | threads | before (ms) | after (ms) | runs "
+        "| other load | ratio | report before / after (ms) | report ratio | prune (s) |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in rows:
         rb = f"{r['report'][0]:.2f} / {r['report'][1]:.2f}" if "report" in r else ""
         rr = f"{r['report'][2]:.2f}" if "report" in r else ""
         lines.append(
-            f"| {r['model']} | {r['variant']} | {r['macs_kept']:.3f} | {r['params_kept']:.3f} | {r['threads']} "
+            f"| {r['model']} | {r['variant']} | {r['macs_kept']:.3f} | {r['params_kept']:.3f} | {r['batch']} "
+            f"| {r['threads']} "
             f"| {r['before']:.2f} | {r['after']:.2f} | {r['runs']} | {r['other']:.2f}"
             f"{' *contended*' if contended(r['other'], r['threads']) else ''} | **{r['ratio']:.2f}** | {rb} | {rr} "
             f"| {r['prune_s']:.1f} |")
     spread = []
     for name in breakdowns:
-        for th in threads:
-            b = [r["before"] for r in rows if r["model"] == name and r["threads"] == th]
-            spread.append(f"{name} at {th} thread{'s' if th > 1 else ''} {min(b):.2f}-{max(b):.2f} ms")
+        for bs in batches:
+            for th in threads:
+                b = [r["before"] for r in rows if r["model"] == name and r["threads"] == th and r["batch"] == bs]
+                spread.append(f"{name} at batch {bs}, {th} thread{'s' if th > 1 else ''} {min(b):.2f}-{max(b):.2f} ms")
     lines += ["", "The same original measured once per row (a check of the measurement's stability): "
               + "; ".join(spread) + "."]
+    path = plot_path("latency_vs_macs")
+    lines += ["", "Latency saving (bars, from the table's before/after) beside the MACs saving (black line) and the "
+              "goal, 0.9 of it (dotted), per model, round_to, batch and threads:", "",
+              plot_link(path, "latency saving against MACs saving")]
     for name, variants in breakdowns.items():
         lines += [""] + fmt_breakdown(name, variants)
     lines += ["", f"Command: `{command()}`"]
+    if args.no_write:
+        print("\n".join(lines))
+        return
+    plot(rows, path)
     write_section("latency", "\n".join(lines))
+
+
+def plot(rows: list[dict], path) -> None:  # type: ignore[no-untyped-def]
+    """Latency saving per row as bars, one panel per model, a group of bars per round_to (one bar per batch
+    and thread count), the MACs saving and 0.9 of it drawn across each group."""
+    plt = pyplot()
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    settings = list(dict.fromkeys((r["batch"], r["threads"]) for r in rows))
+    fig, axes = plt.subplots(1, len(models), figsize=(max(6.5 * len(models), 9), 5), squeeze=False, sharey=True)
+    width = 0.8 / len(settings)
+    colors = plt.get_cmap("tab10")
+    for ax, model in zip(axes[0], models, strict=True):
+        variants = list(dict.fromkeys(r["variant"] for r in rows if r["model"] == model))
+        for i, variant in enumerate(variants):
+            mine = [r for r in rows if r["model"] == model and r["variant"] == variant]
+            saving = (1 - mine[0]["macs_kept"]) * 100
+            ax.hlines(saving, i - 0.45, i + 0.45, color="black", lw=1.5, label="MACs saving" if i == 0 else None)
+            ax.hlines(0.9 * saving, i - 0.45, i + 0.45, color="black", lw=1, ls=":",
+                      label="goal: 0.9 x MACs saving" if i == 0 else None)
+            for j, (b, th) in enumerate(settings):
+                r = next((r for r in mine if r["batch"] == b and r["threads"] == th), None)
+                if r is None:
+                    continue
+                ax.bar(i - 0.4 + width * (j + 0.5), (1 - r["after"] / r["before"]) * 100, width * 0.92,
+                       color=colors(j), label=f"batch {b}, {th} thread{'s' if th > 1 else ''}" if i == 0 else None)
+        ax.set_xticks(range(len(variants)), [f"round_to\n{v}" for v in variants], fontsize=8)
+        ax.set_title(model)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][0].set_ylabel("saving over the original (%), ONNX Runtime CPU")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=9, frameon=False)
+    fig.suptitle("Latency saving against MACs saving at macs=0.5 (l2_norm)")
+    fig.tight_layout(rect=(0, 0.12, 1, 0.95))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 if __name__ == "__main__":
