@@ -12,7 +12,8 @@ returns) and run in ONNX Runtime, batch 500. Extra rows explain the difference: 
 without our coupling count (Torch-Pruning's ranking), round_to, per_mac, aimed at exactly Torch-Pruning's
 MACs.
 `--with-nni PYTHON` adds NNI's L1/L2 norm pruners with its ModelSpeedup at the same MACs, run by
-bench/nni_prune.py in PYTHON, an interpreter with NNI (`make nni-venv`). For ResNet-56 the section also
+bench/nni_prune.py in PYTHON, an interpreter with NNI (`make nni-venv`); that run writes a section of its
+own (-nni), as NNI's ratio search takes several minutes per target. For ResNet-56 the section also
 quotes DepGraph's published figure (full fine-tuning; quoted, not measured).
 `--sweep` instead writes top-1 against MACs over a range of targets to a section of its own, with a plot
 (bench/plots/cifar_sweep_resnet56.png).
@@ -205,8 +206,8 @@ def compare(args, weights: bytes, test, original: torch.nn.Module) -> list[str]:
         for row in rows[first:]:
             row["differ"] = str(differ(row["channels"], tp_rows[True]["channels"]))
     if not args.with_nni:
-        notes.append("NNI: not run (`--with-nni PYTHON` runs its L1/L2 norm pruners from an interpreter with NNI; "
-                     "`make bench` does, after `make nni-venv`).")
+        notes.append("NNI's L1/L2 norm pruners are compared in a run of their own (`--with-nni PYTHON`, its own "
+                     "section; `make bench` runs it after `make nni-venv`).")
     lines = [
         "Torch-Pruning: `BasePruner` + `GroupMagnitudeImportance(p=2)` (its defaults: mean over the group, "
         "mean-normalised), iterative_steps=1, `linear` ignored, option-A shortcut via `CUSTOM_PRUNERS`, "
@@ -332,7 +333,8 @@ def main() -> None:
     with CpuWatch() as watch:
         body = (sweep if args.sweep else compare)(args, weights, test, original)
     lines = [
-        f"## ResNet-{depth} / CIFAR-10, no recovery: our data-free signals against Torch-Pruning at the same MACs"
+        f"## ResNet-{depth} / CIFAR-10, no recovery: our data-free signals against Torch-Pruning"
+        + (" and NNI" if args.with_nni and not args.sweep else "") + " at the same MACs"
         + (" (sweep)" if args.sweep else ""),
         "",
         f"Machine: {machine()}. {(time.monotonic() - t_begin) / 60:.1f} min in all; other processes kept "
@@ -348,6 +350,7 @@ def main() -> None:
         f"Command: `{command()}`",
     ]
     name = "cifar-vs-torch-pruning" + ("" if args.arch == "resnet56_cifar" else f"-resnet{depth}")
+    name += "-nni" if args.with_nni and not args.sweep else ""
     if args.no_write:
         print("\n".join(lines))
         return

@@ -46,7 +46,9 @@ QUICK = [
 QUICK_LEFT_OUT = {"fashion_mnist.py": "no small form that leaves the full run's results and plot alone"}
 FULL = [
     ("latency_vs_macs.py", [], ""),
-    ("cifar_vs_torch_pruning.py", [], ""),  # --with-nni added when an NNI interpreter is given
+    ("cifar_vs_torch_pruning.py", [], ""),
+    # NNI's pruners, in a section of their own (--with-nni <interpreter> added when one is given)
+    ("cifar_vs_torch_pruning.py", ["--targets", "0.7,0.5", "--signals", "l2_norm,l1_norm", "--no-extra"], "NNI"),
     ("cifar_vs_torch_pruning.py", ["--sweep", "0.95,0.9,0.85,0.8,0.75,0.7,0.6,0.5"], ""),
     ("cost_of_pruning.py", [], ""),
     ("latency_target.py", [], ""),
@@ -78,8 +80,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="secateurs-bench-") as tmp:
         for script, argv, note in plan:
             argv = [a.replace("{tmp}", tmp) for a in argv]
-            if script == "cifar_vs_torch_pruning.py" and "--sweep" not in argv and args.nni_python:
-                argv = [*argv, "--with-nni", args.nni_python]
+            if note == "NNI":
+                if not args.nni_python:
+                    continue
+                argv, note = [*argv, "--with-nni", args.nni_python], ""
             cmd = [sys.executable, str(BENCH / script), *argv]
             print(f"== {' '.join(cmd)}", flush=True)
             t0 = time.monotonic()
