@@ -13,10 +13,18 @@ from .runner import run_job as _run_job
 
 @worker_process_init.connect
 def _load_the_engine(**_: Any) -> None:
-    """Each pool process imports the engine (torch, ONNX Runtime) as it starts, not inside its first job: there the
-    import took seconds of the job's time limit, and a soft time limit landing mid-import would leave torch
-    half-imported for every later job of the process. Importing torch starts no CUDA; the job picks its device."""
+    """Each pool process imports the engine as it starts, not inside its first job: there the imports took 10-25 s
+    of a job's time limit on a busy machine, and a soft time limit landing mid-import would leave a module
+    half-imported for every later job of the process. With the pipeline, the modules it imports only when first
+    used (ONNX conversion, the dependency graph, the exporter, FLOP counting, safetensors, the zoo). Importing
+    torch starts no CUDA; the job picks its device."""
+    import onnx2torch  # noqa: F401
+    import safetensors.torch  # noqa: F401
     import secateurs.pruning.pipeline  # noqa: F401
+    import torch.onnx  # noqa: F401
+    import torch.utils.flop_counter  # noqa: F401
+    import torch_pruning  # noqa: F401
+    import torchvision  # noqa: F401
 
 
 @shared_task(name="secateurs.run_job", acks_late=True, reject_on_worker_lost=True)

@@ -8,7 +8,7 @@ from datetime import datetime
 import httpx
 import pytest
 
-from tests.api.conftest import create_key, stop
+from tests.api.conftest import base_env, create_key, stop
 from tests.conftest import tiny_cnn_onnx
 
 from .servers import start_api, start_worker, upload_resnet20, wait_for
@@ -37,10 +37,11 @@ def _seconds(job: dict) -> float:
 def test_a_job_past_the_soft_time_limit_fails_saying_so_and_the_worker_runs_the_next(tmp_path):
     procs = []
     try:
-        api, url, env = start_api(tmp_path, SECATEURS_JOB_SOFT_TIME_LIMIT=str(SOFT_LIMIT))
-        procs.append(api)
-        worker = start_worker(tmp_path, env, pool="prefork")
+        limit = {"SECATEURS_JOB_SOFT_TIME_LIMIT": str(SOFT_LIMIT)}
+        worker = start_worker(tmp_path, base_env(tmp_path, **limit), pool="prefork")  # boots while the API starts
         procs.append(worker)
+        api, url, env = start_api(tmp_path, **limit)
+        procs.append(api)
         key = create_key(env, "tenant-a")
         with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=60) as c:
             slow = c.post("/v1/jobs", json={"model_id": upload_resnet20(c), "spec": SLOW})
