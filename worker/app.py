@@ -23,6 +23,9 @@ def make_celery(settings: Settings, *, with_tasks: bool = False) -> Celery:
         task_acks_late=True,  # a job whose worker dies is redelivered, not lost
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,  # one long job at a time per process
+        # A pool process imports the engine before it reports up (worker/tasks.py): 10-25 s on a busy machine, where
+        # Celery's default of 4 s would kill every replacement process (after a hard time limit, say) in a loop.
+        worker_proc_alive_timeout=180.0,
         task_soft_time_limit=settings.job_soft_time_limit,
         task_time_limit=settings.hard_time_limit,
         task_ignore_result=True,

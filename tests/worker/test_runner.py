@@ -197,6 +197,7 @@ def test_celery_is_configured_for_long_jobs_that_are_never_lost(tmp_path):
     s = Settings(home=tmp_path, broker_url="redis://127.0.0.1:6379/13", job_soft_time_limit=100, job_time_limit=160)
     conf = make_celery(s, with_tasks=True).conf
     assert conf.task_acks_late and conf.task_reject_on_worker_lost and conf.worker_prefetch_multiplier == 1
+    assert conf.worker_proc_alive_timeout >= 120  # a pool process importing the engine is not killed as hung
     assert (conf.task_soft_time_limit, conf.task_time_limit) == (100, 160)
     # a lowered soft limit brings the hard one down with it, unless that is set too
     assert make_celery(Settings(home=tmp_path, job_soft_time_limit=3)).conf.task_time_limit == 303
