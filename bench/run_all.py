@@ -25,7 +25,7 @@ from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
 
-# (script, arguments, what the quick form leaves out); the full set runs each script with its defaults.
+# (script, arguments, a note for the section's table); the full set runs each script with its defaults.
 QUICK = [
     ("latency_vs_macs.py", ["--rounds", "auto", "--threads", "1,2", "--batches", "1,32", "--repeats", "20",
                             "--seconds", "1", "--no-extra"], ""),
