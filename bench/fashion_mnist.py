@@ -238,7 +238,8 @@ def write(results: grid.Results, bandit: grid.Results, args: argparse.Namespace,
     if gone:
         lines += ["", "Missing cells (not measured, so not shown): " + "; ".join(gone) + "."]
     lines += bandit_lines(bandit, args)
-    lines += ["", f"Command: `{m['command']}`"]
+    lines += ["", "Commands (the runs that filled the results files; rerunning one with --resume skips the cells "
+                  "done): " + "; ".join(f"`{c}`" for c in m.get("commands", []))]
     write_section("fashion-mnist", "\n".join(lines))
 
 
@@ -269,7 +270,7 @@ def main() -> None:
         return
     meta = {"machine": machine(("pruning", "bench")), "threads": args.threads, "calib": args.calib,
             "distill_epochs": args.distill_epochs, "bandit_epochs_grid": args.bandit_epochs_grid,
-            "command": command()}
+            "commands": [command()]}
     results = grid.Results(RESULTS, args.resume, meta)
     results.meta.setdefault("started", datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M"))
     results.meta.setdefault("load_start", load_average())
@@ -293,10 +294,11 @@ def main() -> None:
         bandit = grid.Results(BANDIT, False, bandit.meta)
     if not args.skip_bandit:
         bandit_claim(model, args, test, bandit)
-    bandit.save()
+        bandit.save()
+    else:
+        bandit = grid.Results(BANDIT, True, {})  # as measured by the run that did it
     results.meta["finished"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M")
     results.meta["load_end"] = load_average()
-    results.meta["command"] = command()
     results.save()
     write(results, bandit, args, labels)
 
