@@ -206,9 +206,10 @@ def write(results: grid.Results, bandit: grid.Results, args: argparse.Namespace,
     lines = [
         "## Fashion-MNIST, a network trained here: every signal x recovery at macs 0.7 and 0.5",
         "",
-        f"Machine: {m['machine']}; torch threads {m['threads']}. Run {m['started']} to "
-        f"{m.get('finished', '(cut)')} UTC (load average at start {m['load_start']}, at end {m.get('load_end', '?')}: "
-        "the 2 cores were shared with other work, so minutes are upper bounds).",
+        f"Machine: {m['machine']}; torch threads {m['threads']}. Runs started {m['started']} UTC (load average "
+        f"{m['load_start']}); section written {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC (load average "
+        f"{load_average()}). The 2 cores were shared with other work, much of it at a higher priority than these "
+        "runs: minutes are wall-clock and overstate the cost on a quiet machine.",
         "",
         f"FashionNet (5 conv 3x3 + BatchNorm + ReLU blocks of 32, 32, 64, 64, 128 channels, two max-pools, global "
         f"average pool, linear; {m['parameters']} parameters) trained {m['train_epochs']} epochs on the 60,000 "
@@ -236,7 +237,7 @@ def write(results: grid.Results, bandit: grid.Results, args: argparse.Namespace,
     ]
     gone = grid.missing(rows, signals, targets, list(grid.RECOVERIES))
     if gone:
-        lines += ["", "Missing cells (not measured, so not shown): " + "; ".join(gone) + "."]
+        lines += ["", "Missing: " + "; ".join(gone) + "."]
     lines += bandit_lines(bandit, args)
     lines += ["", "Commands (the runs that filled the results files; rerunning one with --resume skips the cells "
                   "done): " + "; ".join(f"`{c}`" for c in m.get("commands", []))]

@@ -35,11 +35,13 @@ def registered_signals() -> list[str]:
 
 
 def signal_label(signal: str | dict) -> str:
+    """A registry name, or `compose:` and the composed signal's non-default axes, short enough for a table."""
     if isinstance(signal, str):
         return signal
     axes = signal["compose"]
-    keys = ("measure", "reduce", "aggregate", "normalize", "coupling", "per_mac")
-    return "compose(" + ", ".join(f"{k}={axes[k]}" for k in keys if k in axes) + ")"
+    parts = [f"{axes['measure']}/{axes['reduce']}", *(f"{k}={axes[k]}" for k in ("aggregate", "normalize", "coupling")
+                                                      if k in axes)]
+    return "compose: " + ", ".join(parts) + (", per_mac" if axes.get("per_mac") else "")
 
 
 def parse_signal(text: str) -> str | dict:
@@ -206,7 +208,7 @@ def table(rows: list[dict[str, Any]], signals: list[str], targets: list[float], 
             for rec in recoveries:
                 r = by.get((s, target, rec))
                 if r is None:
-                    cells.append("- (not run)")
+                    cells.append("not run")
                 elif "error" in r:
                     cells.append("failed")
                 else:
@@ -220,15 +222,13 @@ def table(rows: list[dict[str, Any]], signals: list[str], targets: list[float], 
 
 
 def missing(rows: list[dict[str, Any]], signals: list[str], targets: list[float], recoveries: list[str]) -> list[str]:
+    """What the table lacks: how many cells were not measured, and each cell that failed with its error."""
     have = {(r["signal"], r["target"], r["recovery"]) for r in rows}
-    out = []
-    for t in targets:
-        for s in signals:
-            gone = [rec for rec in recoveries if (s, t, rec) not in have]
-            if gone:
-                out.append(f"{s} at macs {t:g} ({', '.join(gone)})")
-    failed = [f"{r['signal']} at macs {r['target']:g} ({r['recovery']}): {r['error']}" for r in rows if "error" in r]
-    return out + failed
+    total = len(signals) * len(targets) * len(recoveries)
+    gone = sum((s, t, rec) not in have for s in signals for t in targets for rec in recoveries)
+    out = [f"{gone} of {total} cells were not measured (marked `not run` in the table)"] if gone else []
+    return out + [f"{r['signal']} at macs {r['target']:g} ({r['recovery']}) failed: {r['error']}"
+                  for r in rows if "error" in r]
 
 
 def best_cells(rows: list[dict[str, Any]], targets: list[float]) -> list[str]:

@@ -51,8 +51,10 @@ def write(results: grid.Results, args: argparse.Namespace, signals: list[str]) -
         "## ResNet-56 / CIFAR-10: every signal x recovery at macs 0.7 and 0.5",
         "",
         f"Machine: {meta['machine']}; torch threads {meta['threads']}, ONNX Runtime {meta['threads']} threads for "
-        f"accuracy. Run {meta['started']} to {meta.get('finished', '(cut)')} UTC (load average at start "
-        f"{meta['load_start']}, at end {meta.get('load_end', '?')}: the 2 cores were shared with other work, so minutes are upper bounds).",
+        f"accuracy. Runs started {meta['started']} UTC (load average {meta['load_start']}); section written "
+        f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC (load average {load_average()}). The 2 cores were shared "
+        "with other work, much of it at a higher priority than these runs: minutes are wall-clock and overstate "
+        "the cost on a quiet machine.",
         "",
         f"Pretrained ResNet-56 (shared weights, {unpruned * 100:.2f}% unpruned in ONNX Runtime) handed to "
         "`secateurs.pruning.prune` as safetensors with arch resnet56_cifar, default spec otherwise (scope global, "
@@ -85,7 +87,7 @@ def write(results: grid.Results, args: argparse.Namespace, signals: list[str]) -
                       f"for a dense one ({b['executed_fraction'] * 100:.0f}%)."]
     gone = grid.missing(rows, signals, targets, list(grid.RECOVERIES))
     if gone:
-        lines += ["", "Missing cells (not measured, so not shown): " + "; ".join(gone) + ". " +
+        lines += ["", "Missing: " + "; ".join(gone) + ". " +
                   meta.get("missing_reason", "")]
     lines += ["", "Commands (several runs, each with the recoveries it names, filled the one results file; "
                   "rerunning any of them with --resume skips the cells done): " + "; ".join(f"`{c}`" for c in meta["commands"])]
@@ -118,7 +120,8 @@ def main() -> None:
     if args.missing_reason:
         meta["missing_reason"] = args.missing_reason
     if args.write_only:
-        results = grid.Results(Path(args.results), True, {})
+        results = grid.Results(Path(args.results), True,
+                               {"missing_reason": args.missing_reason} if args.missing_reason else {})
         write(results, args, labels)
         return
     results = grid.Results(Path(args.results), args.resume, meta)
