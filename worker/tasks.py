@@ -17,7 +17,12 @@ def _load_the_engine(**_: Any) -> None:
     of a job's time limit on a busy machine, and a soft time limit landing mid-import would leave a module
     half-imported for every later job of the process. With the pipeline, the modules it imports only when first
     used (ONNX conversion, the dependency graph, the exporter, FLOP counting, safetensors, the zoo). Importing
-    torch starts no CUDA; the job picks its device."""
+    torch starts no CUDA; the job picks its device. Pool processes only: a solo pool (`secateurs up`) runs jobs in
+    the worker's main process, where Celery's time limits never fire, and its start stays light."""
+    from billiard.process import current_process
+
+    if current_process().name == "MainProcess":
+        return
     import onnx2torch  # noqa: F401
     import safetensors.torch  # noqa: F401
     import secateurs.pruning.pipeline  # noqa: F401
