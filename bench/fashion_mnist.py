@@ -237,7 +237,7 @@ def write(results: grid.Results, bandit: grid.Results, args: argparse.Namespace,
     ]
     gone = grid.missing(rows, signals, targets, list(grid.RECOVERIES))
     if gone:
-        lines += ["", "Missing: " + "; ".join(gone) + "."]
+        lines += ["", "Missing: " + "; ".join(gone) + ". " + args.missing_reason]
     lines += bandit_lines(bandit, args)
     lines += ["", "Commands (the runs that filled the results files; rerunning one with --resume skips the cells "
                   "done): " + "; ".join(f"`{c}`" for c in m.get("commands", []))]
@@ -261,6 +261,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--resume", action="store_true")
     p.add_argument("--write-only", action="store_true")
+    p.add_argument("--missing-reason", default="", help="why cells are missing, said under the table")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     signals = [grid.parse_signal(s) for s in args.signals.split(";" if ";" in args.signals else ",")] \
