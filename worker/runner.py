@@ -59,10 +59,6 @@ class TimeLimitExceeded(Exception):
     """The job ran past SECATEURS_JOB_SOFT_TIME_LIMIT, noticed at a progress report or between stages."""
 
 
-class Superseded(Exception):
-    """This attempt's lease was taken back: the job is queued again, or another attempt runs it."""
-
-
 def run_job(job_id: str, settings: Settings) -> str:
     job = _claim(settings, job_id)
     if job is None:
@@ -101,12 +97,8 @@ def _run_claimed(job: Job, settings: Settings) -> str:
             raise TimeLimitExceeded(f"the job ran past its time limit ({settings.job_soft_time_limit} s)")
         if t - last_cancel_check[0] > 0.5:
             with make() as s:
-                row = s.execute(select(Job.cancel_requested, Job.status, Job.attempts).where(Job.id == job_id)).one()
-            last_cancel_check[1], last_cancel_check[0] = bool(row.cancel_requested), t
-            if row.status != "running" or row.attempts != attempt:
-                # taken back (its lease expired while this attempt still ran, starved of CPU, say): stop now
-                # rather than finish work whose result is discarded, and leave the worker free for the job
-                raise Superseded(f"attempt {attempt} of job {job_id} was taken back")
+                last_cancel_check[1] = bool(s.execute(select(Job.cancel_requested).where(Job.id == job_id)).scalar_one())
+            last_cancel_check[0] = t
         return bool(last_cancel_check[1])
 
     def progress(stage: str, fraction: float, message: str, metrics: dict[str, Any]) -> None:
@@ -126,7 +118,7 @@ def _run_claimed(job: Job, settings: Settings) -> str:
         with make() as s:
             s.add(JobEvent(job_id=job_id, type="progress", stage=stage, progress=fraction, message=message,
                            data=clean or None))
-            s.execute(update(Job).where(Job.id == job_id, Job.status == "running", Job.attempts == attempt)
+            s.execute(update(Job).where(Job.id == job_id, Job.attempts == attempt)
                       .values(stage=stage, progress=fraction, heartbeat_at=now()))
             s.commit()
         if new_stage:  # webhooks get one job.progress per stage, not every row
@@ -134,9 +126,6 @@ def _run_claimed(job: Job, settings: Settings) -> str:
 
     try:
         result = _prune(job, settings, storage, progress, should_cancel)
-    except Superseded:
-        log.info("job %s: attempt %s was taken back; stopped", job_id, attempt)
-        return "superseded"
     except Exception as exc:  # every failure ends the job with a message; the worker lives on
         _fail(settings, job_id, attempt, exc)
         return "failed"
