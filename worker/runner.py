@@ -126,6 +126,8 @@ def _run_claimed(job: Job, settings: Settings) -> str:
 
     try:
         result = _prune(job, settings, storage, progress, should_cancel)
+        if time.monotonic() > deadline:  # the last stages report no progress: a job past its limit never succeeds
+            raise TimeLimitExceeded(f"the job ran past its time limit ({settings.job_soft_time_limit} s)")
     except Exception as exc:  # every failure ends the job with a message; the worker lives on
         _fail(settings, job_id, attempt, exc)
         return "failed"

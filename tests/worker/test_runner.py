@@ -153,7 +153,7 @@ def test_a_job_past_the_soft_time_limit_fails_saying_so_even_in_a_solo_pool(sett
     """`secateurs up` runs a solo pool, where Celery's soft time limit never fires: the runner enforces it."""
     limited = settings.model_copy(update={"job_soft_time_limit": 1})
     job_id = add_job(settings, tenant_id, add_model(settings, tenant_id, weights),
-                     {**SPEC, "schedule": {"steps": 8}, "measure": {"repeats": 400}})
+                     {**SPEC, "schedule": {"steps": 8}, "measure": {"repeats": 4000}})
     t0 = time.monotonic()
     assert run_job(job_id, limited) == "failed"
     job, events, arts = load(settings, job_id)
