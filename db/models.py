@@ -79,7 +79,9 @@ class Job(Base):
     __table_args__ = (Index("ix_jobs_tenant_created", "tenant_id", "created_at"),)
     id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("job"))
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
-    model_id: Mapped[str] = mapped_column(ForeignKey("models.id"))
+    # No foreign key (migration 0004): a finished job keeps its model's id after the model is deleted; a model
+    # that a queued or running job uses cannot be deleted
+    model_id: Mapped[str] = mapped_column(String(40))
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
     status: Mapped[str] = mapped_column(String(20), index=True, default="queued")
     stage: Mapped[str | None] = mapped_column(String(40), nullable=True)

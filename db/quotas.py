@@ -49,3 +49,13 @@ def charge_storage(session: Session, tenant_id: str, size: int, limit: int | Non
         update(Tenant).where(*condition).values(stored_bytes=Tenant.stored_bytes + size)
         .execution_options(synchronize_session=False)
     ).rowcount)
+
+
+def release_storage(session: Session, tenant_id: str, size: int) -> None:
+    """Take `size` bytes (a deleted model, dataset or job's artifacts) off the tenant's stored bytes in the caller's
+    transaction; never below zero, should the count ever have missed something."""
+    session.execute(
+        update(Tenant).where(Tenant.id == tenant_id)
+        .values(stored_bytes=case((Tenant.stored_bytes > size, Tenant.stored_bytes - size), else_=0))
+        .execution_options(synchronize_session=False)
+    )

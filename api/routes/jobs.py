@@ -1,4 +1,4 @@
-"""Jobs: created after validation, enqueued after the commit, watched through events, downloaded."""
+"""Jobs: created after validation, enqueued after the commit, watched through events, downloaded, deleted."""
 
 from __future__ import annotations
 
@@ -22,10 +22,12 @@ from secateurs.db.models import (
     new_id,
     now,
 )
+from secateurs.db.quotas import release_storage
 from secateurs.db.reads import Read, read_one_async
 from secateurs.db.session import sessions
 from secateurs.worker.webhooks import EVENT_TYPES, check_target, notify, tenant_secret
 from sqlalchemy import bindparam, func, select, update
+from sqlalchemy import delete as sql_delete
 from sqlalchemy.exc import IntegrityError
 
 from .. import pagination
@@ -33,7 +35,7 @@ from ..deps import CurrentTenant, SessionDep, StorageDep
 from ..problems import Problem
 from ..schemas import TERMINAL, JobCreate, event_out, job_out, json_object
 from .events import router as events_router
-from .models import owned
+from .models import delete_objects, owned
 
 router = APIRouter(prefix="/v1")
 router.include_router(events_router)  # the tenant-wide stream of every job's events
@@ -96,6 +98,7 @@ def create_job(body: JobCreate, request: Request, tenant: CurrentTenant, session
               webhook_events={"types": body.webhook_events} if body.webhook_events else None)
     session.add(job)
     session.flush()
+    _still_there(body, tenant.id, session)
     session.add(JobEvent(job_id=job.id, type="queued", stage="queued", progress=0.0, message="job queued"))
     out = job_out(job)
     if idempotency_key:
@@ -111,6 +114,21 @@ def create_job(body: JobCreate, request: Request, tenant: CurrentTenant, session
         return JSONResponse(rec.response, status_code=rec.status_code, headers={"Idempotent-Replayed": "true"})
     enqueue(request, job.id)  # after the commit: the worker always finds the row
     return JSONResponse(out, status_code=201)
+
+
+def _still_there(body: JobCreate, tenant_id: str, session: SessionDep) -> None:
+    """The job's model and datasets, read again after its row was inserted, locked against a concurrent DELETE
+    (`FOR SHARE` on PostgreSQL; on SQLite the insert already holds the write lock): one deleted between `_check`
+    and the insert is refused here, and one deleted after is refused there (409), never a queued job on a file
+    that is gone."""
+    refs = [("model_id", Model, body.model_id)] + [
+        (f"spec.{name}.dataset_id", Dataset, ref) for name in ("calibration", "evaluation")
+        if (ref := getattr(body.spec, name).dataset_id) is not None]
+    for field, table, ref in refs:
+        if session.execute(select(table.id).where(table.id == ref, table.tenant_id == tenant_id)
+                           .with_for_update(read=True)).first() is None:
+            session.rollback()
+            raise _invalid(field, f"no {table.__tablename__[:-1]} {ref!r}")
 
 
 def _within_limit(tenant_id: str, session: SessionDep, limit: int) -> None:
@@ -176,6 +194,29 @@ def cancel_job(job_id: str, request: Request, tenant: CurrentTenant, session: Se
     if done:
         notify(request.app.state.settings, job.id, "job.cancelled")
     return job_out(job)
+
+
+@router.delete("/jobs/{job_id}", status_code=204, response_class=Response,
+               summary="Delete a finished job, its events and its artifacts (409 while queued or running)")
+def delete_job(job_id: str, tenant: CurrentTenant, session: SessionDep, storage: StorageDep) -> Response:
+    job = owned(session, Job, job_id, tenant.id)
+    if job.status not in TERMINAL:
+        raise Problem(409, f"job {job.id} is {job.status}: cancel it first (POST /v1/jobs/{job.id}/cancel), then "
+                           "delete it once it is cancelled", code="job-active")
+    arts = list(session.execute(select(Artifact.storage_key, Artifact.size_bytes).where(Artifact.job_id == job.id)))
+    # Terminal statuses are final (every writer of a job row requires it `queued` or `running`), so the status read
+    # above still holds. Its events and artifacts go first: they name the job (foreign keys).
+    session.execute(sql_delete(Artifact).where(Artifact.job_id == job.id))
+    session.execute(sql_delete(JobEvent).where(JobEvent.job_id == job.id))
+    if not session.execute(sql_delete(Job).where(Job.id == job.id, Job.tenant_id == tenant.id,
+                                                 Job.status.in_(TERMINAL))
+                           .execution_options(synchronize_session=False)).rowcount:
+        session.rollback()  # deleted by a concurrent request since it was read
+        raise Problem(404, f"no job {job_id!r}", code="not-found")
+    release_storage(session, tenant.id, sum(a.size_bytes for a in arts))
+    delete_objects(session, storage, [a.storage_key for a in arts])
+    session.commit()
+    return Response(status_code=204)
 
 
 @router.get("/webhooks/secret", summary="The tenant's webhook signing secret (whsec_...)")

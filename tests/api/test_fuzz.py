@@ -64,7 +64,9 @@ def fuzzed(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
         model = c.post("/v1/models", headers=auth, files={"file": ("m.onnx", tiny_cnn_onnx())}).json()["id"]
         data = c.post("/v1/datasets", headers=auth, files={"file": ("d.npz", npz_bytes(x=np.zeros((2, 3, 16, 16),
                                                                                               np.float32)))}).json()["id"]
-        job = c.post("/v1/jobs", headers=auth, json={"model_id": model}).json()["id"]
+        # the job uses both and stays queued, so DELETE on them answers 409 and they outlive the fuzzing
+        job = c.post("/v1/jobs", headers=auth, json={"model_id": model, "spec": {"calibration": {"dataset_id": data}}}
+                     ).json()["id"]
     return app, auth, {"model_id": model, "dataset_id": data, "job_id": job, "name": "model.onnx"}
 
 

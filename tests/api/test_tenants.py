@@ -63,19 +63,26 @@ def alices(client, keys):
 
 
 def test_every_route_with_an_id_answers_404_to_another_tenant(client, keys, alices):
-    walked = []
+    walked, deletes = [], []
     for template, operations in client.get("/openapi.json").json()["paths"].items():
         params = re.findall(r"{(\w+)}", template)
         if not params:
             continue
         path = template.format(**{p: alices[p] for p in params})  # a KeyError here: a new kind of id to add
         for method in operations:
-            assert client.request(method, path, headers=keys["alice"]).status_code in (200, 201), (method, path)
-            _is_problem(client.request(method, path, headers=keys["bob"]), 404)
+            if method == "delete":  # bob's is refused and alice's object is still there
+                _is_problem(client.request(method, path, headers=keys["bob"]), 404)
+                assert client.get(path, headers=keys["alice"]).status_code == 200, path
+                deletes.append(path)
+            else:
+                assert client.request(method, path, headers=keys["alice"]).status_code in (200, 201), (method, path)
+                _is_problem(client.request(method, path, headers=keys["bob"]), 404)
             walked.append(f"{method.upper()} {template}")
     assert {"GET /v1/jobs/{job_id}", "POST /v1/jobs/{job_id}/cancel", "GET /v1/jobs/{job_id}/events",
             "GET /v1/jobs/{job_id}/artifacts/{name}", "GET /v1/models/{model_id}",
-            "GET /v1/datasets/{dataset_id}"} <= set(walked)
+            "GET /v1/datasets/{dataset_id}", "DELETE /v1/jobs/{job_id}", "DELETE /v1/models/{model_id}",
+            "DELETE /v1/datasets/{dataset_id}"} <= set(walked)
+    assert len(deletes) == 3  # alice's own deletes: tests/api/test_delete.py (her objects serve the tests below)
 
 
 def test_lists_filters_and_the_event_stream_show_nothing_of_another_tenant(client, keys, alices, app_settings):
