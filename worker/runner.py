@@ -20,6 +20,7 @@ from secateurs.db.quotas import charge_storage
 from secateurs.db.session import sessions
 from secateurs.db.settings import Settings
 from secateurs.db.storage import open_storage
+from sqlalchemy import exc as sa_exc
 from sqlalchemy import select, update
 
 from .webhooks import notify
@@ -59,6 +60,29 @@ class TimeLimitExceeded(Exception):
     """The job ran past SECATEURS_JOB_SOFT_TIME_LIMIT, noticed at a progress report or between stages."""
 
 
+class Superseded(Exception):
+    """This attempt's lease was taken back: the job is queued again, or another attempt runs it."""
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """The exception and those it was raised from or during (engine code may wrap what it caught)."""
+    seen: list[BaseException] = []
+    cur: BaseException | None = exc
+    while cur is not None and all(cur is not e for e in seen):
+        seen.append(cur)
+        orig = getattr(cur, "orig", None)  # SQLAlchemy keeps the driver's error there
+        cur = cur.__cause__ or cur.__context__ or (orig if isinstance(orig, BaseException) else None)
+    return seen
+
+
+def database_unavailable(exc: BaseException) -> bool:
+    """A failure of the database, not of the job: unreachable, restarting, a connection cut, no connection free.
+    The attempt then stops without judging the job; its lease hands the job to a new attempt once the database
+    is back (the heartbeat stops with the attempt)."""
+    return any(isinstance(e, (sa_exc.OperationalError, sa_exc.TimeoutError))
+               or (isinstance(e, sa_exc.DBAPIError) and e.connection_invalidated) for e in _chain(exc))
+
+
 def run_job(job_id: str, settings: Settings) -> str:
     job = _claim(settings, job_id)
     if job is None:
@@ -72,8 +96,7 @@ def run_job(job_id: str, settings: Settings) -> str:
     try:
         return _run_claimed(job, settings)
     except Exception as exc:  # past the engine (the pool's soft time limit while the files are stored, say)
-        _fail(settings, job_id, job.attempts, exc)
-        return "failed"
+        return "failed" if _fail(settings, job_id, job.attempts, exc) else "interrupted"
     finally:
         stop.set()
         beat.join(timeout=5)
@@ -95,10 +118,22 @@ def _run_claimed(job: Job, settings: Settings) -> str:
         t = time.monotonic()
         if t > deadline:
             raise TimeLimitExceeded(f"the job ran past its time limit ({settings.job_soft_time_limit} s)")
-        if t - last_cancel_check[0] > 0.5:
-            with make() as s:
-                last_cancel_check[1] = bool(s.execute(select(Job.cancel_requested).where(Job.id == job_id)).scalar_one())
-            last_cancel_check[0] = t
+        if t - last_cancel_check[0] > 0.5:  # the first call always reads the row
+            try:
+                with make() as s:
+                    row = s.execute(select(Job.cancel_requested, Job.status, Job.attempts)
+                                    .where(Job.id == job_id)).one()
+            except Exception as exc:
+                if not database_unavailable(exc):
+                    raise
+                # the database is restarting: go on; the heartbeat, or failing that the lease, decides
+                log.warning("job %s: could not read its row (%s); going on", job_id, type(exc).__name__)
+                return bool(last_cancel_check[1])
+            last_cancel_check[0], last_cancel_check[1] = t, bool(row.cancel_requested)
+            if row.status != "running" or row.attempts != attempt:
+                # taken back (its lease expired while this attempt still ran, starved of CPU, say): stop now
+                # rather than finish work whose result is discarded, and leave the worker free for the job
+                raise Superseded(f"attempt {attempt} of job {job_id} was taken back")
         return bool(last_cancel_check[1])
 
     def progress(stage: str, fraction: float, message: str, metrics: dict[str, Any]) -> None:
@@ -115,12 +150,22 @@ def _run_claimed(job: Job, settings: Settings) -> str:
         new_stage = stage != last_event["stage"]
         last_event.update(stage=stage, progress=fraction, at=t)
         clean = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str, bool)) or v is None}
-        with make() as s:
-            s.add(JobEvent(job_id=job_id, type="progress", stage=stage, progress=fraction, message=message,
-                           data=clean or None))
-            s.execute(update(Job).where(Job.id == job_id, Job.attempts == attempt)
-                      .values(stage=stage, progress=fraction, heartbeat_at=now()))
-            s.commit()
+        try:
+            with make() as s:
+                held = s.execute(update(Job).where(Job.id == job_id, Job.status == "running", Job.attempts == attempt)
+                                 .values(stage=stage, progress=fraction, heartbeat_at=now())).rowcount
+                if not held:  # never a row of progress on a job this attempt no longer runs
+                    s.rollback()
+                    raise Superseded(f"attempt {attempt} of job {job_id} was taken back")
+                s.add(JobEvent(job_id=job_id, type="progress", stage=stage, progress=fraction, message=message,
+                               data=clean or None))
+                s.commit()
+        except Exception as exc:
+            if not database_unavailable(exc):
+                raise
+            # progress is a report, not the job's work: a database restarting under it loses a row, not the job
+            log.warning("job %s: progress not recorded (%s)", job_id, type(exc).__name__)
+            return
         if new_stage:  # webhooks get one job.progress per stage, not every row
             notify(settings, job_id, "job.progress", {"message": message})
 
@@ -129,8 +174,10 @@ def _run_claimed(job: Job, settings: Settings) -> str:
         if time.monotonic() > deadline:  # the last stages report no progress: a job past its limit never succeeds
             raise TimeLimitExceeded(f"the job ran past its time limit ({settings.job_soft_time_limit} s)")
     except Exception as exc:  # every failure ends the job with a message; the worker lives on
-        _fail(settings, job_id, attempt, exc)
-        return "failed"
+        if any(isinstance(e, Superseded) for e in _chain(exc)):
+            log.info("job %s: attempt %s was taken back; stopped", job_id, attempt)
+            return "superseded"
+        return "failed" if _fail(settings, job_id, attempt, exc) else "interrupted"
     # Keys per attempt: an attempt whose lease was taken back never overwrites or deletes the files of
     # the attempt that replaced it.
     base = f"{job.tenant_id}/jobs/{job_id}/{attempt}"
@@ -138,9 +185,15 @@ def _run_claimed(job: Job, settings: Settings) -> str:
     files = {"model.onnx": result.onnx, "report.json": report_bytes}
     try:
         outcome = _keep(settings, job, base, files, result.report, storage)
-    except BaseException:  # the files of a job that did not succeed are not kept
-        for name in files:
-            _delete_quietly(storage, f"{base}/{name}")
+    except BaseException as exc:  # the files of a job that did not succeed are not kept
+        if isinstance(exc, Exception) and database_unavailable(exc):
+            # unless the database went away during the commit, whose answer may be all that was lost: files that
+            # no row names are a leak, a succeeded job without its files would be a loss
+            log.warning("job %s: the database went away while attempt %s recorded its files; kept %s", job_id,
+                        attempt, base)
+        else:
+            for name in files:
+                _delete_quietly(storage, f"{base}/{name}")
         raise
     if outcome == "succeeded":
         notify(settings, job_id, "job.succeeded")
@@ -210,8 +263,14 @@ def _prune(job: Job, settings: Settings, storage: Any, progress: Any, should_can
 
 
 def _fail(settings: Settings, job_id: str, attempt: int, exc: Exception) -> bool:
+    """End the attempt's job as failed (or cancelled) saying why; True when it did. A job whose attempt failed
+    because the database did is left running, for its lease to hand it to a new attempt: not the job's fault."""
     from secateurs.pruning.errors import Cancelled, PruningError
 
+    if database_unavailable(exc):
+        log.warning("job %s: attempt %s stopped, the database is unavailable (%s); the lease will take it back",
+                    job_id, attempt, exc)
+        return False
     if _past_time_limit(exc):
         status, kind = "failed", "failed"
         message = f"the job ran past its time limit ({settings.job_soft_time_limit} s)"
@@ -222,12 +281,18 @@ def _fail(settings: Settings, job_id: str, attempt: int, exc: Exception) -> bool
     else:
         log.exception("job %s crashed", job_id)
         status, message, kind = "failed", f"internal error: {type(exc).__name__}: {str(exc)[:300]}", "failed"
-    with sessions(settings)() as s:
-        n = s.execute(update(Job).where(Job.id == job_id, Job.status == "running", Job.attempts == attempt).values(
-            status=status, error=None if status == "cancelled" else message, finished_at=now(), stage=kind)).rowcount
-        if n:
-            s.add(JobEvent(job_id=job_id, type=kind, stage=kind, message=message))
-        s.commit()
+    try:
+        with sessions(settings)() as s:
+            n = s.execute(update(Job).where(Job.id == job_id, Job.status == "running", Job.attempts == attempt).values(
+                status=status, error=None if status == "cancelled" else message, finished_at=now(), stage=kind)).rowcount
+            if n:
+                s.add(JobEvent(job_id=job_id, type=kind, stage=kind, message=message))
+            s.commit()
+    except Exception as e:
+        if not database_unavailable(e):
+            raise
+        log.warning("job %s: could not record that it %s (%s); the lease will take it back", job_id, kind, e)
+        return False
     if n:
         notify(settings, job_id, f"job.{kind}")
     return bool(n)
@@ -236,14 +301,7 @@ def _fail(settings: Settings, job_id: str, attempt: int, exc: Exception) -> bool
 def _past_time_limit(exc: BaseException) -> bool:
     """The runner's own deadline, or Celery's SoftTimeLimitExceeded (raised by a signal wherever the job was, so
     possibly inside code that wraps every exception in its own: look down the chain too)."""
-    seen: set[int] = set()
-    cur: BaseException | None = exc
-    while cur is not None and id(cur) not in seen:
-        if isinstance(cur, TimeLimitExceeded) or type(cur).__name__ == "SoftTimeLimitExceeded":
-            return True
-        seen.add(id(cur))
-        cur = cur.__cause__ or cur.__context__
-    return False
+    return any(isinstance(e, TimeLimitExceeded) or type(e).__name__ == "SoftTimeLimitExceeded" for e in _chain(exc))
 
 
 def sweep(settings: Settings, enqueue: Any, *, waiting_too: bool = False,

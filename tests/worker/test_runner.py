@@ -226,3 +226,55 @@ def test_an_attempt_taken_back_meanwhile_keeps_nothing_and_leaves_the_job_to_its
     job, _, arts = load(settings, job_id)
     assert outcome == "superseded" and job.status == "running" and job.attempts == 2 and arts == []
     assert not [p for p in (settings.home / "storage" / tenant_id).glob(f"jobs/{job_id}/**/*") if p.is_file()]
+
+
+def test_an_attempt_taken_back_before_its_first_check_stops_there_without_writing(settings, tenant_id, weights,
+                                                                                 monkeypatch):
+    """Whatever the job's length: the lease is taken back (and the job claimed again, attempt 2) after this attempt
+    claimed it and before the engine starts; the engine's first check, at the start of its first stage, reads the
+    row (the first read is never throttled) and stops the attempt. No progress is written to a row it lost."""
+    from secateurs.worker import runner
+
+    job_id = add_job(settings, tenant_id, add_model(settings, tenant_id, weights))
+    real, reports = runner._prune, []
+
+    def taken_back_first(job, settings_, storage, progress, should_cancel):  # type: ignore[no-untyped-def]
+        with sessions(settings)() as s:  # what the sweeper and the next worker's claim leave on the row
+            assert s.execute(update(Job).where(Job.id == job_id, Job.status == "running", Job.attempts == 1)
+                             .values(attempts=2)).rowcount == 1
+            s.commit()
+        return real(job, settings_, storage, lambda *a: (reports.append(a[0]), progress(*a)), should_cancel)
+
+    monkeypatch.setattr(runner, "_prune", taken_back_first)
+    assert run_job(job_id, settings) == "superseded"
+    job, events, arts = load(settings, job_id)
+    assert reports == [], f"the attempt went on into {reports}"
+    assert job.status == "running" and job.attempts == 2 and job.stage == "starting" and arts == []
+    assert [e.type for e in events] == ["running"]
+    assert not [p for p in (settings.home / "storage" / tenant_id).glob(f"jobs/{job_id}/**/*") if p.is_file()]
+
+
+def test_progress_is_never_written_to_a_row_the_attempt_lost(settings, tenant_id, weights, monkeypatch):
+    """Taken back between two checks (the check is throttled to twice a second): the next progress report finds
+    the row no longer its own and stops the attempt instead of writing."""
+    from secateurs.worker import runner
+
+    job_id = add_job(settings, tenant_id, add_model(settings, tenant_id, weights))
+    real, reports = runner._prune, []
+
+    def taken_back_at_first_report(job, settings_, storage, progress, should_cancel):  # type: ignore[no-untyped-def]
+        def report(*a):  # type: ignore[no-untyped-def]
+            reports.append(a[0])
+            if len(reports) == 1:  # the first check has just read the row as this attempt's: take it back now
+                with sessions(settings)() as s:
+                    s.execute(update(Job).where(Job.id == job_id).values(status="queued", stage="queued"))
+                    s.commit()
+            progress(*a)
+
+        return real(job, settings_, storage, report, should_cancel)
+
+    monkeypatch.setattr(runner, "_prune", taken_back_at_first_report)
+    assert run_job(job_id, settings) == "superseded"
+    job, events, _ = load(settings, job_id)
+    assert reports == ["import"] and job.status == "queued" and job.attempts == 1
+    assert [e.type for e in events] == ["running"], [(e.type, e.stage) for e in events]
