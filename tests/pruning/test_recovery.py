@@ -68,3 +68,25 @@ def test_distill_respects_its_time_budget(resnet20_weights, data):
     assert r["recovery"]["epochs"] < 1000
     # the cosine schedule followed the clock, so the run cut by time still ended annealed
     assert r["recovery"]["last_lr"] < 0.05 * PruneSpec.model_validate({"recovery": {"method": "distill"}}).recovery.lr
+
+
+def test_augmentation_flips_and_crops_each_image_on_its_own():
+    import torch
+    import torch.nn.functional as F
+    from secateurs.pruning.recovery import _augment
+
+    x = torch.randn(64, 3, 32, 32)
+    out = _augment(x, torch.Generator().manual_seed(0))
+    assert out.shape == x.shape
+    offsets = set()
+    for i in range(len(x)):
+        found = [
+            (flip, dy, dx)
+            for flip in (False, True)
+            for dy in range(9)
+            for dx in range(9)
+            if torch.equal(F.pad(x[i].flip(2) if flip else x[i], (4, 4, 4, 4))[:, dy : dy + 32, dx : dx + 32], out[i])
+        ]
+        assert len(found) == 1  # every output is exactly one flip and 4-pixel crop of its own input
+        offsets.add(found[0])
+    assert len(offsets) > 32  # offsets drawn per image, not one for the whole batch
