@@ -75,6 +75,10 @@ class AsyncJob(protocol.JobData["AsyncClient"]):
         self.data = (await self.client._request("POST", f"/v1/jobs/{self.id}/cancel")).json()
         return self
 
+    async def delete(self) -> None:
+        """Delete the job with its events and files, once it has finished (409 APIError while queued or running)."""
+        await self.client.jobs.delete(self.id)
+
     async def report(self) -> dict[str, Any]:
         return (await self.client._request("GET", f"/v1/jobs/{self.id}/artifacts/report.json")).json()
 
@@ -98,6 +102,10 @@ class _Models:
     async def get(self, model_id: str) -> dict[str, Any]:
         return (await self.client._request("GET", f"/v1/models/{model_id}")).json()
 
+    async def delete(self, model: str | dict[str, Any]) -> None:
+        """Delete the model and its file (409 APIError while a queued or running job uses it)."""
+        await self.client._request("DELETE", f"/v1/models/{protocol.object_id(model)}")
+
 
 class _Datasets:
     def __init__(self, client: AsyncClient) -> None:
@@ -106,6 +114,13 @@ class _Datasets:
     async def upload(self, path: str | os.PathLike[str]) -> dict[str, Any]:
         with protocol.upload(path) as form:
             return (await self.client._request("POST", "/v1/datasets", **form)).json()
+
+    async def get(self, dataset_id: str) -> dict[str, Any]:
+        return (await self.client._request("GET", f"/v1/datasets/{dataset_id}")).json()
+
+    async def delete(self, dataset: str | dict[str, Any]) -> None:
+        """Delete the dataset and its file (409 APIError while a queued or running job uses it)."""
+        await self.client._request("DELETE", f"/v1/datasets/{protocol.object_id(dataset)}")
 
 
 class _Jobs:
@@ -125,6 +140,10 @@ class _Jobs:
     async def list(self, status: str | None = None, limit: int = 50) -> AsyncIterator[AsyncJob]:
         async for item in self.client._pages("/v1/jobs", limit, status=status):
             yield AsyncJob(self.client, item)
+
+    async def delete(self, job: str | AsyncJob) -> None:
+        """Delete a finished job with its events and files (409 APIError while queued or running: cancel it first)."""
+        await self.client._request("DELETE", f"/v1/jobs/{job if isinstance(job, str) else job.id}")
 
 
 class AsyncClient(protocol.ClientBase[httpx.AsyncClient]):

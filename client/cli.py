@@ -58,7 +58,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.set_defaults(run=_guarded(run_submit))
 
-    jobs = sub.add_parser("jobs", help="list, show, cancel and follow jobs on the service")
+    jobs = sub.add_parser("jobs", help="list, show, cancel, follow and delete jobs on the service")
     actions = jobs.add_subparsers(dest="jobs_command", metavar="ACTION")
     actions.required = True
     p = actions.add_parser("list", parents=[common], help="the newest jobs first")
@@ -66,7 +66,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     p.add_argument("--limit", type=int, default=20, help="at most this many (default 20)")
     p.set_defaults(run=_guarded(run_list))
     for name, run, text in (("show", run_show, "a job's status, error and metrics"),
-                            ("cancel", run_cancel, "cancel a queued or running job")):
+                            ("cancel", run_cancel, "cancel a queued or running job"),
+                            ("delete", run_delete, "delete a finished job with its events and files")):
         p = actions.add_parser(name, parents=[common], help=text)
         p.add_argument("job_id", metavar="ID")
         p.set_defaults(run=_guarded(run))
@@ -196,6 +197,14 @@ def run_cancel(args: argparse.Namespace) -> int:
         print(f"{job['id']}: cancelled")
     else:
         print(f"{job['id']}: already {job['status']}, nothing to cancel")
+    return 0
+
+
+def run_delete(args: argparse.Namespace) -> int:
+    """A queued or running job is refused by the service (409, exit 2) with what to do: cancel it first."""
+    with _client(args) as client:
+        client.jobs.delete(args.job_id)
+    print(json.dumps({"id": args.job_id, "deleted": True}) if args.json else f"{args.job_id}: deleted")
     return 0
 
 

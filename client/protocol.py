@@ -114,6 +114,11 @@ def create_job(model: str | dict[str, Any], spec: PruneSpec | dict[str, Any] | N
     return {"json": body, "headers": {"Idempotency-Key": idempotency_key or str(uuid.uuid4())}}
 
 
+def object_id(obj: str | dict[str, Any]) -> str:
+    """The id of a model or dataset given as its id or as the object an upload returned."""
+    return obj if isinstance(obj, str) else str(obj["id"])
+
+
 def page_params(limit: int, cursor: str | None, **filters: Any) -> dict[str, Any]:
     return {"limit": limit, **{k: v for k, v in filters.items() if v}, **({"cursor": cursor} if cursor else {})}
 

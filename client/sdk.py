@@ -82,6 +82,10 @@ class Job(protocol.JobData["Client"]):
         self.data = self.client._request("POST", f"/v1/jobs/{self.id}/cancel").json()
         return self
 
+    def delete(self) -> None:
+        """Delete the job with its events and files, once it has finished (409 APIError while queued or running)."""
+        self.client.jobs.delete(self.id)
+
     def report(self) -> dict[str, Any]:
         return self.client._request("GET", f"/v1/jobs/{self.id}/artifacts/report.json").json()
 
@@ -105,6 +109,10 @@ class _Models:
     def get(self, model_id: str) -> dict[str, Any]:
         return self.client._request("GET", f"/v1/models/{model_id}").json()
 
+    def delete(self, model: str | dict[str, Any]) -> None:
+        """Delete the model and its file (409 APIError while a queued or running job uses it)."""
+        self.client._request("DELETE", f"/v1/models/{protocol.object_id(model)}")
+
 
 class _Datasets:
     def __init__(self, client: Client) -> None:
@@ -113,6 +121,13 @@ class _Datasets:
     def upload(self, path: str | os.PathLike[str]) -> dict[str, Any]:
         with protocol.upload(path) as form:
             return self.client._request("POST", "/v1/datasets", **form).json()
+
+    def get(self, dataset_id: str) -> dict[str, Any]:
+        return self.client._request("GET", f"/v1/datasets/{dataset_id}").json()
+
+    def delete(self, dataset: str | dict[str, Any]) -> None:
+        """Delete the dataset and its file (409 APIError while a queued or running job uses it)."""
+        self.client._request("DELETE", f"/v1/datasets/{protocol.object_id(dataset)}")
 
 
 class _Jobs:
@@ -132,6 +147,10 @@ class _Jobs:
     def list(self, status: str | None = None, limit: int = 50) -> Iterator[Job]:
         for item in self.client._pages("/v1/jobs", limit, status=status):
             yield Job(self.client, item)
+
+    def delete(self, job: str | Job) -> None:
+        """Delete a finished job with its events and files (409 APIError while queued or running: cancel it first)."""
+        self.client._request("DELETE", f"/v1/jobs/{job if isinstance(job, str) else job.id}")
 
 
 class Client(protocol.ClientBase[httpx.Client]):

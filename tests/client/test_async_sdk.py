@@ -34,9 +34,21 @@ def test_async_sdk_uploads_runs_follows_a_dropped_stream_and_downloads(tiny_onnx
             await job.download(tmp_path / "pruned.onnx")
             listed = [j.id async for j in client.jobs.list(limit=2)]
             assert job.id in listed and (await client.jobs.get(job.id)).status == "succeeded"
-            return live, [e async for e in job.history(page_size=3)], await job.report()
+            history, report = [e async for e in job.history(page_size=3)], await job.report()
+            await job.delete()  # finished: its events and files go; then nothing holds the dataset
+            await client.datasets.delete(data)
+            for gone in (client.jobs.get(job.id), client.datasets.get(data["id"]), client.jobs.delete(job.id)):
+                with pytest.raises(APIError) as e:
+                    await gone
+                assert e.value.status == 404
+            return live, history, report, model
 
-    live, history, report = asyncio.run(scenario())
+    live, history, report, model = asyncio.run(scenario())
+    with Client(cutting_proxy.url, api_key=tenant_key) as sync:  # the sync SDK's delete, on what is left
+        sync.models.delete(model)
+        with pytest.raises(APIError) as e:
+            sync.models.get(model["id"])
+        assert e.value.status == 404
     assert [e["id"] for e in live] == [e["id"] for e in history], "an event was lost or repeated"
     assert live[0]["type"] == "queued" and live[-1]["type"] == "succeeded"
     assert cutting_proxy.cut == 1 and cutting_proxy.streams == 2, "the stream was not cut and reopened"

@@ -151,6 +151,10 @@ def test_a_job_that_fails_in_the_worker_exits_3(tiny_onnx, env, tmp_path):
     assert not out.exists()
     follow = secateurs("jobs", "events", job["id"], "--follow", env=env)
     assert follow.returncode == 3 and "failed" in follow.stdout
+    deleted = secateurs("jobs", "delete", job["id"], "--json", env=env)
+    assert deleted.returncode == 0 and json.loads(deleted.stdout) == {"id": job["id"], "deleted": True}, deleted.stderr
+    gone = secateurs("jobs", "show", job["id"], env=env)
+    assert gone.returncode == 2 and "404" in one_line_error(gone)
 
 
 @pytest.mark.slow
@@ -170,6 +174,8 @@ def test_a_job_cancelled_while_submit_waits_exits_4(tiny_onnx, calib_npz, env, t
             if job_id and "recover" in line:
                 break
         assert job_id, seen
+        running = secateurs("jobs", "delete", job_id, env=env)  # refused while it runs, saying what to do
+        assert running.returncode == 2 and "409" in one_line_error(running) and "cancel it first" in running.stderr
         cancel = secateurs("jobs", "cancel", job_id, "--json", env=env)
         assert cancel.returncode == 0, cancel.stderr
         assert json.loads(cancel.stdout)["status"] in ("running", "cancelled")
