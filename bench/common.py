@@ -109,7 +109,10 @@ def machine(paths: tuple[str, ...] = ("pruning",)) -> str:
     import torch_pruning
 
     gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ", no GPU"
-    return (f"{cpu_model()} ({cpu_isa()}), {os.cpu_count()} cores{gpu}; Python {platform.python_version()}, "
+    isa = cpu_isa()
+    # said outright: figures from AVX-512 machines (16-channel NCHWc blocks) and AVX2 ones (8) differ
+    isa += "" if isa in ("AVX-512", "?") else ", no AVX-512"
+    return (f"{cpu_model()} ({isa}), {os.cpu_count()} cores{gpu}; Python {platform.python_version()}, "
             f"torch {torch.__version__}, torch-pruning {torch_pruning.__version__}, "
             f"onnxruntime {onnxruntime.__version__}; secateurs at {revision(paths)}")
 
