@@ -1,5 +1,5 @@
 """Real stacks for the service tests: the embedded one (`secateurs up`), PostgreSQL + Redis with separate
-API and worker processes, and S3 storage on a loopback endpoint (moto's standalone server)."""
+API and worker processes, and S3 storage on a loopback endpoint (s3rver, which checks signatures as S3 does)."""
 
 from __future__ import annotations
 
@@ -163,22 +163,43 @@ def _production(home: Path, postgres_url: str, db_index: int) -> Iterator[Stack]
         stop([api, worker])
 
 
+REPO = Path(__file__).resolve().parents[2]
+S3RVER = REPO / ".venv" / "s3rver"
+# s3rver's package ships no runnable bin: started through its module, it says "ready <port>" once it listens
+S3RVER_JS = ("const S3rver = require(process.argv[1]); new S3rver({directory: process.argv[2], address: '127.0.0.1', "
+             "port: +process.argv[3], silent: true, configureBuckets: [{name: process.argv[4], configs: []}]}).run()"
+             ".then(a => console.log('ready ' + a.port), e => { console.error(e); process.exit(1) })")
+S3_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "S3RVER", "AWS_SECRET_ACCESS_KEY": "S3RVER", "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+@contextmanager
+def s3rver(data: Path, bucket: str) -> Iterator[str]:
+    """s3rver (scripts/s3rver.sh installs it on first use) on a free loopback port with `bucket`; yields its endpoint.
+    Unlike moto it checks every request's SigV4 signature, and a presigned URL's signature and expiry, as S3 does;
+    its one account's keys are S3RVER / S3RVER (S3_CREDENTIALS)."""
+    module = S3RVER / "node_modules" / "@20minutes" / "s3rver"
+    if not (module / "lib" / "s3rver.js").exists():
+        subprocess.run(["bash", str(REPO / "scripts" / "s3rver.sh"), str(S3RVER)], check=True, timeout=900)
+    port = free_port()
+    server = subprocess.Popen(["node", "-e", S3RVER_JS, str(module), str(data), str(port), bucket],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout is not None
+        line = server.stdout.readline()  # empty if it exited
+        assert line.startswith("ready"), f"s3rver did not start (exit {server.poll()}): {line!r}"
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop([server])
+
+
 @pytest.fixture(scope="session")
 def s3_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, str]]:
-    """The embedded stack with its storage on S3: moto's standalone server on a loopback port."""
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    creds = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
-    os.environ.update(creds)
-    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="secateurs-test")
-    home = tmp_path_factory.mktemp("s3")
-    stack = start_embedded(home, SECATEURS_STORAGE_URL="s3://secateurs-test/artifacts",
-                           SECATEURS_S3_ENDPOINT_URL=endpoint, **creds)
-    yield stack, endpoint
-    stop(stack.procs)
-    server.stop()
+    """The embedded stack with its storage on S3: s3rver on a loopback port (bucket secateurs-test)."""
+    with s3rver(tmp_path_factory.mktemp("s3rver"), "secateurs-test") as endpoint:
+        os.environ.update(S3_CREDENTIALS)  # for the tests' own boto3 clients
+        stack = start_embedded(tmp_path_factory.mktemp("s3"), SECATEURS_STORAGE_URL="s3://secateurs-test/artifacts",
+                               SECATEURS_S3_ENDPOINT_URL=endpoint, **S3_CREDENTIALS)
+        try:
+            yield stack, endpoint
+        finally:
+            stop(stack.procs)
