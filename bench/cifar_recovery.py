@@ -1,13 +1,14 @@
 """ResNet-56 on CIFAR-10 at macs=0.5: our best signal with recovery against the peer recipe, each within
 a 30-minute budget on this CPU (issue: data-driven signals and recovery).
 
-Ours: `secateurs.pruning.prune` with a data-driven signal, least-squares refit, then label-free
-distillation from the original on the 10k shared training images, all inside one job.
+Ours: `secateurs.pruning.prune` with a signal, BatchNorm re-estimated (or, with --reconstruct, a
+least-squares refit first), then label-free distillation from the original on the 10k shared training
+images, all inside one job.
 Peer: Torch-Pruning's global group-L2 to the same MACs, BatchNorm re-estimated on the 10k images, then
 the same distillation (SGD 0.01 cosine, T=4, flips and crops, batch 128).
 Both are evaluated on the full 10,000-image CIFAR-10 test set and written to BENCHMARKS.md.
 
-    .venv/bin/python bench/cifar_recovery.py [--minutes 30] [--only ours|peer]
+    .venv/bin/python bench/cifar_recovery.py [--minutes 30] [--only ours|peer] [--side-by-side] [--epochs 25]
 """
 
 from __future__ import annotations
@@ -31,28 +32,28 @@ def accuracy(model: torch.nn.Module, data) -> float:  # type: ignore[no-untyped-
     return correct / len(data)
 
 
-def ours(weights: bytes, train, test, minutes: float, signal: str) -> dict:  # type: ignore[no-untyped-def]
+def ours(weights: bytes, train, test, minutes: float, signal: str, epochs: float, refit: bool) -> dict:  # type: ignore[no-untyped-def]
     from secateurs.pruning import PruneSpec, prune
 
     t0 = time.monotonic()
     spec = PruneSpec.model_validate({
         "signal": signal, "target": {"macs": 0.5},
         "calibration": {"samples": 1024},
-        "recovery": {"method": "distill", "epochs": 25, "lr": 0.01, "batch_size": 128, "temperature": 4,
-                     "reconstruct_first": True, "max_minutes": max(minutes - 4.0, 1.0)},
+        "recovery": {"method": "distill", "epochs": epochs, "lr": 0.01, "batch_size": 128, "temperature": 4,
+                     "reconstruct_first": refit, "max_minutes": max(minutes - 3.0, 1.0)},
         "measure": {"repeats": 20},
     })
     result = prune(weights, spec, arch="resnet56_cifar", calibration=train, evaluation=test)
     r = result.report
     return {
-        "method": f"secateurs {signal} + reconstruct + distill", "macs_kept": r["macs_kept"],
+        "method": f"secateurs {signal} + {'reconstruct' if refit else 'BN re-estimation'} + distill", "macs_kept": r["macs_kept"],
         "params_kept": r["params_kept"], "accuracy": r["accuracy_after"], "accuracy_before": r["accuracy_before"],
         "epochs": r["recovery"].get("epochs"), "minutes": (time.monotonic() - t0) / 60,
         "measured_on": "pruned ONNX in ONNX Runtime",
     }
 
 
-def peer(weights: bytes, train, test, minutes: float) -> dict:  # type: ignore[no-untyped-def]
+def peer(weights: bytes, train, test, minutes: float, epochs: float) -> dict:  # type: ignore[no-untyped-def]
     import torch_pruning as tp
     from secateurs.pruning import recovery
     from secateurs.pruning.custom_ops import CUSTOM_PRUNERS
@@ -90,7 +91,7 @@ def peer(weights: bytes, train, test, minutes: float) -> dict:  # type: ignore[n
     recovery.bn_recalibrate(model, train, samples=len(train))
     after_bn = accuracy(model, test)
     spent = (time.monotonic() - t0) / 60
-    stats = recovery.train(model, train, teacher=original, epochs=25, lr=0.01, batch_size=128, device="cpu",
+    stats = recovery.train(model, train, teacher=original, epochs=epochs, lr=0.01, batch_size=128, device="cpu",
                            temperature=4, max_seconds=max(minutes - spent - 1.0, 1.0) * 60)
     return {
         "method": "Torch-Pruning global group-L2 + BN re-estimation + distill", "macs_kept": kept,
@@ -123,7 +124,12 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--minutes", type=float, default=30.0)
     parser.add_argument("--only", choices=["ours", "peer"])
-    parser.add_argument("--signal", default="fisher")
+    parser.add_argument("--signal", default="l2_norm")
+    parser.add_argument("--epochs", type=float, default=25.0,
+                        help="epochs for both; the time budget stops a run first when it is shorter (the learning "
+                             "rate anneals on whichever runs out first)")
+    parser.add_argument("--reconstruct", action="store_true",
+                        help="ours refits the layers by least squares before distilling (minutes of the budget)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--side-by-side", action="store_true",
                         help="run ours and the peer at the same time, one thread each, so both share the same "
@@ -138,10 +144,10 @@ def main() -> None:
     train, test = cifar("cifar10_train_subset10k.npz"), cifar("cifar10_test.npz")
     rows = []
     if args.only in (None, "ours"):
-        rows.append(ours(weights, train, test, args.minutes, args.signal))
+        rows.append(ours(weights, train, test, args.minutes, args.signal, args.epochs, args.reconstruct))
         print(json.dumps(rows[-1]), flush=True)
     if args.only in (None, "peer"):
-        rows.append(peer(weights, train, test, args.minutes))
+        rows.append(peer(weights, train, test, args.minutes, args.epochs))
         print(json.dumps(rows[-1]), flush=True)
     for r in rows:
         r["threads"] = args.threads
@@ -154,7 +160,7 @@ def side_by_side(args: argparse.Namespace) -> None:
     import sys
 
     base = [sys.executable, __file__, "--minutes", str(args.minutes), "--signal", args.signal, "--threads", "1",
-            "--no-write", "--only"]
+            "--epochs", str(args.epochs), *(["--reconstruct"] if args.reconstruct else []), "--no-write", "--only"]
     procs = [subprocess.Popen([*base, who], stdout=subprocess.PIPE, text=True) for who in ("ours", "peer")]
     rows = []
     for proc in procs:

@@ -90,3 +90,33 @@ def test_augmentation_flips_and_crops_each_image_on_its_own():
         assert len(found) == 1  # every output is exactly one flip and 4-pixel crop of its own input
         offsets.add(found[0])
     assert len(offsets) > 32  # offsets drawn per image, not one for the whole batch
+
+
+def test_the_distillation_teacher_runs_in_onnx_runtime_with_the_modules_outputs():
+    import numpy as np
+    import torch
+    from secateurs.pruning.recovery import Teacher
+    from secateurs.pruning.zoo import build
+
+    torch.manual_seed(0)
+    module = build("resnet20_cifar", 10).eval()
+    example = torch.randn(8, 3, 32, 32)
+    teacher = Teacher(module, example, "cpu")
+    assert teacher.session is not None
+    x = torch.randn(5, 3, 32, 32)  # another batch size than the example: the batch axis is dynamic
+    with torch.no_grad():
+        expected = module(x)
+    np.testing.assert_allclose(teacher(x).numpy(), expected.numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_the_teacher_falls_back_to_the_module_when_its_export_fails():
+    import torch
+    from secateurs.pruning.recovery import Teacher
+
+    class Unexportable(torch.nn.Module):
+        def forward(self, x):
+            return torch.from_numpy(x.numpy() * 2)  # leaves the graph: the tracer cannot follow it
+
+    teacher = Teacher(Unexportable(), torch.ones(2, 3), "cpu")
+    assert teacher.session is None
+    assert torch.equal(teacher(torch.ones(2, 3)), torch.full((2, 3), 2.0))
