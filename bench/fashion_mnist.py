@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import io
+import json
 import time
 import warnings
 from datetime import datetime, timezone
@@ -88,6 +89,14 @@ def to_onnx(model: nn.Module) -> bytes:
                           input_names=["image"], output_names=["logits"], do_constant_folding=False,
                           dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}})
     return buf.getvalue()
+
+
+def _measured_on() -> str | None:
+    """The sha256 of the network the results file's cells were measured on, if there is such a file."""
+    try:
+        return json.loads(RESULTS.read_text())["meta"].get("model_sha256")
+    except (OSError, ValueError, KeyError):
+        return None
 
 
 def network(args: argparse.Namespace, meta: dict) -> bytes:  # type: ignore[type-arg]
@@ -277,6 +286,14 @@ def main() -> None:
     results.meta.setdefault("started", datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M"))
     results.meta.setdefault("load_start", load_average())
     model = network(args, results.meta)
+    if _measured_on() not in (None, results.meta["model_sha256"]):
+        # The cells on disk were measured on another network (its file is gone or it was retrained):
+        # Results merges the rows on disk into every save, so they go before anything is added.
+        for path in (RESULTS, BANDIT):
+            path.unlink(missing_ok=True)
+        trained = {k: results.meta[k] for k in ("train_minutes", "train_epochs", "parameters", "model_sha256")}
+        results = grid.Results(RESULTS, False, {**meta, **trained, "started": results.meta["started"],
+                                                "load_start": results.meta["load_start"]})
     test = fashion("fashion_mnist_test.npz")
     if "unpruned" not in results.meta or not args.resume:
         results.meta["unpruned"] = grid.onnx_accuracy(model, test, args.threads)
