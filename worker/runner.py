@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 from secateurs.db.models import Artifact, Dataset, Job, JobEvent, Model, new_id, now
@@ -295,6 +296,27 @@ def _fail(settings: Settings, job_id: str, attempt: int, exc: Exception) -> bool
         return False
     if n:
         notify(settings, job_id, f"job.{kind}")
+    return bool(n)
+
+
+def fail_killed_at_hard_limit(settings: Settings, job_id: str) -> bool:
+    """Fail a job whose pool process Celery killed at the hard time limit (reported in the worker's main process):
+    it was stuck where the soft limit could not stop it, in C code say. Without this its row would stay `running`
+    until the lease ran out, and the job would then be run again, into the same wall. The attempt killed is the
+    one that started a hard limit ago; one that replaced it (its lease taken back meanwhile) started at least a
+    lease later, past the margin, and is left alone. True when the job was failed here."""
+    message = (f"the job ran past its hard time limit ({settings.hard_time_limit} s) and its process was killed: "
+               f"it was stuck where the soft limit ({settings.job_soft_time_limit} s) could not stop it")
+    margin = settings.job_lease_seconds / 2
+    cutoff = now() - timedelta(seconds=settings.hard_time_limit - margin)
+    with sessions(settings)() as s:
+        n = s.execute(update(Job).where(Job.id == job_id, Job.status == "running", Job.started_at <= cutoff)
+                      .values(status="failed", error=message, finished_at=now(), stage="failed")).rowcount
+        if n:
+            s.add(JobEvent(job_id=job_id, type="failed", stage="failed", message=message))
+        s.commit()
+    if n:
+        notify(settings, job_id, "job.failed")
     return bool(n)
 
 

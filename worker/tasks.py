@@ -5,10 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from celery import shared_task
-from celery.signals import worker_process_init
+from celery.signals import task_failure, worker_process_init
 from secateurs.db.settings import get_settings
 
+from .runner import fail_killed_at_hard_limit
 from .runner import run_job as _run_job
+
+TASK = "secateurs.run_job"
 
 
 @worker_process_init.connect
@@ -32,6 +35,18 @@ def _load_the_engine(**_: Any) -> None:
     import torchvision  # noqa: F401
 
 
-@shared_task(name="secateurs.run_job", acks_late=True, reject_on_worker_lost=True)
+@task_failure.connect
+def _killed_at_the_hard_limit(sender: Any = None, exception: BaseException | None = None,
+                              args: Any = None, **_: Any) -> None:
+    """Celery kills a pool process whose job passed the hard time limit, reports it here in the worker's main
+    process (possibly twice: the pool's timeout and its result callback) and acks the message; the job is then
+    failed saying so (once: only a `running` row changes)."""
+    from billiard.exceptions import TimeLimitExceeded
+
+    if isinstance(exception, TimeLimitExceeded) and getattr(sender, "name", None) == TASK and args:
+        fail_killed_at_hard_limit(get_settings(), str(args[0]))
+
+
+@shared_task(name=TASK, acks_late=True, reject_on_worker_lost=True)
 def run_job(job_id: str) -> str:
     return _run_job(job_id, get_settings())

@@ -9,11 +9,13 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 
-from tests.api.conftest import base_env, free_port, secateurs_cmd, stop
+from tests.api.conftest import base_env, create_key, free_port, secateurs_cmd, stop
 
 
 def wait_for(check, timeout: float, what: str):  # type: ignore[no-untyped-def]
@@ -107,6 +109,11 @@ class PostgresCluster:
     def stop(self, mode: str = "immediate") -> None:
         self._ctl("stop", "-m", mode)
 
+    def restart(self, mode: str) -> None:
+        """`pg_ctl restart -m fast` (an operator's restart: clients told, checkpoint) or `-m immediate` (as a crash:
+        no goodbye, WAL recovery on start); returns once the server accepts connections again."""
+        self._ctl("restart", "-m", mode)
+
     def running(self) -> bool:
         return (self.data / "postmaster.pid").exists()
 
@@ -155,6 +162,24 @@ def start_api(home: Path, port: int | None = None, **env: str) -> tuple[subproce
 def start_worker(home: Path, env: dict[str, str], pool: str = "solo") -> subprocess.Popen:
     log = open(home / "worker.log", "a")  # noqa: SIM115
     return subprocess.Popen(secateurs_cmd("worker", "--pool", pool), env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+@contextmanager
+def prefork_worker_and_api(home: Path, **settings: str) -> Iterator[tuple[subprocess.Popen, httpx.Client]]:
+    """`secateurs worker` with Celery's prefork pool, as in production (it boots while the API starts), and
+    `secateurs api`, on the embedded broker and SQLite under `home` with the given SECATEURS_* settings; a client
+    with a new tenant's key. Both stopped afterwards."""
+    procs = []
+    try:
+        worker = start_worker(home, base_env(home, **settings), pool="prefork")
+        procs.append(worker)
+        api, url, env = start_api(home, **settings)
+        procs.append(api)
+        key = create_key(env, "tenant-a")
+        with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=60) as c:
+            yield worker, c
+    finally:
+        stop(procs)
 
 
 def upload_resnet20(c: httpx.Client) -> str:
