@@ -72,55 +72,78 @@ class _Stop(Exception):
     pass
 
 
-def _capture(model: nn.Module, name: str, data: Dataset, n: int, device: torch.device | str,
-             want: str, positions: dict[int, torch.Tensor] | None, per_image: int, seed: int):  # type: ignore[no-untyped-def]
-    """Rows of one layer's input patches (`want="input"`) or outputs (`"output"`) at sampled positions."""
-    module = dict(model.named_modules())[name]
-    rows: list[torch.Tensor] = []
-    chosen: dict[int, torch.Tensor] = {} if positions is None else positions
-    state = {"offset": 0}
-    gen = torch.Generator().manual_seed(seed)
+class _Positions:
+    """The positions sampled from one layer's feature maps, per batch: drawn once, so that the pruned
+    layer's input rows and the original layer's output rows are read at the same places."""
 
-    def pick(batch: int, count: int) -> torch.Tensor:
-        key = state["offset"]
-        if key not in chosen:
-            chosen[key] = torch.randint(count, (batch, per_image), generator=gen)
-        return chosen[key]
+    def __init__(self, per_image: int, seed: int) -> None:
+        self.per_image = per_image
+        self.gen = torch.Generator().manual_seed(seed)
+        self.chosen: dict[int, torch.Tensor] = {}
 
-    def pre(m: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
-        if want != "input":
-            return
-        x = inputs[0].detach()
-        if isinstance(m, nn.Conv2d):
-            cols = F.unfold(x, m.kernel_size, m.dilation, m.padding, m.stride)  # [N, Cin*k*k, L]
-            p = pick(cols.shape[0], cols.shape[2]).to(cols.device)
-            cols = cols.gather(2, p[:, None, :].expand(cols.shape[0], cols.shape[1], p.shape[1]))
-            rows.append(cols.permute(0, 2, 1).reshape(-1, cols.shape[1]).double().cpu())
-        else:
-            flat = x.reshape(x.shape[0], -1, x.shape[-1])
-            p = pick(flat.shape[0], flat.shape[1]).to(flat.device)
-            rows.append(flat.gather(1, p[:, :, None].expand(-1, -1, flat.shape[2])).reshape(-1, flat.shape[2]).double().cpu())
-        raise _Stop
+    def pick(self, offset: int, batch: int, count: int) -> torch.Tensor:
+        if offset not in self.chosen:
+            self.chosen[offset] = torch.randint(count, (batch, self.per_image), generator=self.gen)
+        return self.chosen[offset]
 
-    def post(m: nn.Module, inputs: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
-        if want != "output":
-            return
-        y = out.detach()
-        if isinstance(m, nn.Conv2d):
-            flat = y.reshape(y.shape[0], y.shape[1], -1)
-            p = pick(flat.shape[0], flat.shape[2]).to(flat.device)
-            sel = flat.gather(2, p[:, None, :].expand(-1, flat.shape[1], -1))
-            rows.append(sel.permute(0, 2, 1).reshape(-1, flat.shape[1]).double().cpu())
-        else:
-            flat = y.reshape(y.shape[0], -1, y.shape[-1])
-            p = pick(flat.shape[0], flat.shape[1]).to(flat.device)
-            rows.append(flat.gather(1, p[:, :, None].expand(-1, -1, flat.shape[2])).reshape(-1, flat.shape[2]).double().cpu())
-        raise _Stop
 
-    handles = [module.register_forward_pre_hook(pre), module.register_forward_hook(post)]
+def _input_rows(m: nn.Module, x: torch.Tensor, where: _Positions, offset: int) -> torch.Tensor:
+    """A layer's input patches (conv: unfolded receptive fields) at the sampled output positions."""
+    if isinstance(m, nn.Conv2d):
+        cols = F.unfold(x, m.kernel_size, m.dilation, m.padding, m.stride)  # [N, Cin*k*k, L]
+        p = where.pick(offset, cols.shape[0], cols.shape[2]).to(cols.device)
+        cols = cols.gather(2, p[:, None, :].expand(cols.shape[0], cols.shape[1], p.shape[1]))
+        return cols.permute(0, 2, 1).reshape(-1, cols.shape[1]).double().cpu()
+    flat = x.reshape(x.shape[0], -1, x.shape[-1])
+    p = where.pick(offset, flat.shape[0], flat.shape[1]).to(flat.device)
+    return flat.gather(1, p[:, :, None].expand(-1, -1, flat.shape[2])).reshape(-1, flat.shape[2]).double().cpu()
+
+
+def _output_rows(m: nn.Module, y: torch.Tensor, where: _Positions, offset: int) -> torch.Tensor:
+    if isinstance(m, nn.Conv2d):
+        flat = y.reshape(y.shape[0], y.shape[1], -1)
+        p = where.pick(offset, flat.shape[0], flat.shape[2]).to(flat.device)
+        sel = flat.gather(2, p[:, None, :].expand(-1, flat.shape[1], -1))
+        return sel.permute(0, 2, 1).reshape(-1, flat.shape[1]).double().cpu()
+    flat = y.reshape(y.shape[0], -1, y.shape[-1])
+    p = where.pick(offset, flat.shape[0], flat.shape[1]).to(flat.device)
+    return flat.gather(1, p[:, :, None].expand(-1, -1, flat.shape[2])).reshape(-1, flat.shape[2]).double().cpu()
+
+
+def _capture(model: nn.Module, layers: dict[str, _Positions], data: Dataset, n: int, device: torch.device | str,
+             want: str) -> dict[str, torch.Tensor]:
+    """Rows of the named layers' input patches (`want="input"`) or outputs (`"output"`) at their sampled
+    positions, in one pass over the data; each batch's pass stops once every named layer has been seen."""
+    modules = dict(model.named_modules())
+    rows: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
+    state: dict[str, Any] = {"offset": 0, "seen": set()}
+
+    def seen(name: str) -> None:
+        state["seen"].add(name)
+        if len(state["seen"]) == len(layers):
+            raise _Stop  # the rest of the network is not needed for this batch
+
+    def hooks(name: str):  # type: ignore[no-untyped-def]
+        def pre(m: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+            if want == "input" and name not in state["seen"]:  # a module called twice: its first call
+                rows[name].append(_input_rows(m, inputs[0].detach(), layers[name], state["offset"]))
+                seen(name)
+
+        def post(m: nn.Module, inputs: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
+            if want == "output" and name not in state["seen"]:
+                rows[name].append(_output_rows(m, out.detach(), layers[name], state["offset"]))
+                seen(name)
+
+        return pre, post
+
+    handles = []
+    for name in layers:
+        pre, post = hooks(name)
+        handles += [modules[name].register_forward_pre_hook(pre), modules[name].register_forward_hook(post)]
     try:
         with torch.no_grad():
             for x, _ in _batches(data, n, 64, device):
+                state["seen"] = set()
                 try:
                     model(x)
                 except _Stop:
@@ -129,14 +152,16 @@ def _capture(model: nn.Module, name: str, data: Dataset, n: int, device: torch.d
     finally:
         for h in handles:
             h.remove()
-    return torch.cat(rows), chosen
+    return {name: torch.cat(r) for name, r in rows.items()}
 
 
 def reconstruct(model: nn.Module, original: nn.Module, origin: dict[str, np.ndarray], data: Dataset, *,
                 samples: int, device: torch.device | str = "cpu", tick: Tick | None = None,
                 ridge: float = 1e-3) -> int:
     """Refit each conv (groups=1) and linear layer whose inputs changed, in execution order, so that on
-    calibration data its output equals the original layer's output on the channels it kept."""
+    calibration data its output equals the original layer's output on the channels it kept.
+    The original's outputs at every such layer come from one pass over the data; the pruned model's
+    inputs to a layer take a pass per layer (up to that layer), as they change while earlier layers are refit."""
     model.eval()
     original.eval()
     order: list[str] = []
@@ -151,7 +176,7 @@ def reconstruct(model: nn.Module, original: nn.Module, origin: dict[str, np.ndar
     pruned_modules = dict(model.named_modules())
     orig_modules = dict(original.named_modules())
     n = min(samples, len(data))
-    refit = 0
+    todo: dict[str, _Positions] = {}
     for i, name in enumerate(order):
         m, o = pruned_modules[name], orig_modules.get(name)
         if o is None or type(o) is not type(m) or getattr(m, "groups", 1) != 1:
@@ -160,10 +185,15 @@ def reconstruct(model: nn.Module, original: nn.Module, origin: dict[str, np.ndar
         in_was = o.in_channels if isinstance(o, nn.Conv2d) else o.in_features
         if in_now == in_was:
             continue  # same inputs: nothing to compensate at this layer
+        per_image = max(1, math.ceil(min(8192, 2 * m.weight[0].numel() + 256) / n))
+        todo[name] = _Positions(per_image, seed=i)
+    targets = _capture(original, todo, data, n, device, "output") if todo else {}
+    refit = 0
+    for name, where in todo.items():
+        m = pruned_modules[name]
         features = m.weight[0].numel()
-        per_image = max(1, math.ceil(min(8192, 2 * features + 256) / n))
-        x, pos = _capture(model, name, data, n, device, "input", None, per_image, seed=i)
-        y, _ = _capture(original, name, data, n, device, "output", pos, per_image, seed=i)
+        x = _capture(model, {name: where}, data, n, device, "input")[name]
+        y = targets.pop(name)
         kept = origin.get(name)
         if kept is not None:
             y = y[:, torch.from_numpy(kept)]
@@ -181,7 +211,7 @@ def reconstruct(model: nn.Module, original: nn.Module, origin: dict[str, np.ndar
                 m.bias.copy_(theta[features].to(m.bias.dtype))
         refit += 1
         if tick is not None:
-            tick((i + 1) / len(order), f"refit {name}", {"layers_refit": float(refit)})
+            tick((order.index(name) + 1) / len(order), f"refit {name}", {"layers_refit": float(refit)})
     return refit
 
 
