@@ -45,10 +45,10 @@ def leased_stack(home: Path) -> Stack:
     return start_embedded(home, SECATEURS_JOB_LEASE_SECONDS=str(LEASE), SECATEURS_SWEEP_INTERVAL_SECONDS="1")
 
 
-def kill_mid_job(stack: Stack, c: httpx.Client, model_id: str) -> tuple[dict, float]:
+def kill_mid_job(stack: Stack, c: httpx.Client, model_id: str, timeout: float = 300) -> tuple[dict, float, list[str]]:
     """Submit a long job, SIGKILL every process of the stack's worker (its whole tree) once the job runs, and wait
-    for the job to end (`secateurs up` starts a new worker). Returns the job and the seconds from the kill to its
-    end, after checking that it succeeded once, as attempt 2, with one set of artifacts."""
+    for the job to end (`secateurs up` starts a new worker). Checks that it succeeded once, after a take-back,
+    with one set of artifacts; returns the job, the seconds from the kill to its end, and its event types."""
     job_id = c.post("/v1/jobs", json={"model_id": model_id, "spec": LONG}).json()["id"]
     wait_for(lambda: c.get(f"/v1/jobs/{job_id}").json()["status"] == "running", 300, f"job {job_id} to run")
     time.sleep(1.0)
@@ -59,18 +59,17 @@ def kill_mid_job(stack: Stack, c: httpx.Client, model_id: str) -> tuple[dict, fl
         for p in reversed(_tree(pid)):
             os.kill(p, signal.SIGKILL)
     job = wait_for(lambda: (j := c.get(f"/v1/jobs/{job_id}").json())["status"] in ("succeeded", "failed", "cancelled")
-                   and j, 300, f"job {job_id} to end")
+                   and j, timeout, f"job {job_id} to end")
     recovered_in = time.monotonic() - killed_at
     assert job["status"] == "succeeded", job
-    assert job["attempts"] == 2, "one attempt killed, one that finished"
     events = c.get(f"/v1/jobs/{job_id}/events", params={"limit": 1000}).json()["data"]
     kinds = [e["type"] for e in events]
-    assert kinds.count("requeued") == 1 and kinds.count("succeeded") == 1 and kinds.count("running") == 2, kinds
+    assert kinds.count("requeued") >= 1 and kinds.count("succeeded") == 1 and job["attempts"] >= 2, kinds
     assert c.get(job["artifacts"]["model.onnx"]).status_code == 200
     files = [p for p in (Path(stack.env["SECATEURS_HOME"]) / "storage").rglob("*") if p.is_file()
              and f"/jobs/{job_id}/" in str(p)]
     assert sorted(p.name for p in files) == ["model.onnx", "report.json"], files  # the killed attempt left none
-    return job, recovered_in
+    return job, recovered_in, kinds
 
 
 @pytest.mark.slow
@@ -78,7 +77,9 @@ def test_killed_worker_job_is_taken_back_and_succeeds_once(tmp_path):
     stack = leased_stack(tmp_path)
     try:
         with stack.client() as c:
-            _, recovered_in = kill_mid_job(stack, c, upload_resnet20(c))
+            job, recovered_in, kinds = kill_mid_job(stack, c, upload_resnet20(c))
+            assert job["attempts"] == 2, "one attempt killed, one that finished"
+            assert kinds.count("requeued") == 1 and kinds.count("running") == 2, kinds
             print(f"recovered {recovered_in:.1f} s after SIGKILL")
     finally:
         stop(stack.procs)
