@@ -7,7 +7,8 @@ the ordinary way but with BatchNorm kept as nodes (do_constant_folding=False: fo
 re-estimation and bn_scale would have nothing to work on), and handed to the engine as a user would.
 Calibration: the first `--calib` training images (labels included); evaluation: the 10,000-image test
 set, on the pruned ONNX in ONNX Runtime. The trained model is kept in bench/results/fashion_net.onnx
-(not committed) so that `--resume` measures the same network.
+(committed: 0.6 MB, and training it takes most of an hour on a loaded 2-core machine) so that `--resume`
+measures the same network in a later session.
 
     .venv/bin/python bench/fashion_mnist.py [--resume] [--epochs 3] [--signals ...] [--skip-bandit]
     .venv/bin/python bench/fashion_mnist.py --write-only
@@ -283,8 +284,9 @@ def main() -> None:
             "distill_epochs": args.distill_epochs, "bandit_epochs_grid": args.bandit_epochs_grid,
             "commands": [command()]}
     results = grid.Results(RESULTS, args.resume, meta)
-    results.meta.setdefault("started", datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M"))
-    results.meta.setdefault("load_start", load_average())
+    started, load = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M"), load_average()
+    results.meta.setdefault("started", started)
+    results.meta.setdefault("load_start", load)
     model = network(args, results.meta)
     if _measured_on() not in (None, results.meta["model_sha256"]):
         # The cells on disk were measured on another network (its file is gone or it was retrained):
@@ -292,8 +294,7 @@ def main() -> None:
         for path in (RESULTS, BANDIT):
             path.unlink(missing_ok=True)
         trained = {k: results.meta[k] for k in ("train_minutes", "train_epochs", "parameters", "model_sha256")}
-        results = grid.Results(RESULTS, False, {**meta, **trained, "started": results.meta["started"],
-                                                "load_start": results.meta["load_start"]})
+        results = grid.Results(RESULTS, False, {**meta, **trained, "started": started, "load_start": load})
     test = fashion("fashion_mnist_test.npz")
     if "unpruned" not in results.meta or not args.resume:
         results.meta["unpruned"] = grid.onnx_accuracy(model, test, args.threads)
