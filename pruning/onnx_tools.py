@@ -48,11 +48,14 @@ def export(
     return data
 
 
-def session(data: bytes, threads: int = 1) -> ort.InferenceSession:
+def session(data: bytes, threads: int = 1, spin: bool = True) -> ort.InferenceSession:
+    """`spin=False` when other work shares the threads between runs (ONNX Runtime's pool spins after each)."""
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
+    if not spin:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
 
 

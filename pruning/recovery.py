@@ -87,27 +87,24 @@ class _Positions:
         return self.chosen[offset]
 
 
+def _sampled(flat: torch.Tensor, where: _Positions, offset: int) -> torch.Tensor:
+    """Rows [N * per_image, C] of `flat` [N, L, C] at the sampled positions along L."""
+    p = where.pick(offset, flat.shape[0], flat.shape[1]).to(flat.device)
+    return flat.gather(1, p[:, :, None].expand(-1, -1, flat.shape[2])).reshape(-1, flat.shape[2]).double().cpu()
+
+
 def _input_rows(m: nn.Module, x: torch.Tensor, where: _Positions, offset: int) -> torch.Tensor:
     """A layer's input patches (conv: unfolded receptive fields) at the sampled output positions."""
     if isinstance(m, nn.Conv2d):
         cols = F.unfold(x, m.kernel_size, m.dilation, m.padding, m.stride)  # [N, Cin*k*k, L]
-        p = where.pick(offset, cols.shape[0], cols.shape[2]).to(cols.device)
-        cols = cols.gather(2, p[:, None, :].expand(cols.shape[0], cols.shape[1], p.shape[1]))
-        return cols.permute(0, 2, 1).reshape(-1, cols.shape[1]).double().cpu()
-    flat = x.reshape(x.shape[0], -1, x.shape[-1])
-    p = where.pick(offset, flat.shape[0], flat.shape[1]).to(flat.device)
-    return flat.gather(1, p[:, :, None].expand(-1, -1, flat.shape[2])).reshape(-1, flat.shape[2]).double().cpu()
+        return _sampled(cols.transpose(1, 2), where, offset)
+    return _sampled(x.reshape(x.shape[0], -1, x.shape[-1]), where, offset)
 
 
 def _output_rows(m: nn.Module, y: torch.Tensor, where: _Positions, offset: int) -> torch.Tensor:
     if isinstance(m, nn.Conv2d):
-        flat = y.reshape(y.shape[0], y.shape[1], -1)
-        p = where.pick(offset, flat.shape[0], flat.shape[2]).to(flat.device)
-        sel = flat.gather(2, p[:, None, :].expand(-1, flat.shape[1], -1))
-        return sel.permute(0, 2, 1).reshape(-1, flat.shape[1]).double().cpu()
-    flat = y.reshape(y.shape[0], -1, y.shape[-1])
-    p = where.pick(offset, flat.shape[0], flat.shape[1]).to(flat.device)
-    return flat.gather(1, p[:, :, None].expand(-1, -1, flat.shape[2])).reshape(-1, flat.shape[2]).double().cpu()
+        return _sampled(y.reshape(y.shape[0], y.shape[1], -1).transpose(1, 2), where, offset)
+    return _sampled(y.reshape(y.shape[0], -1, y.shape[-1]), where, offset)
 
 
 def _capture(model: nn.Module, layers: dict[str, _Positions], data: Dataset, n: int, device: torch.device | str,
@@ -123,23 +120,24 @@ def _capture(model: nn.Module, layers: dict[str, _Positions], data: Dataset, n: 
         if len(state["seen"]) == len(layers):
             raise _Stop  # the rest of the network is not needed for this batch
 
-    def hooks(name: str):  # type: ignore[no-untyped-def]
+    def hook(name: str):  # type: ignore[no-untyped-def]
         def pre(m: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
-            if want == "input" and name not in state["seen"]:  # a module called twice: its first call
+            if name not in state["seen"]:  # a module called twice: its first call
                 rows[name].append(_input_rows(m, inputs[0].detach(), layers[name], state["offset"]))
                 seen(name)
 
         def post(m: nn.Module, inputs: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
-            if want == "output" and name not in state["seen"]:
+            if name not in state["seen"]:
                 rows[name].append(_output_rows(m, out.detach(), layers[name], state["offset"]))
                 seen(name)
 
-        return pre, post
+        return pre if want == "input" else post
 
-    handles = []
-    for name in layers:
-        pre, post = hooks(name)
-        handles += [modules[name].register_forward_pre_hook(pre), modules[name].register_forward_hook(post)]
+    handles = [
+        modules[name].register_forward_pre_hook(hook(name)) if want == "input"
+        else modules[name].register_forward_hook(hook(name))
+        for name in layers
+    ]
     try:
         with torch.no_grad():
             for x, _ in _batches(data, n, 64, device):
@@ -250,24 +248,18 @@ class Teacher:
             self.session = None
 
     def _session(self, example: torch.Tensor) -> Any:
-        import onnxruntime as ort
-
         from .onnx_tools import export
+        from .onnx_tools import session as ort_session
 
         data = export(self.module, example[:1], input_name="x", output_names=["y"],
                       dynamic_axes={"x": {0: "batch"}}, opset=17)
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = max(1, torch.get_num_threads())
-        opts.inter_op_num_threads = 1
-        opts.log_severity_level = 3
         # no spinning: between teacher passes the CPU belongs to PyTorch's backward pass
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        session = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+        session = ort_session(data, threads=max(1, torch.get_num_threads()), spin=False)
         got = session.run(None, {"x": example.numpy()})[0]
         with torch.no_grad():
             ref = _logits(self.module(example)).numpy()
         scale = max(1.0, float(np.abs(ref).max()))
-        if got.reshape(ref.shape).shape != ref.shape or not np.allclose(got.reshape(ref.shape), ref, atol=1e-3 * scale):
+        if not np.allclose(got.reshape(ref.shape), ref, atol=1e-3 * scale):  # a size mismatch raises
             return None
         return session
 
