@@ -29,7 +29,7 @@ lint: $(STAMP)
 test: $(STAMP) lint
 	bash scripts/services.sh
 	bash scripts/chromium.sh
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q --durations=25
 
 # Benchmarks rewrite their own sections of BENCHMARKS.md (see bench/common.py); bench/run_all.py lists what
 # each target runs. bench-quick (a small form of each, under 10 minutes) writes sections and plots of its own.
