@@ -17,25 +17,42 @@ from .models import Job, JobEvent, now
 
 
 def take_back_expired(session: Session, lease_seconds: int, max_attempts: int) -> list[str]:
-    """Requeue running jobs whose lease expired; fail those out of attempts. Returns the requeued ids."""
+    """Requeue running jobs whose lease expired; fail those whose workers were lost `max_attempts` times. Returns
+    the requeued ids.
+
+    A lost lease is not always a lost worker: one starved of CPU or stopped past its lease, or cut off from the
+    database, is alive and comes back. It then takes its job back if nobody claimed it since (event `resumed`, the
+    attempt count unchanged), or says it was alive (event `superseded`) when a newer attempt had claimed it. Only
+    attempts never heard from again count as lost workers; attempts in all are still capped, at twice
+    `max_attempts`, so that a job on machines that starve every attempt past its lease ends too."""
     cutoff = now() - timedelta(seconds=lease_seconds)
     requeued = []
-    stale = session.execute(select(Job.id, Job.attempts).where(Job.status == "running", Job.heartbeat_at < cutoff)).all()
+    # SKIP LOCKED (PostgreSQL; SQLite has one writer and no row locks): a row whose worker stopped inside a transaction
+    # that holds it (a process frozen mid-write) is left for a later sweep, instead of every lease waiting behind it
+    stale = session.execute(select(Job.id, Job.attempts).where(Job.status == "running", Job.heartbeat_at < cutoff)
+                            .with_for_update(skip_locked=True)).all()
     for job_id, attempts in stale:
-        if attempts >= max_attempts:
+        alive = int(session.execute(select(func.count()).select_from(JobEvent).where(
+            JobEvent.job_id == job_id, JobEvent.type == "superseded")).scalar_one())
+        lost = attempts - alive
+        if lost >= max_attempts or attempts >= 2 * max_attempts:
+            why = (f"the worker was lost {lost} times" if lost >= max_attempts else
+                   f"{attempts} attempts lost their lease ({alive} of them alive but starved or cut off)")
             n = session.execute(update(Job).where(Job.id == job_id, Job.status == "running", Job.attempts == attempts)
                                 .values(status="failed", finished_at=now(), stage="failed",
-                                        error=f"the worker was lost {attempts} times; giving up")).rowcount
+                                        error=f"{why}; giving up")).rowcount
             if n:
                 session.add(JobEvent(job_id=job_id, type="failed", stage="failed",
-                                     message=f"worker lost on attempt {attempts} of {max_attempts}; giving up"))
+                                     message=f"no heartbeat for {lease_seconds} s during attempt {attempts}: {why}; "
+                                             "giving up"))
             continue
         n = session.execute(update(Job).where(Job.id == job_id, Job.status == "running", Job.attempts == attempts)
                             .values(status="queued", stage="queued", progress=0.0)).rowcount
         if n:
             session.add(JobEvent(job_id=job_id, type="requeued", stage="queued", progress=0.0,
-                                 message=f"worker lost during attempt {attempts} (no heartbeat for "
-                                         f"{lease_seconds} s); queued again"))
+                                 message=f"no heartbeat for {lease_seconds} s during attempt {attempts} (its worker "
+                                         "lost, or starved of CPU, stopped or cut off from the database); queued "
+                                         "again: the attempt takes it back if it is alive and nobody claimed it since"))
             requeued.append(job_id)
     session.commit()
     return requeued

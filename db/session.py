@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, Executable, Row, create_engine, event
-from sqlalchemy.exc import DBAPIError, DisconnectionError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 
 from .settings import Settings, get_settings
@@ -107,6 +108,24 @@ def session_scope(settings: Settings | None = None) -> Iterator[Session]:
         except BaseException:
             session.rollback()
             raise
+
+
+def causes(exc: BaseException) -> list[BaseException]:
+    """The exception and those it was raised from or during (code may wrap what it caught)."""
+    seen: list[BaseException] = []
+    cur: BaseException | None = exc
+    while cur is not None and all(cur is not e for e in seen):
+        seen.append(cur)
+        orig = getattr(cur, "orig", None)  # SQLAlchemy keeps the driver's error there
+        cur = cur.__cause__ or cur.__context__ or (orig if isinstance(orig, BaseException) else None)
+    return seen
+
+
+def database_unavailable(exc: BaseException) -> bool:
+    """A failure of the database, not of the work: unreachable, restarting, a connection cut, no connection free.
+    A commit that fails so may have happened with only its answer lost."""
+    return any(isinstance(e, (OperationalError, PoolTimeout))
+               or (isinstance(e, DBAPIError) and e.connection_invalidated) for e in causes(exc))
 
 
 def alembic_config(url: str):  # type: ignore[no-untyped-def]

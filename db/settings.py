@@ -24,6 +24,13 @@ class Settings(BaseSettings):
     job_lease_seconds: int = 60  # a running job whose heartbeat is older than this is taken back
     job_max_attempts: int = 3
     sweep_interval_seconds: float = 15.0
+    # stored files no row names (a commit that failed after its file was written) are deleted this often (db/orphans.py)
+    orphan_sweep_interval_seconds: float = Field(3600.0, gt=0)
+    orphan_grace_seconds: float = Field(3600.0, ge=0)  # a model or dataset file younger than this is never an orphan
+    # how long a job waits for object storage (reading its inputs, storing its results) before it fails saying so
+    storage_retry_seconds: float = Field(120.0, ge=0)
+    # how long a job that finished waits for the database to record its result before leaving it to its lease
+    record_retry_seconds: float = Field(600.0, ge=0)
     max_active_jobs_per_tenant: int = 20  # queued + running; more answer 429 with Retry-After
     max_storage_bytes_per_tenant: int = Field(100 * 1024**3, ge=0)  # models + datasets + artifacts; past it 413
     max_uploads_per_minute_per_tenant: int = Field(60, ge=0)  # models + datasets begun; past it 429, Retry-After

@@ -10,6 +10,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -20,6 +21,11 @@ class TooLarge(Exception):
     def __init__(self, limit: int) -> None:
         super().__init__(f"upload exceeds the limit of {limit} bytes")
         self.limit = limit
+
+
+class StorageUnavailable(Exception):
+    """Object storage did not answer (unreachable, timed out, or a 5xx): a failure of the service's storage, not of
+    the request or the job. The API answers it with 503, the worker retries it for a while."""
 
 
 @dataclass
@@ -38,6 +44,7 @@ class Storage(Protocol):
     def delete(self, key: str) -> None: ...
     def ping(self) -> None: ...
     def presigned_url(self, key: str, seconds: int, filename: str) -> str | None: ...
+    def list(self) -> Iterator[tuple[str, float]]: ...
 
 
 class LocalStorage:
@@ -101,6 +108,17 @@ class LocalStorage:
     def presigned_url(self, key: str, seconds: int, filename: str) -> str | None:
         return None  # local files are served by the API only
 
+    def list(self) -> Iterator[tuple[str, float]]:
+        """Every stored file's key and modification time (seconds since 1970), temporary `.partial` files too."""
+        root = self.root.resolve()
+        for dirpath, _, names in os.walk(root):
+            for name in names:
+                path = Path(dirpath) / name
+                try:
+                    yield str(path.relative_to(root)), path.stat().st_mtime
+                except FileNotFoundError:  # deleted meanwhile
+                    continue
+
 
 class S3Storage:
     def __init__(self, bucket: str, prefix: str, endpoint_url: str | None) -> None:
@@ -109,39 +127,58 @@ class S3Storage:
 
         self.bucket = bucket
         self.prefix = prefix.strip("/")
-        # SigV4 for presigned URLs too (the signature covers their expiry; SigV2 is refused in newer regions)
-        self.client = boto3.client("s3", endpoint_url=endpoint_url, config=Config(signature_version="s3v4"))
+        # SigV4 for presigned URLs too (the signature covers their expiry; SigV2 is refused in newer regions). An
+        # endpoint that does not answer fails a request in seconds (botocore's defaults: 60 s to connect, 5 tries
+        # with the legacy retry mode), so an upload or a download answers 503 instead of hanging for minutes.
+        self.client = boto3.client("s3", endpoint_url=endpoint_url, config=Config(
+            signature_version="s3v4", connect_timeout=5, read_timeout=60,
+            retries={"mode": "standard", "max_attempts": 3}))
 
     def _key(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key
 
     def put_file(self, key: str, path: Path) -> None:
-        self.client.upload_file(str(path), self.bucket, self._key(key))
+        with _unavailable():
+            self.client.upload_file(str(path), self.bucket, self._key(key))
 
     def put_bytes(self, key: str, data: bytes) -> None:
-        self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
+        with _unavailable():
+            self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
 
     def get_bytes(self, key: str) -> bytes:
-        return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
+        with _unavailable():
+            return bytes(self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read())
 
     def open_chunks(self, key: str, chunk: int = 1 << 20) -> Iterator[bytes]:
-        body = self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"]
-        yield from body.iter_chunks(chunk)
+        with _unavailable():
+            body = self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"]
+            yield from body.iter_chunks(chunk)
 
     def exists(self, key: str) -> bool:
         from botocore.exceptions import ClientError
 
         try:
-            self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+            with _unavailable():
+                self.client.head_object(Bucket=self.bucket, Key=self._key(key))
             return True
         except ClientError:
             return False
 
     def delete(self, key: str) -> None:
-        self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+        with _unavailable():
+            self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
 
     def ping(self) -> None:
-        self.client.head_bucket(Bucket=self.bucket)
+        with _unavailable():
+            self.client.head_bucket(Bucket=self.bucket)
+
+    def list(self) -> Iterator[tuple[str, float]]:
+        """Every object's key (without the service's prefix) and its last-modified time (seconds since 1970)."""
+        start = f"{self.prefix}/" if self.prefix else ""
+        with _unavailable():
+            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=start):
+                for obj in page.get("Contents", []):
+                    yield obj["Key"][len(start):], obj["LastModified"].timestamp()
 
     def presigned_url(self, key: str, seconds: int, filename: str) -> str | None:
         """A GET URL for one object that anyone holding it may use until it expires, `seconds` from now; signed
@@ -150,6 +187,26 @@ class S3Storage:
             "get_object", ExpiresIn=seconds, Params={
                 "Bucket": self.bucket, "Key": self._key(key),
                 "ResponseContentDisposition": f'attachment; filename="{filename}"'}))
+
+
+@contextmanager
+def _unavailable() -> Iterator[None]:
+    """botocore's failures to reach S3 (refused, timed out, cut) and S3's own 5xx answers become StorageUnavailable;
+    4xx answers (NoSuchKey, AccessDenied) stay what they are."""
+    from boto3.exceptions import S3UploadFailedError
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        yield
+    except BotoCoreError as e:
+        raise StorageUnavailable(f"{type(e).__name__}: {e}") from e
+    except (ClientError, S3UploadFailedError) as e:
+        # upload_file wraps a ClientError in S3UploadFailedError, keeping it as the context
+        client_error = e if isinstance(e, ClientError) else e.__context__
+        status = (getattr(client_error, "response", None) or {}).get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        if isinstance(status, int) and status >= 500:
+            raise StorageUnavailable(f"S3 answered {status}: {e}") from e
+        raise
 
 
 def open_storage(url: str, endpoint_url: str | None = None) -> Storage:

@@ -1,7 +1,7 @@
 """Repeat the fault tests' faults for distributions, outside the default pytest run (each fault test runs once per
 suite to keep `make test` in its budget):
 
-    .venv/bin/python scripts/fault_stats.py --runs 10 [--only sigkill|broker]
+    .venv/bin/python scripts/fault_stats.py --runs 10 [--only sigkill|broker|starve]
 
 - sigkill: the embedded stack's worker SIGKILLed (its whole tree) mid-job, N times on one stack (`secateurs up` starts
   a new worker each time; lease 15 s, sweep 1 s). Survived = succeeded once, after a take-back, with one set of
@@ -9,9 +9,13 @@ suite to keep `make test` in its budget):
 - broker: Redis (a redis-server of the script's own on a free loopback port) killed with -9 and restarted empty
   while 3 jobs wait in it, N times (lease 4 s, sweep 1 s). Survived = all 3 redelivered and succeeded once within
   15 minutes (each run prints their attempts: 1 unless a worker starved of CPU lost the short lease).
+- starve: the embedded stack's worker SIGSTOPped mid-job past its lease (15 s) until the sweeper takes the job back,
+  then SIGCONTed, N times on one stack. Survived = the stopped attempt resumed the job and it succeeded as attempt 1
+  with one set of artifacts and no second run.
 
 Prints each run and then "N/N survived, median and max recovery seconds" per fault. Recovery: from the kill to the
-job's end (sigkill), from the worker's start after the restart to the last lost job's end (broker).
+job's end (sigkill), from the worker's start after the restart to the last lost job's end (broker), from the SIGCONT
+to the job's end (starve).
 """
 
 from __future__ import annotations
@@ -29,25 +33,43 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: 
 
 import httpx  # noqa: E402
 
-from tests.api.conftest import create_key, stop  # noqa: E402
+from tests.api.conftest import Stack, create_key, stop  # noqa: E402
 from tests.fault.servers import RedisServer, start_worker, upload_resnet20  # noqa: E402
 from tests.fault.test_broker_restart import SPEC, broker_api, lose_the_queue, ran_once  # noqa: E402
+from tests.fault.test_starved_worker import starve_mid_job  # noqa: E402
 from tests.fault.test_worker_killed import kill_mid_job, leased_stack  # noqa: E402
 
 
-def sigkill_runs(runs: int, home: Path) -> list[float | None]:
+def _embedded_runs(runs: int, home: Path, fault: str, one: Callable[[Stack, httpx.Client, str], float]) -> list[float | None]:
+    """`one` run N times on one embedded stack (lease 15 s, sweep 1 s) and one model."""
     stack = leased_stack(home)
     try:
         with stack.client() as c:
             model = upload_resnet20(c)
-            def one() -> float:
-                job, seconds, _ = kill_mid_job(stack, c, model, timeout=900)
-                print(f"  attempts = {job['attempts']}", flush=True)
-                return seconds
-
-            return [_timed(one, "sigkill", i, runs) for i in range(runs)]
+            return [_timed(lambda: one(stack, c, model), fault, i, runs) for i in range(runs)]
     finally:
         stop(stack.procs)
+
+
+def _sigkill_once(stack: Stack, c: httpx.Client, model: str) -> float:
+    job, seconds, _ = kill_mid_job(stack, c, model, timeout=900)
+    print(f"  attempts = {job['attempts']}", flush=True)
+    return seconds
+
+
+def _starve_once(stack: Stack, c: httpx.Client, model: str) -> float:
+    job, took, _ = starve_mid_job(stack, c, model, timeout=900)
+    print(f"  stopped {took['stopped']:.1f} s, taken back after {took['taken_back']:.1f} s, attempts = "
+          f"{job['attempts']}", flush=True)
+    return took["finished"]
+
+
+def sigkill_runs(runs: int, home: Path) -> list[float | None]:
+    return _embedded_runs(runs, home, "sigkill", _sigkill_once)
+
+
+def starve_runs(runs: int, home: Path) -> list[float | None]:
+    return _embedded_runs(runs, home, "starve", _starve_once)
 
 
 def broker_runs(runs: int, home: Path) -> list[float | None]:
@@ -101,10 +123,10 @@ def summary(fault: str, results: list[float | None]) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=10)
-    parser.add_argument("--only", choices=["sigkill", "broker"])
+    parser.add_argument("--only", choices=["sigkill", "broker", "starve"])
     args = parser.parse_args()
     lines, lost, t0 = [], 0, time.monotonic()
-    for fault, runner in (("sigkill", sigkill_runs), ("broker", broker_runs)):
+    for fault, runner in (("sigkill", sigkill_runs), ("broker", broker_runs), ("starve", starve_runs)):
         if args.only in (None, fault):
             with tempfile.TemporaryDirectory(prefix=f"secateurs-{fault}-") as home:
                 results = runner(args.runs, Path(home))

@@ -138,7 +138,7 @@ function onEvent(ev) {
   mergeEvents(ev.job_id, [ev]);
   const job = state.jobs.get(ev.job_id);
   if (job && !TERMINAL.includes(ev.type)) {
-    if (ev.type === "running" || ev.type === "progress") job.status = "running";
+    if (ev.type === "running" || ev.type === "progress" || ev.type === "resumed") job.status = "running";
     if (ev.type === "requeued") job.status = "queued";
     if (ev.stage) job.stage = ev.stage;
     if (ev.progress !== null && ev.progress !== undefined) job.progress = ev.progress;

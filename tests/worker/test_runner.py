@@ -250,13 +250,13 @@ def test_an_attempt_taken_back_before_its_first_check_stops_there_without_writin
     job, events, arts = load(settings, job_id)
     assert reports == [], f"the attempt went on into {reports}"
     assert job.status == "running" and job.attempts == 2 and job.stage == "starting" and arts == []
-    assert [e.type for e in events] == ["running"]
+    assert [e.type for e in events] == ["running", "superseded"]  # it says it was alive: not a lost worker
     assert not [p for p in (settings.home / "storage" / tenant_id).glob(f"jobs/{job_id}/**/*") if p.is_file()]
 
 
 def test_progress_is_never_written_to_a_row_the_attempt_lost(settings, tenant_id, weights, monkeypatch):
-    """Taken back between two checks (the check is throttled to twice a second): the next progress report finds
-    the row no longer its own and stops the attempt instead of writing."""
+    """Taken back and claimed by a newer attempt between two checks (the check is throttled to twice a second): the
+    next progress report finds the row no longer its own and stops the attempt instead of writing."""
     from secateurs.worker import runner
 
     job_id = add_job(settings, tenant_id, add_model(settings, tenant_id, weights))
@@ -265,9 +265,9 @@ def test_progress_is_never_written_to_a_row_the_attempt_lost(settings, tenant_id
     def taken_back_at_first_report(job, settings_, storage, progress, should_cancel):  # type: ignore[no-untyped-def]
         def report(*a):  # type: ignore[no-untyped-def]
             reports.append(a[0])
-            if len(reports) == 1:  # the first check has just read the row as this attempt's: take it back now
+            if len(reports) == 1:  # the first check has just read the row as this attempt's: a newer one claims it
                 with sessions(settings)() as s:
-                    s.execute(update(Job).where(Job.id == job_id).values(status="queued", stage="queued"))
+                    s.execute(update(Job).where(Job.id == job_id).values(attempts=Job.attempts + 1))
                     s.commit()
             progress(*a)
 
@@ -276,5 +276,156 @@ def test_progress_is_never_written_to_a_row_the_attempt_lost(settings, tenant_id
     monkeypatch.setattr(runner, "_prune", taken_back_at_first_report)
     assert run_job(job_id, settings) == "superseded"
     job, events, _ = load(settings, job_id)
-    assert reports == ["import"] and job.status == "queued" and job.attempts == 1
-    assert [e.type for e in events] == ["running"], [(e.type, e.stage) for e in events]
+    assert reports == ["import"] and job.status == "running" and job.attempts == 2
+    assert [e.type for e in events] == ["running", "superseded"], [(e.type, e.stage) for e in events]
+
+
+def _expire_lease(settings: Settings, job_id: str) -> list[str]:
+    """What the sweeper does once the attempt's heartbeat is a lease old: the job queued again."""
+    from datetime import timedelta
+
+    from secateurs.db.leases import take_back_expired
+    from secateurs.db.models import now
+
+    with sessions(settings)() as s:
+        s.execute(update(Job).where(Job.id == job_id).values(
+            heartbeat_at=now() - timedelta(seconds=settings.job_lease_seconds + 1)))
+        s.commit()
+        return take_back_expired(s, settings.job_lease_seconds, settings.job_max_attempts)
+
+
+def test_an_alive_attempt_whose_lease_was_taken_back_resumes_the_job_when_nobody_claimed_it(settings, tenant_id,
+                                                                                          weights, monkeypatch):
+    """The sweeper queues the job again while its attempt still runs (starved past its lease, say) and no worker
+    claims it: the attempt takes it back at its next check and finishes it, as attempt 1, with one set of files."""
+    from secateurs.worker import runner
+
+    job_id = add_job(settings, tenant_id, add_model(settings, tenant_id, weights))
+    real, reports = runner._prune, []
+
+    def requeued_at_first_report(job, settings_, storage, progress, should_cancel):  # type: ignore[no-untyped-def]
+        def report(*a):  # type: ignore[no-untyped-def]
+            reports.append(a[0])
+            if len(reports) == 1:
+                assert job_id in _expire_lease(settings, job_id)
+            progress(*a)
+
+        return real(job, settings_, storage, report, should_cancel)
+
+    monkeypatch.setattr(runner, "_prune", requeued_at_first_report)
+    assert run_job(job_id, settings) == "succeeded"
+    job, events, arts = load(settings, job_id)
+    kinds = [e.type for e in events]
+    assert job.status == "succeeded" and job.attempts == 1 and sorted(a.name for a in arts) == ["model.onnx",
+                                                                                               "report.json"]
+    assert kinds[:3] == ["running", "requeued", "resumed"] and kinds.count("succeeded") == 1, kinds
+    assert "was alive after all" in events[2].message
+    assert run_job(job_id, settings) == "skipped"  # the requeue's message, delivered later, finds nothing to do
+
+
+def test_only_attempts_never_heard_from_again_count_as_lost_workers(settings, tenant_id):
+    """Three attempts lost their lease: two of them said they were alive (superseded), so the job is queued again;
+    with none alive it fails; and attempts in all stop at twice the cap."""
+    from secateurs.db.models import now
+
+    model = add_model(settings, tenant_id, None)
+
+    def stale(attempts: int, alive: int) -> str:
+        job_id = add_job(settings, tenant_id, model)
+        with sessions(settings)() as s:
+            s.execute(update(Job).where(Job.id == job_id).values(status="running", attempts=attempts,
+                                                                 heartbeat_at=now()))
+            s.add_all([JobEvent(job_id=job_id, type="superseded") for _ in range(alive)])
+            s.commit()
+        return job_id
+
+    max_attempts = settings.job_max_attempts
+    starved, dead, endless = stale(max_attempts, 2), stale(max_attempts, 0), stale(2 * max_attempts, 2 * max_attempts - 1)
+    for job_id in (starved, dead, endless):
+        _expire_lease(settings, job_id)
+    assert load(settings, starved)[0].status == "queued"
+    failed = load(settings, dead)[0]
+    assert failed.status == "failed" and failed.error == f"the worker was lost {max_attempts} times; giving up"
+    assert load(settings, endless)[0].error == (f"{2 * max_attempts} attempts lost their lease "
+                                                f"({2 * max_attempts - 1} of them alive but starved or cut off); "
+                                                "giving up")
+
+
+class _FlakyStorage:
+    """Local storage whose writes (or the writes of one file) fail as S3 unreachable does, `failures` times."""
+
+    def __init__(self, real, failures: int, only: str | None = None) -> None:  # type: ignore[no-untyped-def]
+        self.real, self.failures, self.only, self.puts = real, failures, only, 0
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        from secateurs.db.storage import StorageUnavailable
+
+        if self.failures and (self.only is None or key.endswith(self.only)):
+            self.failures -= 1
+            raise StorageUnavailable("EndpointConnectionError: Could not connect to the endpoint URL")
+        self.puts += 1
+        self.real.put_bytes(key, data)
+
+    def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+        return getattr(self.real, name)
+
+
+def _job_files(settings: Settings, tenant_id: str, job_id: str) -> list[str]:
+    return sorted(p.name for p in (settings.home / "storage" / tenant_id).glob(f"jobs/{job_id}/**/*") if p.is_file())
+
+
+def test_storage_unavailable_while_the_results_are_stored_is_waited_out(settings, tenant_id, weights, monkeypatch):
+    from secateurs.worker import runner
+
+    job_id = add_job(settings, tenant_id, add_model(settings, tenant_id, weights))
+    flaky = _FlakyStorage(open_storage(settings.storage), failures=2)
+    monkeypatch.setattr(runner, "open_storage", lambda *_: flaky)
+    assert run_job(job_id, settings) == "succeeded"
+    job, _, arts = load(settings, job_id)
+    assert job.status == "succeeded" and flaky.failures == 0 and len(arts) == 2
+    assert _job_files(settings, tenant_id, job_id) == ["model.onnx", "report.json"]
+
+
+def test_storage_down_past_the_retry_window_fails_the_job_saying_so_and_keeps_nothing(settings, tenant_id, weights,
+                                                                                     monkeypatch):
+    """The model is stored, then storage goes away before the report is: the job fails naming object storage, the
+    model's file is deleted again, and no row names a file (nothing half-recorded)."""
+    from secateurs.worker import runner
+
+    job_id = add_job(settings, tenant_id, add_model(settings, tenant_id, weights))
+    flaky = _FlakyStorage(open_storage(settings.storage), failures=1000, only="report.json")
+    monkeypatch.setattr(runner, "open_storage", lambda *_: flaky)
+    monkeypatch.setattr(settings, "storage_retry_seconds", 2.0)
+    assert run_job(job_id, settings) == "failed"
+    job, events, arts = load(settings, job_id)
+    assert job.status == "failed" and arts == [] and flaky.puts == 1, (job.error, flaky.puts)
+    assert job.error.startswith("object storage was unavailable while storing the job's report.json (tried for 2 s): "
+                                "EndpointConnectionError"), job.error
+    assert events[-1].type == "failed" and _job_files(settings, tenant_id, job_id) == []
+
+
+def test_a_result_whose_commit_meets_the_database_down_is_recorded_once_it_is_back(settings, tenant_id, weights,
+                                                                                   monkeypatch):
+    """The attempt's final commit fails twice on an unavailable database (once with the commit done and only its
+    answer lost): the attempt tries again, records its result exactly once, and keeps one set of files."""
+    from secateurs.worker import runner
+    from sqlalchemy.exc import OperationalError
+
+    job_id = add_job(settings, tenant_id, add_model(settings, tenant_id, weights))
+    real, calls = runner._record, []
+
+    def flaky_record(*a, **kw):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        if len(calls) == 1:
+            raise OperationalError("COMMIT", {}, Exception("server closed the connection unexpectedly"))
+        if len(calls) == 2:
+            real(*a, **kw)  # committed; the answer is lost on the way back
+            raise OperationalError("COMMIT", {}, Exception("server closed the connection unexpectedly"))
+        return real(*a, **kw)
+
+    monkeypatch.setattr(runner, "_record", flaky_record)
+    assert run_job(job_id, settings) == "succeeded"
+    job, events, arts = load(settings, job_id)
+    assert len(calls) == 3 and job.status == "succeeded" and len(arts) == 2
+    assert [e.type for e in events].count("succeeded") == 1
+    assert _job_files(settings, tenant_id, job_id) == ["model.onnx", "report.json"]
