@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from fastapi.routing import APIRoute
 from secateurs.db.session import migrate
 from secateurs.db.settings import Settings, get_settings
-from secateurs.db.storage import open_storage
+from secateurs.db.storage import Storage, open_storage
 
 from . import openapi, problems
 from .deps import KeyCache
@@ -74,9 +74,25 @@ async def _sweep_forever(app: FastAPI) -> None:
     from secateurs.worker.runner import sweep
 
     settings = app.state.settings
+    loop_time = asyncio.get_running_loop().time
+    last_orphan_sweep = loop_time()  # the first orphan sweep one interval after the start
     while True:
         await asyncio.sleep(settings.sweep_interval_seconds)
         try:
             await run_in_threadpool(sweep, settings, app.state.enqueue, queue_depth=app.state.queue_depth)
         except Exception:
             logging.getLogger("secateurs.api").warning("lease sweep failed", exc_info=True)
+        if loop_time() - last_orphan_sweep >= settings.orphan_sweep_interval_seconds:
+            last_orphan_sweep = loop_time()
+            try:
+                await run_in_threadpool(_sweep_orphans, settings, app.state.storage)
+            except Exception:
+                logging.getLogger("secateurs.api").warning("orphan file sweep failed", exc_info=True)
+
+
+def _sweep_orphans(settings: Settings, storage: Storage) -> list[str]:
+    from secateurs.db.orphans import sweep_orphans
+    from secateurs.db.session import sessions
+
+    with sessions(settings)() as session:
+        return sweep_orphans(session, storage, settings.orphan_grace_seconds)

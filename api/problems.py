@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from secateurs.db.storage import StorageUnavailable
 from secateurs.pruning.errors import InputError, UnsafeFormatError
 from sqlalchemy.exc import DataError, DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -72,6 +73,12 @@ def install(app: FastAPI) -> None:
     async def _db_down(_: Request, exc: OperationalError) -> JSONResponse:
         log.warning("database unavailable: %s", exc)
         return problem(503, "the database is unavailable; retry shortly", code="unavailable",
+                       headers={"Retry-After": "2"})
+
+    @app.exception_handler(StorageUnavailable)
+    async def _storage_down(_: Request, exc: StorageUnavailable) -> JSONResponse:
+        log.warning("object storage unavailable: %s", exc)
+        return problem(503, "object storage is unavailable; retry shortly", code="unavailable",
                        headers={"Retry-After": "2"})
 
     @app.exception_handler(PoolTimeout)

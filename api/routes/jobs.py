@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import json
 import logging
 from typing import Annotated, Any, Literal
@@ -214,8 +215,7 @@ def delete_job(job_id: str, tenant: CurrentTenant, session: SessionDep, storage:
         session.rollback()  # deleted by a concurrent request since it was read
         raise Problem(404, f"no job {job_id!r}", code="not-found")
     release_storage(session, tenant.id, sum(a.size_bytes for a in arts))
-    delete_objects(session, storage, [a.storage_key for a in arts])
-    session.commit()
+    delete_objects(session, storage, [a.storage_key for a in arts])  # commits, then deletes the files
     return Response(status_code=204)
 
 
@@ -308,6 +308,9 @@ def get_artifact(job_id: str, name: str, request: Request, tenant: CurrentTenant
         if url is not None:  # the bytes then go from the bucket to the user, not through the API
             return RedirectResponse(url, status_code=307, headers={"Cache-Control": "no-store"})
     media = "application/json" if name.endswith(".json") else "application/octet-stream"
-    return StreamingResponse(storage.open_chunks(art.storage_key), media_type=media, headers={
+    # the object is opened here, so that storage down answers 503 before any byte of a 200 is sent
+    chunks = storage.open_chunks(art.storage_key)
+    first = next(chunks, b"")
+    return StreamingResponse(itertools.chain([first], chunks), media_type=media, headers={
         "Content-Length": str(art.size_bytes), "ETag": f'"{art.sha256}"',
         "Content-Disposition": f'attachment; filename="{job.id}-{name}"'})

@@ -7,13 +7,14 @@ the event loop, blocks every request of the process while it waits for a connect
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from secateurs.db.models import Dataset, Job, Model, new_id
 from secateurs.db.quotas import charge_storage, release_storage, stored_bytes, take_upload_slot
-from secateurs.db.session import sessions
+from secateurs.db.session import database_unavailable, sessions
 from secateurs.db.settings import Settings
 from secateurs.db.storage import Storage
 from secateurs.pruning.errors import InputError
@@ -27,6 +28,7 @@ from ..schemas import dataset_out, model_out
 from ..uploads import Upload, read_upload
 
 router = APIRouter(prefix="/v1")
+log = logging.getLogger("secateurs.api")
 
 
 def _validate_model(path: str, arch: str | None, num_classes: int | None) -> dict[str, Any]:
@@ -166,19 +168,25 @@ def remove(session: Session, storage: Storage, row: Model | Dataset, users: Any)
                       jobs=[j for j, _ in busy])
     release_storage(session, tenant_id, size)
     delete_objects(session, storage, [key])
-    session.commit()
 
 
 def delete_objects(session: Session, storage: Storage, keys: list[str]) -> None:
-    """Remove stored files inside the caller's transaction, before its commit: should storage fail, the rows stay
-    (503, the request can be sent again) rather than rows gone and files left behind that nothing names."""
+    """Commit the caller's transaction (rows gone), then remove their stored files. Storage is asked first whether it
+    answers: when it does not, nothing is committed and the request answers 503 (it can be sent again). Should it
+    fail between that question and a file's delete, the rows are gone already and the file, which no row names
+    any more, is left to the orphan sweep (db/orphans.py): never a row naming a file that is not there."""
     try:
-        for key in keys:
-            storage.delete(key)  # a file already gone (a retry after a failed commit) is no error
+        storage.ping()
     except Exception as e:
         session.rollback()
-        raise Problem(503, f"storage is unavailable ({type(e).__name__}); retry shortly", code="unavailable",
+        raise Problem(503, f"object storage is unavailable ({type(e).__name__}); retry shortly", code="unavailable",
                       headers={"Retry-After": "2"}) from e
+    session.commit()
+    for key in keys:
+        try:
+            storage.delete(key)  # a file already gone is no error
+        except Exception:
+            log.warning("could not delete %s; the orphan sweep will", key, exc_info=True)
 
 
 def _admit(tenant_id: str, settings: Settings) -> tuple[int, str | None]:
@@ -209,7 +217,7 @@ def _store(row: Model | Dataset, key: str, up: Upload, storage: Storage, setting
     holds a file no row names."""
     assert up.path is not None
     row.storage_key = key
-    storage.put_file(key, up.path)
+    storage.put_file(key, up.path)  # StorageUnavailable: 503, and no object (a failed upload leaves none)
     try:
         with sessions(settings)() as session:
             session.add(row)
@@ -218,8 +226,17 @@ def _store(row: Model | Dataset, key: str, up: Upload, storage: Storage, setting
                 raise Problem(413, _over_quota(stored_bytes(session, row.tenant_id),
                                                settings.max_storage_bytes_per_tenant), code="too-large")
             session.commit()
-    except Exception:
-        storage.delete(key)
+    except Exception as exc:
+        if database_unavailable(exc):
+            # the commit may have happened with only its answer lost: deleting the file could leave a row naming
+            # nothing; the orphan sweep deletes it later if no row names it (503 to the client either way)
+            log.warning("upload %s: the database went away while recording it; its file is left to the orphan "
+                        "sweep", key)
+        else:
+            try:
+                storage.delete(key)
+            except Exception:
+                log.warning("could not delete %s; the orphan sweep will", key, exc_info=True)
         raise
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.api.conftest import base_env, create_key, free_port, secateurs_cmd, stop
+from tests.api.conftest import REPO, S3RVER, S3RVER_JS, base_env, create_key, free_port, secateurs_cmd, stop
 
 
 def wait_for(check, timeout: float, what: str):  # type: ignore[no-untyped-def]
@@ -66,6 +66,37 @@ class RedisServer:
     def close(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.kill()
+
+
+class S3Server:
+    """s3rver (an S3 server that checks signatures as S3 does; scripts/s3rver.sh installs it) on a free loopback port,
+    keeping its objects in `data`: stop() and start() again come back on the same port with the same objects, as an
+    S3 endpoint that went away for a while does."""
+
+    def __init__(self, data: Path, bucket: str) -> None:
+        self.port, self.data, self.bucket = free_port(), data, bucket
+        self.proc: subprocess.Popen | None = None
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.module = S3RVER / "node_modules" / "@20minutes" / "s3rver"
+        if not (self.module / "lib" / "s3rver.js").exists():
+            subprocess.run(["bash", str(REPO / "scripts" / "s3rver.sh"), str(S3RVER)], check=True, timeout=900)
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(["node", "-e", S3RVER_JS, str(self.module), str(self.data), str(self.port),
+                                      self.bucket], stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()  # empty if it exited
+        assert line.startswith("ready"), f"s3rver did not start (exit {self.proc.poll()}): {line!r}"
+
+    def stop(self) -> None:
+        """SIGKILL: the endpoint refuses connections at once, as one whose server died does."""
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(timeout=10)
+
+    def close(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.stop()
 
 
 def _pg_bin(name: str) -> str:
