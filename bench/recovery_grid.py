@@ -104,6 +104,8 @@ class Results:
             saved = json.loads(path.read_text())
             self.rows = saved["rows"]
             self.saved_meta = saved.get("meta", {})
+            for r in self.rows:  # cells from before rows named their machine: the file's machine then
+                r.setdefault("machine", self.saved_meta.get("machine"))
             self.meta = {**self.saved_meta, **meta}
 
     def done(self, signal: str, target: float, recovery: str) -> dict[str, Any] | None:
@@ -113,12 +115,13 @@ class Results:
         return None
 
     def add(self, row: dict[str, Any]) -> None:
+        row = {**row, "machine": row.get("machine", self.meta.get("machine"))}
         self.rows = [r for r in self.rows if (r["signal"], r["target"], r["recovery"]) !=
                      (row["signal"], row["target"], row["recovery"])]
         self.rows.append(row)
         self.save()
         print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()
-                          if k not in ("recovery_info", "signal_report")}), flush=True)
+                          if k not in ("recovery_info", "signal_report", "machine")}), flush=True)
 
     def save(self) -> None:
         """Merge into the file under a lock: several runs (say, one per recovery) may fill one file; the
@@ -193,6 +196,28 @@ def run_grid(*, model: bytes, arch: str | None, calib, test, signals: list[str |
 
 
 # ------------------------------------------------------------------------------------------ writing it up
+
+
+def shared_note(load_start: str, load_end: str) -> str:
+    """Wall-clock minutes overstate the cost when other work had the cores: say so when the load said so."""
+    loads = [float(v) for v in (load_start, load_end) if str(v).replace(".", "", 1).isdigit()]
+    if max(loads, default=0.0) > (os.cpu_count() or 1) + 0.5:
+        return ("Minutes are wall-clock; the cores were shared with other work (load above the core count), so "
+                "they overstate the cost on a quiet machine.")
+    return "Minutes are wall-clock."
+
+
+def machines(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
+    """The machine(s) the cells were measured on: cells filled in several sessions may come from different
+    machines, whose minutes do not compare (accuracy does not depend on the machine)."""
+    counts: dict[str, int] = {}
+    for r in rows:
+        m = r.get("machine") or meta.get("machine") or "?"
+        counts[m] = counts.get(m, 0) + 1
+    if len(counts) <= 1:
+        return f"Machine: {next(iter(counts), meta.get('machine', '?'))}"
+    return "Machines (minutes compare only within one): " + "; ".join(
+        f"{m} ({n} cells)" for m, n in sorted(counts.items(), key=lambda kv: -kv[1]))
 
 
 def table(rows: list[dict[str, Any]], signals: list[str], targets: list[float], recoveries: list[str],

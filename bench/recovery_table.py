@@ -50,11 +50,10 @@ def write(results: grid.Results, args: argparse.Namespace, signals: list[str]) -
     lines = [
         "## ResNet-56 / CIFAR-10: every signal x recovery at macs 0.7 and 0.5",
         "",
-        f"Machine: {meta['machine']}; torch threads {meta['threads']}, ONNX Runtime {meta['threads']} threads for "
+        f"{grid.machines(rows, meta)}; torch threads {meta['threads']}, ONNX Runtime {meta['threads']} threads for "
         f"accuracy. Runs started {meta['started']} UTC (load average {meta['load_start']}); section written "
-        f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC (load average {load_average()}). The 2 cores were shared "
-        "with other work, much of it at a higher priority than these runs: minutes are wall-clock and overstate "
-        "the cost on a quiet machine.",
+        f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC (load average {load_average()}). "
+        f"{grid.shared_note(meta['load_start'], load_average())}",
         "",
         f"Pretrained ResNet-56 (shared weights, {unpruned * 100:.2f}% unpruned in ONNX Runtime) handed to "
         "`secateurs.pruning.prune` as safetensors with arch resnet56_cifar, default spec otherwise (scope global, "
