@@ -28,13 +28,16 @@ import numpy as np
 import recovery_grid as grid
 import torch
 import torch.nn.functional as F
-from common import DATA, ROOT, command, load_average, machine, write_section
+from common import DATA, QUICK, ROOT, command, load_average, machine, plot_path, write_section
 from torch import nn
 
-RESULTS = ROOT / "bench" / "results" / "fashion_mnist.json"
-BANDIT = ROOT / "bench" / "results" / "fashion_mnist_bandit.json"
-MODEL = ROOT / "bench" / "results" / "fashion_net.onnx"
-PLOT = ROOT / "bench" / "plots" / "recovery_fashion_mnist.png"
+# A quick run (make bench-quick) keeps its network, cells and plot apart from the full run's (-quick names,
+# not committed), so it never overwrites them.
+_Q = "-quick" if QUICK else ""
+RESULTS = ROOT / "bench" / "results" / f"fashion_mnist{_Q}.json"
+BANDIT = ROOT / "bench" / "results" / f"fashion_mnist_bandit{_Q}.json"
+MODEL = ROOT / "bench" / "results" / f"fashion_net{_Q}.onnx"
+PLOT = plot_path("recovery_fashion_mnist")
 EXTRA = ['{"compose": {"measure": "activation_gradient", "reduce": "fisher", "aggregate": "sum", '
          '"normalize": "none", "per_mac": true}}']
 
@@ -106,11 +109,12 @@ def network(args: argparse.Namespace, meta: dict) -> bytes:  # type: ignore[type
         data = MODEL.read_bytes()
         if hashlib.sha256(data).hexdigest() == meta["model_sha256"]:
             return data
-    train_set = fashion("fashion_mnist_train.npz")
+    train_set = fashion("fashion_mnist_train.npz", args.train_images)
     t0 = time.monotonic()
     model = train(train_set, args.epochs)
     meta["train_minutes"] = (time.monotonic() - t0) / 60
     meta["train_epochs"] = args.epochs
+    meta["train_images"] = len(train_set)
     meta["parameters"] = sum(p.numel() for p in model.parameters())
     data = to_onnx(model)
     MODEL.parent.mkdir(parents=True, exist_ok=True)
@@ -214,15 +218,16 @@ def write(results: grid.Results, bandit: grid.Results, args: argparse.Namespace,
     grid.plot(rows, signals, list(grid.RECOVERIES), m["unpruned"], PLOT,
          "Fashion-MNIST network (trained here): top-1 against MACs kept, per signal and recovery")
     lines = [
-        "## Fashion-MNIST, a network trained here: every signal x recovery at macs 0.7 and 0.5",
+        "## Fashion-MNIST, a network trained here: every signal x recovery at macs "
+        + " and ".join(f"{t:g}" for t in targets),
         "",
-        f"Machine: {m['machine']}; torch threads {m['threads']}. Runs started {m['started']} UTC (load average "
+        f"{grid.machines(rows, m)}; torch threads {m['threads']}. Runs started {m['started']} UTC (load average "
         f"{m['load_start']}); section written {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC (load average "
-        f"{load_average()}). The 2 cores were shared with other work, much of it at a higher priority than these "
-        "runs: minutes are wall-clock and overstate the cost on a quiet machine.",
+        f"{load_average()}). {grid.shared_note(m['load_start'], load_average())}",
         "",
         f"FashionNet (5 conv 3x3 + BatchNorm + ReLU blocks of 32, 32, 64, 64, 128 channels, two max-pools, global "
-        f"average pool, linear; {m['parameters']} parameters) trained {m['train_epochs']} epochs on the 60,000 "
+        f"average pool, linear; {m['parameters']} parameters) trained {m['train_epochs']} epochs on "
+        f"{'the ' if m.get('train_images', 60000) == 60000 else 'the first '}{m.get('train_images', 60000):,} "
         f"training images (SGD, one-cycle to 0.1, batch 128) in {m['train_minutes']:.1f} min: "
         f"{m['unpruned'] * 100:.2f}% on the 10,000 test images (ONNX Runtime). Exported to ONNX with BatchNorm "
         "kept as nodes and handed to `secateurs.pruning.prune` as ONNX, default spec otherwise. Calibration and "
@@ -257,6 +262,7 @@ def write(results: grid.Results, bandit: grid.Results, args: argparse.Namespace,
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--epochs", type=int, default=3, help="training epochs of the network")
+    p.add_argument("--train-images", type=int, default=None, help="train on the first N images (default: all 60,000)")
     p.add_argument("--signals", default=None, help="comma-separated; default: every registered signal + EXTRA")
     p.add_argument("--targets", default="0.7,0.5")
     p.add_argument("--recoveries", default=",".join(grid.RECOVERIES))
