@@ -1,5 +1,5 @@
-"""CIFAR ResNets (ResNet-56 by default, `--arch resnet20_cifar` etc.), no recovery: our signals against
-Torch-Pruning's own importances at the same MACs, top-1 on the full 10,000-image test set.
+"""CIFAR ResNets (ResNet-56 by default, `--arch resnet20_cifar` etc.): our signals against Torch-Pruning's
+own importances at the same MACs and the same recovery, top-1 on the full 10,000-image test set.
 
 Ours: `secateurs.pruning.prune` on the shared pretrained safetensors (arch resnet56_cifar), each data-free
 signal, default spec otherwise (scope global, round_to auto, layer_floor 0.1). Torch-Pruning: called
@@ -9,22 +9,33 @@ through `CUSTOM_PRUNERS`, `linear` ignored), its pruning_ratio bisected until it
 our counterpart, l2_norm; and, global, its other importances (`--tp-importances`): `BNScaleImportance`,
 `GroupTaylorImportance` (gradients of the cross-entropy on the first 512 shared training images, the
 images our own `taylor` signal scores with; that row is added beside it) and `FPGMImportance`, each
-bisected to the same MACs. Recovery: none on either side, the same budget (zero) for every row. MACs are
-counted the same way for both (FlopCounterMode total / 2 at 1x3x32x32, on the PyTorch module). Every
-model is evaluated the same way: exported to ONNX (ours: the file the engine returns) and run in ONNX
-Runtime, batch 500. Extra rows explain the difference: the same ranking without our coupling count
-(Torch-Pruning's ranking), round_to, per_mac, aimed at exactly Torch-Pruning's MACs. The rows go to
-bench/results/<section name>.json beside the section.
+bisected to the same MACs. MACs are counted the same way for both (FlopCounterMode total / 2 at
+1x3x32x32, on the PyTorch module).
+Recovery (`--recoveries`, default none,bn_recalibrate; also distill): every row, ours and Torch-Pruning's,
+gets each recovery, a top-1 column each, with the same budget on both sides. Ours: the engine's own
+recovery stage on a copy of the pruned model (bench/recovery_grid.py's `recover_copy`: what a job with
+that `recovery.method` runs); Torch-Pruning's pruned module: the same functions of
+`secateurs.pruning.recovery` with the same arguments. bn_recalibrate: BatchNorm statistics re-estimated on
+the first 512 of the 10,000 shared training images (the same images for both); distill: that, then
+label-free distillation from the unpruned model over the 10,000 images, `--distill-epochs` (0.5) epochs,
+the recipe of bench/cifar_recovery.py (SGD 0.01 cosine, T=4, flips and crops, batch 128).
+Every model is evaluated the same way: exported to ONNX (ours: the file the engine returns, or the
+recovered copy's export) and run in ONNX Runtime, batch 500. Extra rows explain the difference: the same
+ranking without our coupling count (Torch-Pruning's ranking), round_to, per_mac, aimed at exactly
+Torch-Pruning's MACs. The rows go to bench/results/<section name>.json beside the section, the plot (top-1
+against MACs kept, a panel per recovery) to bench/plots/cifar_vs_torch_pruning_<arch>.png.
 `--with-nni PYTHON` adds NNI's L1/L2 norm pruners (on the first convolution of every residual block) with
 its ModelSpeedup at the same MACs, run by bench/nni_prune.py in PYTHON, an interpreter with NNI (`make
 nni-venv`); that run writes a section of its own (-nni), as NNI's ratio search takes several minutes per
-target. For ResNet-56 the section also quotes DepGraph's published figure (full fine-tuning; quoted, not
+target. NNI's models come back as ONNX from that interpreter, so they get no recovery (`-` in those
+columns). For ResNet-56 the section also quotes DepGraph's published figure (full fine-tuning; quoted, not
 measured).
-`--sweep` instead writes top-1 against MACs over a range of targets to a section of its own, with a plot
-(bench/plots/cifar_sweep_resnet56.png).
+`--sweep` instead writes top-1 against MACs over a range of targets, without recovery, to a section of its
+own, with a plot (bench/plots/cifar_sweep_resnet56.png).
 
     .venv/bin/python bench/cifar_vs_torch_pruning.py [--arch resnet56_cifar] [--targets 0.8,0.7,0.5,0.35]
-        [--no-extra] [--tp-importances bn_scale,taylor,fpgm] [--with-nni .nni-venv/bin/python]
+        [--no-extra] [--tp-importances bn_scale,taylor,fpgm] [--recoveries none,bn_recalibrate,distill]
+        [--distill-epochs 0.5] [--with-nni .nni-venv/bin/python]
     .venv/bin/python bench/cifar_vs_torch_pruning.py --sweep 0.95,0.9,0.85,0.8,0.75,0.7,0.6
 """
 
@@ -69,6 +80,11 @@ TP_IMPORTANCES = {
 # Calibration for the gradient criteria, ours (`taylor`) and Torch-Pruning's alike: the first CALIB shared
 # training images with their labels, cross-entropy, batches of CALIB_BATCH, the model in eval mode.
 CALIB, CALIB_BATCH = 512, 64
+# The recoveries a row can get, each the same for ours and Torch-Pruning's; BatchNorm re-estimation reads the
+# first CALIB images of TRAIN, distillation all of them with bench/cifar_recovery.py's recipe.
+RECOVERIES = ("none", "bn_recalibrate", "distill")
+TRAIN = "cifar10_train_subset10k.npz"
+DISTILL_LR, DISTILL_BATCH, DISTILL_T = 0.01, 128, 4.0
 # Our counterpart of Torch-Pruning's group-L2: Torch-Pruning is matched to its MACs.
 COUNTERPART = "l2_norm"
 # Our l2_norm without the coupling count: channels ranked as Torch-Pruning's group-L2 ranks them.
@@ -129,7 +145,7 @@ def ours(weights: bytes, options: dict, base_macs: float, base_params: int, cali
     result = prune(weights, spec, arch=ARCH, calibration=calib)
     seconds = time.monotonic() - t0
     st = result.report["stage_seconds"]
-    return {"onnx": result.onnx, "macs_kept": macs(result.model, SHAPE) / base_macs,
+    return {"onnx": result.onnx, "result": result, "spec": spec, "macs_kept": macs(result.model, SHAPE) / base_macs,
             "channels": channels(result.model),
             "report_macs_kept": result.report["macs_kept"], "params_kept": params(result.model) / base_params,
             "seconds": seconds, "core_seconds": st.get("analyse", 0) + st.get("score", 0) + st.get("plan", 0)}
@@ -183,62 +199,157 @@ def torch_pruning(original: torch.nn.Module, goal: float, global_pruning: bool, 
             break
         lo, hi = (ratio, hi) if kept > goal else (lo, ratio)
     assert best is not None
-    model = best.pop("model")
+    model = best["model"]
     return {**best, "onnx": to_onnx(model), "params_kept": params(model) / base_params, "channels": channels(model),
             "search_seconds": time.monotonic() - t_search}
 
 
-def compare(args, weights: bytes, test, original: torch.nn.Module) -> tuple[list[str], list[dict]]:  # type: ignore[no-untyped-def]
+class Recoveries:
+    """The recoveries every row gets, the same budget for both tools. Ours run through the engine's recovery
+    stage on a copy of the pruned model (`recover_copy`, as bench/recovery_grid.py does: the code a job with
+    that `recovery.method` runs); Torch-Pruning's module through the functions that stage calls, with the
+    arguments it passes them. Each recovered model is exported and evaluated like every other row."""
+
+    def __init__(self, names: list[str], epochs: float, original: torch.nn.Module, weights: bytes, test) -> None:  # type: ignore[no-untyped-def]
+        from secateurs.pruning.loading import load_model
+
+        self.names, self.epochs, self.original, self.test = names, epochs, original, test
+        recovering = any(n != "none" for n in names)
+        self.train = cifar(TRAIN) if recovering else None
+        self.loaded = load_model(weights, arch=ARCH) if recovering else None
+
+    def ours(self, r: dict) -> tuple[dict[str, float], dict[str, float]]:
+        """Top-1 and recovery seconds per recovery of one of our results (`ours()`'s dict). The pruning
+        spec itself stays as it was (recovery none): the recovery's settings go on the copy's spec only."""
+        from recovery_grid import kept_from_report, recover_copy
+        from secateurs.pruning.spec import DataRef, Recovery
+
+        result = r["result"]
+        spec = r["spec"].model_copy(update={"calibration": DataRef(samples=CALIB),
+                                            "recovery": Recovery(epochs=self.epochs, lr=DISTILL_LR,
+                                                                 batch_size=DISTILL_BATCH, temperature=DISTILL_T)})
+        top1, seconds = {}, {}
+        for name in self.names:
+            if name == "none":
+                data, seconds[name] = result.onnx, 0.0
+            else:
+                data, _, seconds[name] = recover_copy(result.model, self.original, kept_from_report(result.report),
+                                                      self.train, spec, name, self.loaded)
+            top1[name] = accuracy_onnx(data, self.test)
+        return top1, seconds
+
+    def torch_pruning(self, r: dict) -> tuple[dict[str, float], dict[str, float]]:
+        """The same for one of Torch-Pruning's results (`torch_pruning()`'s dict): what `pipeline._recover`
+        does, on a copy of its module: BatchNorm re-estimated on the first CALIB images (batches of 64),
+        then, for distill, `recovery.train` from the unpruned model over all of TRAIN, seed 0."""
+        from secateurs.pruning import recovery
+
+        top1, seconds = {}, {}
+        for name in self.names:
+            t0 = time.monotonic()
+            if name == "none":
+                data = r["onnx"]
+            else:
+                net = copy.deepcopy(r["model"])
+                torch.manual_seed(0)
+                recovery.bn_recalibrate(net, self.train, samples=CALIB, device="cpu")
+                if name == "distill":
+                    recovery.train(net, self.train, teacher=self.original, epochs=self.epochs, lr=DISTILL_LR,
+                                   batch_size=DISTILL_BATCH, device="cpu", temperature=DISTILL_T)
+                data = to_onnx(net)
+            seconds[name] = time.monotonic() - t0 if name != "none" else 0.0
+            top1[name] = accuracy_onnx(data, self.test)
+        return top1, seconds
+
+    def describe(self) -> str:
+        """The section's sentence on the budget."""
+        if self.names == ["none"]:
+            return ("No recovery on either side: every row, ours and Torch-Pruning's, has the same budget (none), "
+                    "and the scores come from the same pretrained weights.")
+        steps = round(self.epochs * -(-len(self.train) // DISTILL_BATCH))
+        what = {
+            "none": "`none`: the pruned model as it comes",
+            "bn_recalibrate": f"`bn_recalibrate`: BatchNorm statistics re-estimated on the first {CALIB} of the "
+                              f"{len(self.train):,} shared training images, batches of 64, no labels, no weight "
+                              "changed",
+            "distill": f"`distill`: BatchNorm re-estimated on the same {CALIB} images, then label-free "
+                       f"distillation from the unpruned model over the {len(self.train):,} shared training images, "
+                       f"{self.epochs:g} epochs ({steps} steps of batch {DISTILL_BATCH}), SGD lr {DISTILL_LR} "
+                       f"(momentum 0.9, Nesterov, weight decay 5e-4) on a cosine schedule, temperature "
+                       f"{DISTILL_T:g}, random flips and 4-pixel crops, seed 0 (bench/cifar_recovery.py's recipe)",
+        }
+        return ("Recovery, the same budget for every row, ours and Torch-Pruning's, one top-1 column each: "
+                + "; ".join(what[n] for n in self.names) + f". The same {CALIB} (and {len(self.train):,}) images "
+                "for both tools. Ours: the engine's own recovery stage (`pipeline._recover`, what a job with that "
+                "`recovery.method` runs) on a copy of the pruned model, exported and checked as a job's; "
+                "Torch-Pruning's pruned module: the same functions of `secateurs.pruning.recovery` ("
+                + ("`bn_recalibrate`, `train`" if "distill" in self.names else "`bn_recalibrate`")
+                + ") with the same arguments, then exported.")
+
+
+def compare(args, weights: bytes, test, original: torch.nn.Module, unpruned: float) -> tuple[list[str], list[dict]]:  # type: ignore[no-untyped-def]
     base_macs, base_params = macs(original, SHAPE), params(original)
     convs = len(channels(original))
     notes: list[str] = []
+    recoveries = Recoveries(args.recoveries.split(","), args.distill_epochs, original, weights, test)
+    recs = recoveries.names
     rows = [{"target": "-", "method": "unpruned", "macs_kept": 1.0, "params_kept": 1.0,
-             "accuracy": accuracy_onnx(to_onnx(original), test), "time": ""}]
+             "top1": {"none": unpruned}, "recovery_seconds": {}, "time": ""}]
 
     def add(row: dict) -> dict:
-        row.pop("onnx", None)
+        for key in ("onnx", "model", "result", "spec"):
+            row.pop(key, None)
         rows.append(row)
         print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()
                           if k != "channels"}), flush=True)
         return row
 
-    def ours_row(target: float, label: str, spec: dict, calib=None) -> dict:  # type: ignore[no-untyped-def]
+    def ours_row(target: float, label: str, spec: dict, calib=None, series: str | None = None) -> dict:  # type: ignore[no-untyped-def]
         r = ours(weights, {"target": {"macs": target}, **spec}, base_macs, base_params, calib)
-        return add({"target": target, "method": f"secateurs {label}", "accuracy": accuracy_onnx(r["onnx"], test),
-                    "time": f"{r['seconds']:.1f} ({r['core_seconds']:.1f})", **r})
+        top1, seconds = recoveries.ours(r)
+        return add({"target": target, "method": f"secateurs {label}", "top1": top1, "recovery_seconds": seconds,
+                    "time": f"{r['seconds']:.1f} ({r['core_seconds']:.1f})", **r,
+                    **({"series": series} if series else {})})
+
+    def tp_row(target: float, r: dict, method: str, time_text: str, series: str) -> dict:
+        top1, seconds = recoveries.torch_pruning(r)
+        return add({"target": target, "method": method, "top1": top1, "recovery_seconds": seconds,
+                    "time": time_text, **r, "series": series})
 
     importances = [i for i in args.tp_importances.split(",") if i]
-    calib = cifar("cifar10_train_subset10k.npz", CALIB) if "taylor" in importances else None
+    calib = cifar(TRAIN, CALIB) if "taylor" in importances else None
     grads, grad_seconds = gradients(original, calib) if calib is not None else (None, 0.0)
     for target in (float(t) for t in args.targets.split(",")):
         first = len(rows)
-        by_signal = {s: ours_row(target, s, {"signal": s}) for s in args.signals.split(",")}
+        by_signal = {s: ours_row(target, s, {"signal": s}, series=f"secateurs {s}") for s in args.signals.split(",")}
         if calib is not None:  # beside Torch-Pruning's Taylor: ours, from the same images
             ours_row(target, f"taylor ({CALIB} calibration images with labels)",
-                     {"signal": "taylor", "calibration": {"samples": CALIB}}, calib)
+                     {"signal": "taylor", "calibration": {"samples": CALIB}}, calib, series="secateurs taylor")
         goal = by_signal[COUNTERPART]["macs_kept"] if COUNTERPART in by_signal else target
         tp_rows = {}
         for global_pruning in (True, False):
             r = torch_pruning(original, goal, global_pruning, base_macs, base_params)
-            tp_rows[global_pruning] = add({
-                "target": target, "accuracy": accuracy_onnx(r["onnx"], test),
-                "method": f"Torch-Pruning group-L2, global_pruning={global_pruning} (pruning_ratio {r['ratio']:.3f})",
-                "time": f"{r['seconds']:.1f} (search {r['search_seconds']:.0f})", **r})
+            tp_rows[global_pruning] = tp_row(
+                target, r, f"Torch-Pruning group-L2, global_pruning={global_pruning} (pruning_ratio {r['ratio']:.3f})",
+                f"{r['seconds']:.1f} (search {r['search_seconds']:.0f})",
+                f"Torch-Pruning group-L2, {'global' if global_pruning else 'local'}")
         for name in importances:
             cls, label = TP_IMPORTANCES[name]
             r = torch_pruning(original, goal, True, base_macs, base_params, cls,
                               grads if name == "taylor" else None)
             extra = f"; gradients {grad_seconds:.1f}" if name == "taylor" else ""
-            add({"target": target, "accuracy": accuracy_onnx(r["onnx"], test),
-                 "method": f"Torch-Pruning {label} (`{cls}`), global_pruning=True (pruning_ratio {r['ratio']:.3f})",
-                 "time": f"{r['seconds']:.1f} (search {r['search_seconds']:.0f}{extra})", **r})
+            tp_row(target, r, f"Torch-Pruning {label} (`{cls}`), global_pruning=True (pruning_ratio {r['ratio']:.3f})",
+                   f"{r['seconds']:.1f} (search {r['search_seconds']:.0f}{extra})", f"Torch-Pruning {label}")
         if args.with_nni:
             for which in ("l1", "l2"):
                 r = nni_row(args.with_nni, which, goal, test)
                 if "error" in r:
                     notes.append(r["error"])
                     break
-                tp_rows[which] = add({"target": target, **r})
+                # NNI's pruned model exists only as ONNX from its own interpreter: no recovery for it
+                top1 = {"none": r.pop("accuracy")}
+                tp_rows[which] = add({"target": target, **r, "top1": top1, "recovery_seconds": {},
+                                      "series": f"NNI {which.upper()}"})
                 whole = sum(r["channels"][k] == v for k, v in channels(original).items())
                 notes.append(f"NNI {which.upper()} at {target}: {whole} of {convs} convolutions kept at full width "
                              "after ModelSpeedup.")
@@ -266,9 +377,13 @@ def compare(args, weights: bytes, test, original: torch.nn.Module) -> tuple[list
                      "not pass the option-A shortcut (a custom channel-select module), so the channels a residual "
                      "add ties together stay whole (with every convolution masked, the two sides of the add came "
                      "out of ModelSpeedup at different widths). Torch-Pruning and ours prune those too.")
+        if any(n != "none" for n in recs):
+            notes.append("NNI's rows get no recovery (`-`): its pruned model comes back from NNI's own interpreter "
+                         "as ONNX only, not as a module the recovery functions could train.")
     else:
         notes.append("NNI's L1/L2 norm pruners are compared in a run of their own (`--with-nni PYTHON`, its own "
                      "section; `make bench` runs it after `make nni-venv`).")
+    recovering = [n for n in recs if n != "none"]
     lines = [
         "Torch-Pruning: `BasePruner` + `GroupMagnitudeImportance(p=2)` (its defaults: mean over the group, "
         "mean-normalised), iterative_steps=1, `linear` ignored, option-A shortcut via `CUSTOM_PRUNERS`, "
@@ -288,27 +403,40 @@ def compare(args, weights: bytes, test, original: torch.nn.Module) -> tuple[list
                "set on each copy before it is scored (their time is in the wall-time column as `gradients`); "
                f"our `taylor` row scores from the same {CALIB} images and labels (its gradient pass is inside "
                "its analyse+score+plan)." if "taylor" in importances else "")
-            + " No recovery on either side: every row, ours and Torch-Pruning's, has the same budget (none), and "
-            "the scores come from the same pretrained weights.",
+            + " The scores come from the same pretrained weights on both sides.",
         ] if importances else []),
+        "",
+        recoveries.describe(),
         "",
         "Wall time: ours = the whole `prune` call (import, analyse, score, plan with its measured "
         "attempts, export, ONNX check, 3-repeat latency), in brackets analyse+score+plan; Torch-Pruning = "
         "building the pruner and `step()` at the final pruning_ratio, in brackets the whole ratio search; NNI "
         "(when run) = masking and ModelSpeedup at the final sparse_ratio, in brackets its search (secant steps "
-        "on sparse_ratio, each a full prune and speed-up, until the MACs are within 0.005 of our l2_norm's).",
+        "on sparse_ratio, each a full prune and speed-up, until the MACs are within 0.005 of our l2_norm's)."
+        + (f" Recovery wall time: {' / '.join(recovering)}{', in that order' if len(recovering) > 1 else ''}, each "
+           "from the pruned model to the recovered model's ONNX (ours: also its ONNX check, as in a job), the evaluation not included."
+           if recovering else ""),
         "",
-        "| target | method | MACs kept | params kept | top-1 | channels != TP | wall time of pruning (s) |",
-        "| ---: | --- | ---: | ---: | ---: | ---: | ---: |",
+        "| target | method | MACs kept | params kept | " + " | ".join(f"top-1, {n}" for n in recs)
+        + " | channels != TP | wall time of pruning (s) |" + (" recovery wall time (s) |" if recovering else ""),
+        "| ---: | --- | ---: | ---: | " + "---: | " * len(recs) + "---: | ---: |" + (" ---: |" if recovering else ""),
     ]
     for r in rows:
-        lines.append(f"| {r['target']} | {r['method']} | {r['macs_kept']:.4f} | {r['params_kept']:.3f} "
-                     f"| {r['accuracy'] * 100:.2f}% | {r.get('differ', '')} | {r['time']} |")
+        top1 = " | ".join(f"{r['top1'][n] * 100:.2f}%" if n in r["top1"] else "-" for n in recs)
+        spent = " / ".join(f"{r['recovery_seconds'][n]:.1f}" for n in recovering if n in r["recovery_seconds"])
+        lines.append(f"| {r['target']} | {r['method']} | {r['macs_kept']:.4f} | {r['params_kept']:.3f} | {top1} "
+                     f"| {r.get('differ', '')} | {r['time']} |" + (f" {spent} |" if recovering else ""))
     if ARCH == "resnet56_cifar":
         d = DEPGRAPH
+        quoted = " | ".join(["-"] * (len(recs) - 1) + [f"{d['pruned']:.2f}% (full training)"])
         lines.append(f"| {1 / d['speedup']:.2f} ({d['speedup']}x) | *quoted, not measured:* DepGraph group-sparsity "
                      f"pruner + full training (Fang et al., CVPR 2023; their ResNet-56 at {d['base']}% unpruned; MACs kept "
-                     f"= 1 / their {d['speedup']}x speed-up), [Torch-Pruning 1.6.0 README]({d['source']}) | {1 / d['speedup']:.4f} | - | {d['pruned']:.2f}% | - | - |")
+                     f"= 1 / their {d['speedup']}x speed-up), [Torch-Pruning 1.6.0 README]({d['source']}) | {1 / d['speedup']:.4f} | - | {quoted} | - | - |"
+                     + (" - |" if recovering else ""))
+    path = plot_path(f"cifar_vs_torch_pruning_{ARCH.removesuffix('_cifar')}")
+    if not args.no_write:
+        plot_compare(rows, recs, unpruned, path)
+    lines += ["", plot_link(path, "top-1 against MACs kept, ours and Torch-Pruning, a panel per recovery")]
     if notes:
         lines += [""] + notes
     return lines, rows
@@ -333,7 +461,7 @@ def nni_row(python: str, which: str, goal: float, test) -> dict:  # type: ignore
             "time": f"{r['seconds']:.0f} (search {r['search_seconds']:.0f}, {len(r['tried'])} tries)"}
 
 
-def sweep(args, weights: bytes, test, original: torch.nn.Module) -> tuple[list[str], list[dict]]:  # type: ignore[no-untyped-def]
+def sweep(args, weights: bytes, test, original: torch.nn.Module, unpruned: float) -> tuple[list[str], list[dict]]:  # type: ignore[no-untyped-def]
     """Top-1 against MACs kept over a range of targets: is one single point representative?"""
     base_macs, base_params = macs(original, SHAPE), params(original)
     lines = [
@@ -362,7 +490,7 @@ def sweep(args, weights: bytes, test, original: torch.nn.Module) -> tuple[list[s
             column.append(cell)
     path = plot_path(f"cifar_sweep_{ARCH.removesuffix('_cifar')}")
     if not args.no_write:
-        plot_sweep(columns, points, accuracy_onnx(to_onnx(original), test), path)
+        plot_sweep(columns, points, unpruned, path)
     lines += ["", plot_link(path, "top-1 against MACs kept, ours and Torch-Pruning")]
     targets = [float(t) for t in args.sweep.split(",")]
     return lines, [{"target": t, "method": c, "macs_kept": k, "accuracy": a}
@@ -388,6 +516,40 @@ def plot_sweep(columns: list[str], points: list[list[tuple[float, float]]], unpr
     plt.close(fig)
 
 
+def plot_compare(rows: list[dict], recoveries: list[str], unpruned: float, path: Path) -> None:
+    """Top-1 against MACs kept, a panel per recovery, a line per signal or importance (the rows that name a
+    series: not the rows that explain the difference), ours solid, the peers dashed."""
+    plt = pyplot()
+    series = list(dict.fromkeys(r["series"] for r in rows if "series" in r))
+    fig, axes = plt.subplots(1, len(recoveries), figsize=(6.2 * len(recoveries), 5.6), sharey=True, squeeze=False)
+    colours = plt.get_cmap("tab10").colors
+    for ax, rec in zip(axes[0], recoveries, strict=True):
+        for i, name in enumerate(series):
+            pts = sorted((r["macs_kept"], r["top1"][rec] * 100) for r in rows
+                         if r.get("series") == name and rec in r["top1"])
+            if pts:
+                xs, ys = zip(*pts, strict=True)
+                ax.plot(xs, ys, marker="osD^v<>p"[i % 8], color=colours[i % 10], lw=1.4, ms=5, label=name,
+                        ls="-" if name.startswith("secateurs") else "--")
+        ax.plot([1.0], [unpruned * 100], marker="*", color="black", ms=13, ls="none", label="unpruned")
+        ax.set_title(f"recovery: {rec}")
+        ax.set_xlabel("MACs kept (fraction of the original)")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("top-1 on the CIFAR-10 test set (%)")
+    shown: dict[str, object] = {}  # every panel's lines, once each (NNI's are in the `none` panel only)
+    for ax in axes[0]:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            shown.setdefault(label, handle)
+    labels = list(shown)
+    fig.legend(list(shown.values()), labels, loc="lower center", ncol=min(len(labels), 4), fontsize=9, frameon=False)
+    depth = ARCH.removeprefix("resnet").removesuffix("_cifar")
+    fig.suptitle(f"ResNet-{depth} / CIFAR-10: ours against Torch-Pruning at the same MACs and the same recovery")
+    fig.tight_layout(rect=(0, 0.04 + 0.03 * -(-len(labels) // 4), 1, 1))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--arch", default=ARCH, choices=[f"resnet{d}_cifar" for d in (20, 32, 44, 56)])
@@ -399,8 +561,21 @@ def main() -> None:
     p.add_argument("--tp-importances", default=None,
                    help=f"Torch-Pruning's importances beside its group-L2, of {','.join(TP_IMPORTANCES)}; "
                         "default: all of them, none with --with-nni (its section compares the norm pruners)")
+    p.add_argument("--recoveries", default=None,
+                   help=f"comma-separated, of {','.join(RECOVERIES)}: each row gets each, ours and Torch-Pruning's "
+                        "alike, a top-1 column each (default none,bn_recalibrate; --sweep: none only)")
+    p.add_argument("--distill-epochs", type=float, default=0.5,
+                   help=f"epochs of distill over the {TRAIN} images (default 0.5)")
     p.add_argument("--no-write", action="store_true", help="print the section; leave BENCHMARKS.md and the plot alone")
     args = p.parse_args()
+    if args.sweep and args.recoveries not in (None, "none"):
+        p.error("--sweep measures without recovery: leave out --recoveries")
+    args.recoveries = args.recoveries or ("none" if args.sweep else "none,bn_recalibrate")
+    recs = args.recoveries.split(",")
+    if set(recs) - set(RECOVERIES) or len(set(recs)) != len(recs):
+        p.error(f"--recoveries: each of {', '.join(RECOVERIES)} at most once, got {args.recoveries!r}")
+    if args.distill_epochs <= 0:
+        p.error("--distill-epochs must be above 0")
     if args.tp_importances is None:
         args.tp_importances = "" if args.with_nni else ",".join(TP_IMPORTANCES)
     unknown = set(filter(None, args.tp_importances.split(","))) - set(TP_IMPORTANCES)
@@ -415,20 +590,24 @@ def main() -> None:
     original = original_model(weights)
     unpruned = accuracy_onnx(to_onnx(original), test)
     with CpuWatch() as watch:
-        body, rows = (sweep if args.sweep else compare)(args, weights, test, original)
+        body, rows = (sweep if args.sweep else compare)(args, weights, test, original, unpruned)
+    recovering = recs != ["none"]
     lines = [
-        f"## ResNet-{depth} / CIFAR-10, no recovery: our "
+        f"## ResNet-{depth} / CIFAR-10, {'recovery ' + ', '.join(recs) if recovering else 'no recovery'}: our "
         + ("" if "taylor" in args.tp_importances and not args.sweep else "data-free ")
         + "signals against Torch-Pruning"
         + (" and NNI" if args.with_nni and not args.sweep else "") + " at the same MACs"
+        + (" and the same recovery" if recovering else "")
         + (" (sweep)" if args.sweep else ""),
         "",
         f"Machine: {machine()}. {(time.monotonic() - t_begin) / 60:.1f} min in all; other processes kept "
         f"{watch.other:.2f} cores busy on average meanwhile (wall times share the CPU with them).",
         "",
-        f"Pretrained ResNet-{depth} (shared data, {unpruned * 100:.2f}% unpruned), no recovery of any kind (not even BatchNorm "
-        "re-estimation); top-1 on the full 10,000-image CIFAR-10 test set, every model run the same way (ONNX "
-        "Runtime, batch 500; ours: the ONNX file the engine returns). MACs and params kept: FlopCounterMode "
+        f"Pretrained ResNet-{depth} (shared data, {unpruned * 100:.2f}% unpruned), "
+        + (f"each row pruned once and then recovered each way ({', '.join(recs)}), the same budget for both tools "
+           "(below)" if recovering else "no recovery of any kind (not even BatchNorm re-estimation)")
+        + "; top-1 on the full 10,000-image CIFAR-10 test set, every model run the same way (ONNX Runtime, batch "
+        "500; ours: the ONNX file the engine returns, or its recovered copy's export). MACs and params kept: FlopCounterMode "
         "total/2 at 1x3x32x32 and the parameter count of the PyTorch module, the same count for both tools.",
         "",
         *body,
@@ -445,7 +624,8 @@ def main() -> None:
     # section, under the section's name
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{name.replace('-', '_')}{'_quick' if QUICK else ''}.json").write_text(json.dumps(
-        {"meta": {"machine": machine(), "command": command(), "unpruned": unpruned, "arch": args.arch},
+        {"meta": {"machine": machine(), "command": command(), "unpruned": unpruned, "arch": args.arch,
+                  "recoveries": recs, "distill_epochs": args.distill_epochs if "distill" in recs else None},
          "rows": rows}, indent=1))
     write_section(name, "\n".join(lines))
 
