@@ -6,7 +6,8 @@ while the network trains to work with subsets, become the channel scores.
 Usefulness of an executed channel at a step is |sum of activation x gradient| where it enters its
 consumers (the Taylor term), scaled by the step's largest in the group so that rewards lie in [0, 1].
 A channel not selected is zeroed at the input of every consumer, so it does no work in them and gets
-no gradient; the report counts channel-steps executed against a dense fine-tune's.
+no gradient; the report counts channel-steps executed against a dense fine-tune's. Scores are scaled so that
+each group's k-th best arm scores 1 (see the end of _run).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import torch
 from torch import nn
 
 from ..recovery import _augment, _batches, task_loss
-from .base import GroupScorer, ScoringContext, normalise, register
+from .base import GroupScorer, ScoringContext, register
 
 
 def _default_keep(kind: str, target: float) -> float:
@@ -33,8 +34,7 @@ def bandit(ctx: ScoringContext) -> GroupScorer:
     def scorer(g: int) -> np.ndarray | None:
         if not scores:
             scores.update(_run(ctx))
-        s = scores.get(g)
-        return None if s is None else normalise(s, "mean")
+        return scores.get(g)
 
     return scorer
 
@@ -142,4 +142,11 @@ def _run(ctx: ScoringContext) -> dict[int, np.ndarray]:
         "executed_fraction": executed / dense if dense else 1.0,
         "keep": keep,
     }
-    return {g: means[g] + 1e-6 for g in arms}
+    # Each group's k-th best estimate scores 1: the arms the sparse fine-tune ran most (the top k) score 1 or
+    # more, the rest less, so a global threshold near 1 keeps in every group the channels its fine-tune taught
+    # the network to work with. (Mean-normalised, a group whose estimates are spread out loses arms it ran.)
+    out = {}
+    for g in arms:
+        s = means[g] + 1e-6
+        out[g] = s / np.sort(s)[::-1][k[g] - 1]
+    return out

@@ -1,5 +1,7 @@
 """Each signal's definition, checked on tiny hand-made networks where the right answer is known."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -201,6 +203,8 @@ def test_bandit_learns_which_channel_is_useless_while_running_fewer_channels():
                         lr=0.001)
     assert np.argmin(s) == 3
     b = ctx.report["bandit"]
+    k = math.ceil(b["keep"] * len(s))  # the arms each step ran; the k-th best scores 1, the rest below
+    assert np.sort(s)[::-1][k - 1] == pytest.approx(1.0) and (s >= 1 - 1e-9).sum() >= k
     assert b["channel_steps_executed"] < b["channel_steps_dense"]
     assert 0 < b["executed_fraction"] < 1 and b["steps"] == 16  # 64 calibration samples, batch 16, 4 epochs
 
