@@ -130,7 +130,7 @@ def _run(ctx: ScoringContext) -> dict[int, np.ndarray]:
                 if ctx.check is not None:
                     ctx.check()
                 if ctx.progress is not None and (step % 10 == 0 or step == total):
-                    ctx.progress(step / total, f"bandit step {step}/{total}", {"loss": float(loss)})
+                    ctx.progress(step / total, f"bandit step {step}/{total}", {"loss": float(loss.detach())})
     finally:
         for h in handles:
             h.remove()
