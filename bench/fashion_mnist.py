@@ -57,12 +57,17 @@ class FashionNet(nn.Module):
         return self.fc(F.adaptive_avg_pool2d(self.features(x), 1).flatten(1))
 
 
-def fashion(name: str, n: int | None = None):  # type: ignore[no-untyped-def]
+def fashion_slice(name: str, start: int, stop: int | None):  # type: ignore[no-untyped-def]
+    """Images start..stop-1 of a shared file, scaled to [0, 1] and standardised with the training set's mean and std."""
     from secateurs.pruning.data import Dataset
 
     with np.load(DATA / name) as d:
-        x = (d["x"][:n].astype(np.float32)[:, None] / 255.0 - 0.2860) / 0.3530
-        return Dataset(np.ascontiguousarray(x), d["y"][:n].astype(np.int64))
+        x = (d["x"][start:stop].astype(np.float32)[:, None] / 255.0 - 0.2860) / 0.3530
+        return Dataset(np.ascontiguousarray(x), d["y"][start:stop].astype(np.int64))
+
+
+def fashion(name: str, n: int | None = None):  # type: ignore[no-untyped-def]
+    return fashion_slice(name, 0, n)
 
 
 def train(train_set, epochs: int) -> nn.Module:  # type: ignore[no-untyped-def]
@@ -129,82 +134,91 @@ def network(args: argparse.Namespace, meta: dict) -> bytes:  # type: ignore[type
 def bandit_claim(model: bytes, args: argparse.Namespace, test, results: grid.Results) -> None:  # type: ignore[no-untyped-def]
     """At each target: bandit (its scoring is a fine-tune executing a CUCB-chosen subset of channels)
     and l1_norm, each followed by the same supervised fine-tune; and l1_norm given a dense fine-tune as
-    long as the bandit's plus that one, so neither has more training epochs."""
+    long as the bandit's plus that one, so neither has more training epochs. Repeated on `--bandit-slices`
+    disjoint slices of the training images (repeats differ in their data, not only their seed)."""
     from secateurs.pruning import PruneSpec, prune
 
-    calib = fashion("fashion_mnist_train.npz", args.bandit_calib)
-    ft = args.bandit_finetune
-    for target in (float(t) for t in args.targets.split(",")):
-        for signal, epochs, variant in (
-            ("bandit", ft, f"bandit ({args.bandit_epochs:g} ep. sparse) + fine-tune {ft:g} ep."),
-            ("l1_norm", ft, f"l1_norm + fine-tune {ft:g} ep."),
-            ("l1_norm", ft + args.bandit_epochs, f"l1_norm + fine-tune {ft + args.bandit_epochs:g} ep."),
-        ):
-            if results.done(variant, target, "finetune") is not None:
-                continue
-            spec = PruneSpec.model_validate({
-                "signal": signal, "target": {"macs": target}, "calibration": {"samples": len(calib)},
-                "recovery": {"method": "finetune", "epochs": epochs, "lr": 0.01, "batch_size": 64},
-                "signal_options": {"bandit_epochs": args.bandit_epochs}, "measure": {"repeats": 5},
-            })
-            t0 = time.monotonic()
-            r = prune(model, spec, calibration=calib)
-            seconds = time.monotonic() - t0
-            results.add({"signal": variant, "base_signal": signal, "target": target, "recovery": "finetune",
-                         "finetune_epochs": epochs, "macs_kept": r.report["macs_kept"],
-                         "accuracy": grid.onnx_accuracy(r.onnx, test, args.threads), "minutes": seconds / 60,
-                         "bandit": r.report.get("bandit"), "recovery_info": r.report.get("recovery")})
+    n, ft = args.bandit_calib, args.bandit_finetune
+    for part in range(args.bandit_slices):
+        calib = fashion_slice("fashion_mnist_train.npz", part * n, (part + 1) * n)
+        for target in (float(t) for t in args.targets.split(",")):
+            for signal, epochs, variant in (
+                ("bandit", ft, f"bandit ({args.bandit_epochs:g} ep. sparse) + fine-tune {ft:g} ep."),
+                ("l1_norm", ft, f"l1_norm + fine-tune {ft:g} ep."),
+                ("l1_norm", ft + args.bandit_epochs, f"l1_norm + fine-tune {ft + args.bandit_epochs:g} ep."),
+            ):
+                label = f"{variant} #{part}"
+                if results.done(label, target, "finetune") is not None:
+                    continue
+                spec = PruneSpec.model_validate({
+                    "signal": signal, "target": {"macs": target}, "calibration": {"samples": len(calib)},
+                    "recovery": {"method": "finetune", "epochs": epochs, "lr": 0.01, "batch_size": 64},
+                    "signal_options": {"bandit_epochs": args.bandit_epochs}, "measure": {"repeats": 5},
+                })
+                t0 = time.monotonic()
+                r = prune(model, spec, calibration=calib)
+                seconds = time.monotonic() - t0
+                results.add({"signal": label, "variant": variant, "slice": part, "base_signal": signal,
+                             "target": target, "recovery": "finetune", "finetune_epochs": epochs,
+                             "macs_kept": r.report["macs_kept"],
+                             "accuracy": grid.onnx_accuracy(r.onnx, test, args.threads), "minutes": seconds / 60,
+                             "bandit": r.report.get("bandit"), "recovery_info": r.report.get("recovery")})
 
 
 def bandit_lines(results: grid.Results, args: argparse.Namespace) -> list[str]:
-    rows = results.rows
+    rows = [r for r in results.rows if "slice" in r]  # cells of one calibration slice each
     if not rows:
         return []
     m = results.meta
+    parts = sorted({r["slice"] for r in rows})
+    n = m["bandit_calib"]
     lines = [
         "",
         "### Bandit against l1_norm after the same fine-tune",
         "",
-        f"Calibration: the first {m['bandit_calib']} training images, with labels. `bandit` scores during a "
-        f"fine-tune of {m['bandit_epochs']:g} epoch(s) over them (cross-entropy, SGD 0.01 momentum 0.9, batch 64) "
-        "in which every step executes, in each dependency group, only the channels with the highest upper "
-        "confidence bound (the rest zeroed at their consumers' inputs), then prunes the lowest-scored. Every "
-        f"model then gets the same supervised fine-tune (recovery `finetune`: {m['bandit_finetune']:g} epoch(s) "
-        "over the same images, SGD 0.01 cosine, batch 64, after BatchNorm re-estimation); the last row gives "
-        "l1_norm a dense fine-tune as many epochs long as the bandit's two together. Top-1 on the 10,000 "
-        "test images, pruned ONNX in ONNX Runtime.",
+        f"Calibration: {len(parts)} disjoint slices of {n} training images with labels (images "
+        + ", ".join(f"{p * n}-{(p + 1) * n - 1}" for p in parts) + "), each a repeat of the whole comparison. "
+        f"`bandit` scores during a fine-tune of {m['bandit_epochs']:g} epoch(s) over the slice (cross-entropy, "
+        "SGD 0.01 momentum 0.9, batch 64) in which every step executes, in each dependency group, only the "
+        "channels with the highest upper confidence bound (the rest zeroed at their consumers' inputs), then "
+        "prunes the lowest-scored. Every model then gets the same supervised fine-tune (recovery `finetune`: "
+        f"{m['bandit_finetune']:g} epoch(s) over the same images, SGD 0.01 cosine, batch 64, after BatchNorm "
+        "re-estimation); the last row gives l1_norm a dense fine-tune as many epochs long as the bandit's two "
+        "together. Top-1 on the 10,000 test images, pruned ONNX in ONNX Runtime; mean over the slices, then each.",
         "",
-        "| target | model | MACs kept | top-1 | channel-steps executed / dense | minutes |",
-        "| ---: | --- | ---: | ---: | ---: | ---: |",
+        "| target | model | MACs kept | top-1 mean | top-1 per slice | channel-steps executed / dense | minutes |",
+        "| ---: | --- | ---: | ---: | --- | ---: | ---: |",
     ]
-    for r in sorted(rows, key=lambda r: (-r["target"], r["signal"])):
-        b = r.get("bandit")
+    groups: dict[tuple[float, str], list[dict]] = {}  # type: ignore[type-arg]
+    for r in rows:
+        groups.setdefault((r["target"], r["variant"]), []).append(r)
+    for (t, variant), rs in sorted(groups.items(), key=lambda kv: (-kv[0][0], kv[0][1])):
+        rs = sorted(rs, key=lambda r: r["slice"])
+        b = rs[0].get("bandit")
         steps = (f"{b['channel_steps_executed']} / {b['channel_steps_dense']} ({b['executed_fraction'] * 100:.0f}%)"
                  if b else "-")
-        lines.append(f"| {r['target']:g} | {r['signal']} | {r['macs_kept']:.3f} | {r['accuracy'] * 100:.2f}% | "
-                     f"{steps} | {r['minutes']:.1f} |")
+        macs = sorted({f"{r['macs_kept']:.3f}" for r in rs})
+        mean = sum(r["accuracy"] for r in rs) / len(rs)
+        each = " / ".join(f"{r['accuracy'] * 100:.2f}" for r in rs)
+        lines.append(f"| {t:g} | {variant} | {', '.join(macs)} | {mean * 100:.2f}% | {each} | {steps} | "
+                     f"{sum(r['minutes'] for r in rs) / len(rs):.1f} |")
     lines.append("")
     for t in sorted({r["target"] for r in rows}, reverse=True):
-        band = [r for r in rows if r["target"] == t and r["base_signal"] == "bandit"]
-        same = [r for r in rows if r["target"] == t and r["base_signal"] == "l1_norm"
-                and r["finetune_epochs"] == m["bandit_finetune"]]
-        longer = [r for r in rows if r["target"] == t and r["base_signal"] == "l1_norm"
-                  and r["finetune_epochs"] != m["bandit_finetune"]]
-        if not band or not same:
+        band = {r["slice"]: r for r in rows if r["target"] == t and r["base_signal"] == "bandit"}
+        same = {r["slice"]: r for r in rows if r["target"] == t and r["base_signal"] == "l1_norm"
+                and r["finetune_epochs"] == m["bandit_finetune"]}
+        both = sorted(set(band) & set(same))
+        if not both:
             continue
-        b, s = band[0], same[0]
-        verdict = "at least as accurate as" if b["accuracy"] >= s["accuracy"] else "**less accurate** than"
-        text = (f"At macs {t:g}: bandit {b['accuracy'] * 100:.2f}% (MACs kept {b['macs_kept']:.3f}) is {verdict} "
-                f"l1_norm {s['accuracy'] * 100:.2f}% (MACs kept {s['macs_kept']:.3f}) after the same fine-tune")
-        if b.get("bandit"):
-            bb = b["bandit"]
-            text += (f"; its own fine-tune executed {bb['channel_steps_executed']} channel-steps, "
-                     f"{bb['executed_fraction'] * 100:.0f}% of a dense one's {bb['channel_steps_dense']}")
-        if longer:
-            lo = longer[0]
-            than = "at least as accurate as" if b["accuracy"] >= lo["accuracy"] else "less accurate than"
-            text += (f"; against l1_norm with the longer dense fine-tune ({lo['accuracy'] * 100:.2f}%) it is "
-                     f"{than} it")
+        bm = sum(band[p]["accuracy"] for p in both) / len(both)
+        sm = sum(same[p]["accuracy"] for p in both) / len(both)
+        wins = sum(band[p]["accuracy"] >= same[p]["accuracy"] for p in both)
+        verdict = "at least as accurate as" if bm >= sm else "**less accurate** than"
+        frac = [band[p]["bandit"]["executed_fraction"] for p in both if band[p].get("bandit")]
+        text = (f"At macs {t:g}: bandit {bm * 100:.2f}% on average is {verdict} l1_norm {sm * 100:.2f}% after the "
+                f"same fine-tune ({wins} of {len(both)} slices at least as accurate)")
+        if frac:
+            text += f"; its own fine-tune executed {sum(frac) / len(frac) * 100:.0f}% of a dense one's channel-steps"
         lines.append(text + ".")
     return lines
 
@@ -272,6 +286,8 @@ def main() -> None:
     p.add_argument("--bandit-calib", type=int, default=10000, help="training images for the bandit claim")
     p.add_argument("--bandit-epochs", type=float, default=1.0, help="the bandit's fine-tune in the claim")
     p.add_argument("--bandit-finetune", type=float, default=1.0, help="the fine-tune after pruning in the claim")
+    p.add_argument("--bandit-slices", type=int, default=3,
+                   help="repeats of the claim, each on its own slice of --bandit-calib training images")
     p.add_argument("--skip-grid", action="store_true")
     p.add_argument("--skip-bandit", action="store_true")
     p.add_argument("--threads", type=int, default=2)

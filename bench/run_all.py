@@ -45,7 +45,7 @@ QUICK = [
     # a network trained on a sixth of the images for one epoch; its network, cells and plot are -quick files
     ("fashion_mnist.py", ["--train-images", "10000", "--epochs", "1", "--signals", "l1_norm,bandit", "--targets", "0.5",
                           "--recoveries", "none,bn_recalibrate,distill", "--calib", "1000", "--distill-epochs", "1",
-                          "--bandit-calib", "2000", "--missing-reason",
+                          "--bandit-calib", "2000", "--bandit-slices", "1", "--missing-reason",
                           "The quick run leaves out reconstruct (the full run measures it)."], ""),
 ]
 QUICK_LEFT_OUT: dict[str, str] = {}
