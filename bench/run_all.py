@@ -37,7 +37,7 @@ QUICK = [
     ("jobs_per_hour.py", ["--jobs", "3"], ""),
     ("service_load.py", ["--stack", "embedded", "--seconds", "3", "--queue-jobs", "3", "--upload-mib", "64",
                          "--workers-sweep", ""], ""),
-    ("cifar_recovery.py", ["--minutes", "1", "--signal", "l1_norm", "--side-by-side"], ""),
+    ("cifar_recovery.py", ["--minutes", "0.5", "--signal", "l1_norm", "--side-by-side"], ""),
     ("recovery_table.py", ["--signals", "l1_norm", "--targets", "0.5", "--recoveries", "none,bn_recalibrate",
                            "--samples", "256",
                            "--results", "{tmp}/recovery_quick.json", "--no-write"],
