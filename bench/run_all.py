@@ -5,7 +5,7 @@ scripts write sections and plots of their own (NAME-quick) and never overwrite t
 At the end this writes a section at the top of BENCHMARKS.md with the run's wall time per script.
 
 Scripts that cannot run small without overwriting their full results run in the quick set with
-`--no-write` (measured, printed, nothing written) or not at all; the section says which.
+`--no-write` (measured, printed, nothing written); the note beside them in the section says so.
 
     .venv/bin/python bench/run_all.py quick|full [--nni-python .nni-venv/bin/python] [--only SCRIPT,...]
 
@@ -48,7 +48,6 @@ QUICK = [
                           "--bandit-calib", "2000", "--bandit-slices", "1", "--missing-reason",
                           "The quick run leaves out reconstruct (the full run measures it)."], ""),
 ]
-QUICK_LEFT_OUT: dict[str, str] = {}
 FULL = [
     ("latency_vs_macs.py", [], ""),
     ("cifar_vs_torch_pruning.py", [], ""),
@@ -110,10 +109,8 @@ def main() -> None:
                                                                                               strict=True)),
     ]
     if quick:
-        left = ("Left out of the quick run: " + "; ".join(f"`{k}`: {v}" for k, v in QUICK_LEFT_OUT.items()) + ". "
-                if QUICK_LEFT_OUT else "")
-        lines += ["", left + "The quick run's sections and plots are the ones marked *quick run*; the others come "
-                  "from full runs (`make bench`)."]
+        lines += ["", "The quick run's sections and plots are the ones marked *quick run*; the others come from "
+                  "full runs (`make bench`)."]
     lines += ["", f"Command: `{common.command()}`"]
     common.write_section("run", "\n".join(lines), top=True)
     failed = [s for s, _, _, code, _ in done if code]
