@@ -6,6 +6,9 @@ least-squares refit first), then label-free distillation from the original on th
 images, all inside one job.
 Peer: Torch-Pruning's global group-L2 to the same MACs, BatchNorm re-estimated on the 10k images, then
 the same distillation (SGD 0.01 cosine, T=4, flips and crops, batch 128).
+Ours trains in the precision the engine picks (`recovery.precision`, auto: bf16 where the CPU has native
+bfloat16, else fp32) unless --precision says otherwise; the peer runs the issue's recipe in float32 unless
+--peer-precision says otherwise. Each row names its precision.
 Both are evaluated on the full 10,000-image CIFAR-10 test set and written to BENCHMARKS.md.
 
     .venv/bin/python bench/cifar_recovery.py [--minutes 30] [--only ours|peer] [--side-by-side] [--epochs 25]
@@ -17,6 +20,7 @@ import argparse
 import copy
 import json
 import time
+from pathlib import Path
 
 import torch
 from common import DATA, cifar, command, machine, write_section
@@ -32,7 +36,8 @@ def accuracy(model: torch.nn.Module, data) -> float:  # type: ignore[no-untyped-
     return correct / len(data)
 
 
-def ours(weights: bytes, train, test, minutes: float, signal: str, epochs: float, refit: bool) -> dict:  # type: ignore[no-untyped-def]
+def ours(weights: bytes, train, test, minutes: float, signal: str, epochs: float, refit: bool,
+         precision: str) -> dict:  # type: ignore[no-untyped-def]
     from secateurs.pruning import PruneSpec, prune
 
     t0 = time.monotonic()
@@ -40,20 +45,21 @@ def ours(weights: bytes, train, test, minutes: float, signal: str, epochs: float
         "signal": signal, "target": {"macs": 0.5},
         "calibration": {"samples": 1024},
         "recovery": {"method": "distill", "epochs": epochs, "lr": 0.01, "batch_size": 128, "temperature": 4,
-                     "reconstruct_first": refit, "max_minutes": max(minutes - 3.0, 1.0)},
+                     "reconstruct_first": refit, "max_minutes": max(minutes - 3.0, 1.0), "precision": precision},
         "measure": {"repeats": 20},
     })
     result = prune(weights, spec, arch="resnet56_cifar", calibration=train, evaluation=test)
     r = result.report
     return {
-        "method": f"secateurs {signal} + {'reconstruct' if refit else 'BN re-estimation'} + distill", "macs_kept": r["macs_kept"],
+        "method": f"secateurs {signal} + {'reconstruct' if refit else 'BN re-estimation'} + distill "
+                  f"({r['recovery'].get('precision')})", "macs_kept": r["macs_kept"],
         "params_kept": r["params_kept"], "accuracy": r["accuracy_after"], "accuracy_before": r["accuracy_before"],
         "epochs": r["recovery"].get("epochs"), "minutes": (time.monotonic() - t0) / 60,
         "measured_on": "pruned ONNX in ONNX Runtime",
     }
 
 
-def peer(weights: bytes, train, test, minutes: float, epochs: float) -> dict:  # type: ignore[no-untyped-def]
+def peer(weights: bytes, train, test, minutes: float, epochs: float, precision: str) -> dict:  # type: ignore[no-untyped-def]
     import torch_pruning as tp
     from secateurs.pruning import recovery
     from secateurs.pruning.custom_ops import CUSTOM_PRUNERS
@@ -92,9 +98,10 @@ def peer(weights: bytes, train, test, minutes: float, epochs: float) -> dict:  #
     after_bn = accuracy(model, test)
     spent = (time.monotonic() - t0) / 60
     stats = recovery.train(model, train, teacher=original, epochs=epochs, lr=0.01, batch_size=128, device="cpu",
-                           temperature=4, max_seconds=max(minutes - spent - 1.0, 1.0) * 60)
+                           temperature=4, max_seconds=max(minutes - spent - 1.0, 1.0) * 60, precision=precision)
     return {
-        "method": "Torch-Pruning global group-L2 + BN re-estimation + distill", "macs_kept": kept,
+        "method": f"Torch-Pruning global group-L2 + BN re-estimation + distill ({stats['precision']})",
+        "macs_kept": kept,
         "params_kept": sum(p.numel() for p in model.parameters()) / sum(p.numel() for p in original.parameters()),
         "accuracy": accuracy(model, test), "accuracy_after_bn": after_bn, "accuracy_before": accuracy(original, test),
         "epochs": stats["epochs"], "minutes": (time.monotonic() - t0) / 60, "measured_on": "PyTorch",
@@ -130,11 +137,18 @@ def main() -> None:
                              "rate anneals on whichever runs out first)")
     parser.add_argument("--reconstruct", action="store_true",
                         help="ours refits the layers by least squares before distilling (minutes of the budget)")
+    parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                        help="ours: recovery.precision of the job spec")
+    parser.add_argument("--peer-precision", choices=["auto", "fp32", "bf16"], default="fp32",
+                        help="the peer's distillation arithmetic (the issue's recipe is float32)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--side-by-side", action="store_true",
                         help="run ours and the peer at the same time, one thread each, so both share the same "
                              "machine conditions (each gets half the CPU: a conservative measure of both)")
     parser.add_argument("--no-write", action="store_true", help="print the row as JSON, leave BENCHMARKS.md alone")
+    parser.add_argument("--include", action="append", default=[], metavar="ROW.json",
+                        help="a row printed by an earlier --no-write run on this machine, written before this run's "
+                             "rows (ours timed alone, then the peer, without repeating either)")
     args = parser.parse_args()
     if args.side_by_side:
         side_by_side(args)
@@ -142,12 +156,13 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     weights = (DATA / "resnet56_cifar10.safetensors").read_bytes()
     train, test = cifar("cifar10_train_subset10k.npz"), cifar("cifar10_test.npz")
-    rows = []
+    rows = [json.loads(Path(p).read_text()) for p in args.include]
     if args.only in (None, "ours"):
-        rows.append(ours(weights, train, test, args.minutes, args.signal, args.epochs, args.reconstruct))
+        rows.append(ours(weights, train, test, args.minutes, args.signal, args.epochs, args.reconstruct,
+                         args.precision))
         print(json.dumps(rows[-1]), flush=True)
     if args.only in (None, "peer"):
-        rows.append(peer(weights, train, test, args.minutes, args.epochs))
+        rows.append(peer(weights, train, test, args.minutes, args.epochs, args.peer_precision))
         print(json.dumps(rows[-1]), flush=True)
     for r in rows:
         r["threads"] = args.threads
@@ -160,7 +175,8 @@ def side_by_side(args: argparse.Namespace) -> None:
     import sys
 
     base = [sys.executable, __file__, "--minutes", str(args.minutes), "--signal", args.signal, "--threads", "1",
-            "--epochs", str(args.epochs), *(["--reconstruct"] if args.reconstruct else []), "--no-write", "--only"]
+            "--epochs", str(args.epochs), *(["--reconstruct"] if args.reconstruct else []),
+            "--precision", args.precision, "--peer-precision", args.peer_precision, "--no-write", "--only"]
     procs = [subprocess.Popen([*base, who], stdout=subprocess.PIPE, text=True) for who in ("ours", "peer")]
     rows = []
     for proc in procs:

@@ -111,6 +111,10 @@ class Recovery(_Strict):
     reconstruct_first: bool = Field(
         False, description="Refit the layers by least squares before distill/finetune: a better starting point."
     )
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="Arithmetic of distill/finetune training: bf16 (autocast) where the worker's device "
+        "has native bfloat16 when auto; weights and the output stay float32.",
+    )
 
 
 class DataRef(_Strict):

@@ -30,11 +30,16 @@ def _run(weights, cal, ev, method, **recovery):
 
 
 @pytest.mark.parametrize("method,extra", [("bn_recalibrate", {}), ("reconstruct", {}),
-                                          ("distill", {"epochs": 2}), ("finetune", {"epochs": 2})])
+                                          ("distill", {"epochs": 2, "precision": "fp32"}),
+                                          ("finetune", {"epochs": 2})])
 def test_each_recovery_wins_back_accuracy(resnet20_weights, data, baseline, method, extra):
+    from secateurs.pruning.recovery import native_bf16
+
     cal, ev = data
     r = _run(resnet20_weights, cal, ev, method, **extra)
     assert r["recovery"]["method"] == method
+    if method in ("distill", "finetune"):  # fp32 when asked; auto is bf16 exactly where the CPU has it natively
+        assert r["recovery"]["precision"] == extra.get("precision", "bf16" if native_bf16("cpu") else "fp32")
     assert r["macs_kept"] <= 0.5
     # measured here: none ~0.16, bn_recalibrate ~0.45, reconstruct ~0.63, distill/finetune (2 epochs) ~0.5
     assert r["accuracy_after"] > baseline["accuracy_after"] + 0.15, (method, r["accuracy_after"], baseline["accuracy_after"])
@@ -120,3 +125,56 @@ def test_the_teacher_falls_back_to_the_module_when_its_export_fails():
     teacher = Teacher(Unexportable(), torch.ones(2, 3), "cpu")
     assert teacher.session is None
     assert torch.equal(teacher(torch.ones(2, 3)), torch.full((2, 3), 2.0))
+
+
+def _cpu_flags() -> set[str]:
+    from pathlib import Path
+
+    info = Path("/proc/cpuinfo")
+    if not info.exists():
+        pytest.skip("no /proc/cpuinfo to read the CPU's flags from")
+    return {f for line in info.read_text().splitlines() if line.startswith("flags") for f in line.split(":", 1)[1].split()}
+
+
+def test_auto_precision_is_bf16_exactly_on_cpus_with_native_bf16():
+    from secateurs.pruning.recovery import resolve_precision
+
+    native = bool(_cpu_flags() & {"avx512_bf16", "amx_bf16"})
+    assert resolve_precision("auto", "cpu") == ("bf16" if native else "fp32")
+    assert resolve_precision("fp32", "cpu") == "fp32"
+    assert resolve_precision("bf16", "cpu") == "bf16"
+    with pytest.raises(SpecError, match="precision"):
+        resolve_precision("fp16", "cpu")
+    with pytest.raises(ValueError, match="precision"):
+        PruneSpec.model_validate({"recovery": {"method": "distill", "precision": "fp16"}})
+
+
+@pytest.mark.parametrize("precision,dtype", [("fp32", "float32"), ("bf16", "bfloat16")])
+def test_training_computes_in_its_precision_and_keeps_float32_weights(precision, dtype):
+    import numpy as np
+    import torch
+    from secateurs.pruning.recovery import train
+    from torch import nn
+
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 256)
+    x = rng.normal(0, 0.2, (256, 2, 8, 8)).astype(np.float32)
+    x[np.arange(256), y] += 1.0  # the label is the brighter channel: learnable in a few steps
+    model = nn.Sequential(nn.Conv2d(2, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                          nn.Flatten(), nn.Linear(8, 2))
+    seen: list[torch.dtype] = []
+    model[0].register_forward_hook(lambda m, i, out: seen.append(out.dtype))
+    data = Dataset(x, y.astype(np.int64))
+
+    def correct() -> float:
+        with torch.no_grad():
+            return float((model.eval()(torch.from_numpy(x)).argmax(1).numpy() == y).mean())
+
+    before = correct()
+    seen.clear()
+    stats = train(model, data, teacher=None, epochs=8, lr=0.1, batch_size=32, device="cpu", precision=precision)
+    assert stats["precision"] == precision
+    assert len(seen) == 8 * 256 // 32 and all(d == getattr(torch, dtype) for d in seen)
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert correct() > max(before, 0.9)
