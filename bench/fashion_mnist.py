@@ -152,7 +152,8 @@ def bandit_claim(model: bytes, args: argparse.Namespace, test, results: grid.Res
                     continue
                 spec = PruneSpec.model_validate({
                     "signal": signal, "target": {"macs": target}, "calibration": {"samples": len(calib)},
-                    "recovery": {"method": "finetune", "epochs": epochs, "lr": 0.01, "batch_size": 64},
+                    "recovery": {"method": "finetune", "epochs": epochs, "lr": 0.01, "batch_size": 64,
+                                 "precision": "fp32"},  # as measured before recovery.precision existed
                     "signal_options": {"bandit_epochs": args.bandit_epochs}, "measure": {"repeats": 5},
                 })
                 t0 = time.monotonic()
@@ -182,7 +183,7 @@ def bandit_lines(results: grid.Results, args: argparse.Namespace) -> list[str]:
         "SGD 0.01 momentum 0.9, batch 64) in which every step executes, in each dependency group, only the "
         "channels with the highest upper confidence bound (the rest zeroed at their consumers' inputs), then "
         "prunes the lowest-scored. Every model then gets the same supervised fine-tune (recovery `finetune`: "
-        f"{m['bandit_finetune']:g} epoch(s) over the same images, SGD 0.01 cosine, batch 64, after BatchNorm "
+        f"{m['bandit_finetune']:g} epoch(s) over the same images, SGD 0.01 cosine, batch 64, float32, after BatchNorm "
         "re-estimation); the last row gives l1_norm a dense fine-tune as many epochs long as the bandit's two "
         "together. Top-1 on the 10,000 test images, pruned ONNX in ONNX Runtime; mean over the slices, then each.",
         "",
@@ -247,7 +248,7 @@ def write(results: grid.Results, bandit: grid.Results, args: argparse.Namespace,
         "kept as nodes and handed to `secateurs.pruning.prune` as ONNX, default spec otherwise. Calibration and "
         f"recovery: the first {m['calib']} training images (with labels: gradient signals and the bandit's "
         f"fine-tune use them). Budgets, the same for every signal: `distill` = label-free distillation from the "
-        f"original, {m['distill_epochs']:g} epochs over those images (SGD 0.01 cosine, T=4, batch 64), after "
+        f"original, {m['distill_epochs']:g} epochs over those images (SGD 0.01 cosine, T=4, batch 64, float32), after "
         "BatchNorm re-estimation; `reconstruct` = least-squares refit of every layer whose inputs changed, then "
         f"BatchNorm re-estimation; `bandit` scores during a fine-tune of {m['bandit_epochs_grid']:g} epoch(s) "
         "over them.",
@@ -324,7 +325,8 @@ def main() -> None:
     if not args.skip_grid:
         calib = fashion("fashion_mnist_train.npz", args.calib)
         base = {"calibration": {"samples": args.calib},
-                "recovery": {"epochs": args.distill_epochs, "lr": 0.01, "batch_size": 64, "temperature": 4},
+                "recovery": {"epochs": args.distill_epochs, "lr": 0.01, "batch_size": 64, "temperature": 4,
+                             "precision": "fp32"},  # as measured before recovery.precision existed
                 "signal_options": {"bandit_epochs": args.bandit_epochs_grid}, "measure": {"repeats": 5}}
         grid.run_grid(model=model, arch=None, calib=calib, test=test, signals=signals,
                  targets=[float(t) for t in args.targets.split(",")], recoveries=args.recoveries.split(","),

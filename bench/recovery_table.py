@@ -34,7 +34,10 @@ EXTRA = ['{"compose": {"measure": "activation_gradient", "reduce": "fisher", "ag
 def base_spec(args: argparse.Namespace) -> dict:
     return {
         "calibration": {"samples": args.samples},
-        "recovery": {"epochs": args.epochs, "lr": 0.01, "batch_size": 128, "temperature": 4},
+        "recovery": {"epochs": args.epochs, "lr": 0.01, "batch_size": 128, "temperature": 4,
+                     # float32 as the cells measured before recovery.precision existed (its auto is bf16 where
+                     # the CPU has it natively): every cell of the table trained alike, on any machine
+                     "precision": "fp32"},
         "signal_options": {"bandit_epochs": args.bandit_epochs},
         "measure": {"repeats": 5},
     }
@@ -61,7 +64,8 @@ def write(results: grid.Results, args: argparse.Namespace, signals: list[str]) -
         f"signals and the bandit's fine-tune use them); signals, BatchNorm re-estimation and the least-squares "
         f"refit read the first {meta['samples']}. Budgets, the same for every signal: `distill` = refit-free "
         f"label-free distillation from the original, {meta['epochs']:g} epoch(s) over all 10,000 images (SGD "
-        "0.01 cosine, momentum 0.9, T=4, flips and 4-pixel crops, batch 128), after BatchNorm re-estimation; "
+        "0.01 cosine, momentum 0.9, T=4, flips and 4-pixel crops, batch 128, float32), after BatchNorm "
+        "re-estimation; "
         f"`reconstruct` = least-squares refit of every layer whose inputs changed, then BatchNorm "
         f"re-estimation; `bandit` scores during a fine-tune of {meta['bandit_epochs']:g} epoch(s) over its "
         f"{meta['samples']} calibration images (batch 128).",
