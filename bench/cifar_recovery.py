@@ -37,7 +37,7 @@ def accuracy(model: torch.nn.Module, data) -> float:  # type: ignore[no-untyped-
 
 
 def ours(weights: bytes, train, test, minutes: float, signal: str, epochs: float, refit: bool,
-         precision: str) -> dict:  # type: ignore[no-untyped-def]
+         precision: str, mixup: bool) -> dict:  # type: ignore[no-untyped-def]
     from secateurs.pruning import PruneSpec, prune
 
     t0 = time.monotonic()
@@ -45,13 +45,15 @@ def ours(weights: bytes, train, test, minutes: float, signal: str, epochs: float
         "signal": signal, "target": {"macs": 0.5},
         "calibration": {"samples": 1024},
         "recovery": {"method": "distill", "epochs": epochs, "lr": 0.01, "batch_size": 128, "temperature": 4,
-                     "reconstruct_first": refit, "max_minutes": max(minutes - 3.0, 1.0), "precision": precision},
+                     "reconstruct_first": refit, "max_minutes": max(minutes - 3.0, 1.0), "precision": precision,
+                     "mixup": mixup},
         "measure": {"repeats": 20},
     })
     result = prune(weights, spec, arch="resnet56_cifar", calibration=train, evaluation=test)
     r = result.report
     return {
-        "method": f"secateurs {signal} + {'reconstruct' if refit else 'BN re-estimation'} + distill "
+        "method": f"secateurs {signal} + {'reconstruct' if refit else 'BN re-estimation'} + distill"
+                  f"{' with mixup' if mixup else ''} "
                   f"({r['recovery'].get('precision')})", "macs_kept": r["macs_kept"],
         "params_kept": r["params_kept"], "accuracy": r["accuracy_after"], "accuracy_before": r["accuracy_before"],
         "epochs": r["recovery"].get("epochs"), "minutes": (time.monotonic() - t0) / 60,
@@ -141,6 +143,7 @@ def main() -> None:
                         help="ours: recovery.precision of the job spec")
     parser.add_argument("--peer-precision", choices=["auto", "fp32", "bf16"], default="fp32",
                         help="the peer's distillation arithmetic (the issue's recipe is float32)")
+    parser.add_argument("--mixup", action="store_true", help="ours: recovery.mixup (distillation on blended images)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--side-by-side", action="store_true",
                         help="run ours and the peer at the same time, one thread each, so both share the same "
@@ -159,7 +162,7 @@ def main() -> None:
     rows = [json.loads(Path(p).read_text()) for p in args.include]
     if args.only in (None, "ours"):
         rows.append(ours(weights, train, test, args.minutes, args.signal, args.epochs, args.reconstruct,
-                         args.precision))
+                         args.precision, args.mixup))
         print(json.dumps(rows[-1]), flush=True)
     if args.only in (None, "peer"):
         rows.append(peer(weights, train, test, args.minutes, args.epochs, args.peer_precision))
@@ -176,7 +179,7 @@ def side_by_side(args: argparse.Namespace) -> None:
 
     base = [sys.executable, __file__, "--minutes", str(args.minutes), "--signal", args.signal, "--threads", "1",
             "--epochs", str(args.epochs), *(["--reconstruct"] if args.reconstruct else []),
-            "--precision", args.precision, "--peer-precision", args.peer_precision, "--no-write", "--only"]
+            *(["--mixup"] if args.mixup else []), "--precision", args.precision, "--peer-precision", args.peer_precision, "--no-write", "--only"]
     procs = [subprocess.Popen([*base, who], stdout=subprocess.PIPE, text=True) for who in ("ours", "peer")]
     rows = []
     for proc in procs:

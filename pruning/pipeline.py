@@ -260,6 +260,7 @@ def _recover(net: nn.Module, original: nn.Module, origin: dict[str, np.ndarray],
             net, data, teacher=original if method == "distill" else None, epochs=r.epochs, lr=r.lr,
             batch_size=r.batch_size, device=dev, tick=tick, temperature=r.temperature,
             max_seconds=None if r.max_minutes is None else r.max_minutes * 60, precision=r.precision,
+            mixup=r.mixup,
         ))
     return out
 

@@ -111,10 +111,20 @@ class Recovery(_Strict):
     reconstruct_first: bool = Field(
         False, description="Refit the layers by least squares before distill/finetune: a better starting point."
     )
+    mixup: bool = Field(
+        False, description="distill only: blend each batch's images pairwise at random ratios, teacher and student "
+        "seeing the same blend (matches the teacher between the calibration images; pays off over long runs).",
+    )
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto", description="Arithmetic of distill/finetune training: bf16 (autocast) where the worker's device "
         "has native bfloat16 when auto; weights and the output stay float32.",
     )
+
+    @model_validator(mode="after")
+    def _mixup_is_for_distill(self) -> Recovery:
+        if self.mixup and self.method != "distill":
+            raise ValueError(f"recovery.mixup needs method distill (blended images have no labels), not {self.method!r}")
+        return self
 
 
 class DataRef(_Strict):

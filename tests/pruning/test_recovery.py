@@ -178,3 +178,31 @@ def test_training_computes_in_its_precision_and_keeps_float32_weights(precision,
     assert len(seen) == 8 * 256 // 32 and all(d == getattr(torch, dtype) for d in seen)
     assert all(p.dtype == torch.float32 for p in model.parameters())
     assert correct() > max(before, 0.9)
+
+
+def test_mixup_blends_pairs_of_the_batch_and_is_refused_without_a_teacher():
+    import numpy as np
+    import torch
+    from secateurs.pruning.recovery import _mix, train
+    from torch import nn
+
+    x = torch.stack([torch.full((1, 2, 2), float(v)) for v in (0.0, 1.0, 10.0, 100.0)])
+    out = _mix(x, torch.Generator().manual_seed(0))
+    assert out.shape == x.shape
+    for img in out:  # constant images: each blend is constant, between two of the batch's values
+        assert torch.all(img == img.flatten()[0])
+        assert 0.0 <= float(img.flatten()[0]) <= 100.0
+    assert not torch.equal(out, x)
+    data = Dataset(np.zeros((8, 1, 2, 2), np.float32), np.zeros(8, np.int64))
+    with pytest.raises(SpecError, match="mixup"):
+        train(nn.Sequential(nn.Flatten(), nn.Linear(4, 2)), data, teacher=None, epochs=1, lr=0.1, batch_size=4,
+              device="cpu", mixup=True)
+    with pytest.raises(ValueError, match="mixup"):
+        PruneSpec.model_validate({"recovery": {"method": "finetune", "mixup": True}})
+
+
+def test_distill_with_mixup_wins_back_accuracy(resnet20_weights, data, baseline):
+    cal, ev = data
+    r = _run(resnet20_weights, cal, ev, "distill", epochs=2, mixup=True)
+    assert r["recovery"]["mixup"] is True
+    assert r["accuracy_after"] > baseline["accuracy_after"] + 0.15, (r["accuracy_after"], baseline["accuracy_after"])
