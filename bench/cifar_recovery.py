@@ -41,8 +41,11 @@ def ours(weights: bytes, train, test, minutes: float, signal: str, epochs: float
     from secateurs.pruning import PruneSpec, prune
 
     t0 = time.monotonic()
+    chosen = json.loads(signal) if signal.lstrip().startswith("{") else signal  # a name or {"compose": {...}}
+    if isinstance(chosen, dict):
+        signal = "compose(" + ", ".join(f"{k} {v}" for k, v in chosen["compose"].items()) + ")"
     spec = PruneSpec.model_validate({
-        "signal": signal, "target": {"macs": 0.5},
+        "signal": chosen, "target": {"macs": 0.5},
         "calibration": {"samples": 1024},
         "recovery": {"method": "distill", "epochs": epochs, "lr": 0.01, "batch_size": 128, "temperature": 4,
                      "reconstruct_first": refit, "max_minutes": max(minutes - 3.0, 1.0), "precision": precision,
@@ -125,6 +128,12 @@ def write(rows: list[dict], minutes: float, how: str) -> None:
         loss = (r["accuracy_before"] - r["accuracy"]) * 100
         lines.append(f"| {r['method']} | {r['macs_kept']:.3f} | {r['params_kept']:.3f} | {r['accuracy'] * 100:.2f}% "
                      f"| {loss:.2f} | {r['epochs']:.1f} | {r['minutes']:.1f} |")
+    earlier = [r for r in rows if r.get("included_from")]
+    if earlier:
+        lines += ["", "Rows read with --include (" + ", ".join(f"`{r['included_from']}`" for r in earlier) + ") were "
+                  "measured before this run on the same machine, each by its own run of this script with `--only "
+                  "ours --no-write`" + "".join(f"; {r['method']}: `{r['command']}`" for r in earlier if r.get("command"))
+                  + "."]
     lines += ["", f"Command: `{command()}`"]
     write_section("cifar-recovery", "\n".join(lines))
 
@@ -133,7 +142,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--minutes", type=float, default=30.0)
     parser.add_argument("--only", choices=["ours", "peer"])
-    parser.add_argument("--signal", default="l2_norm")
+    parser.add_argument("--signal", default="l2_norm", help='a registered name, or a composed signal as JSON: '
+                        '\'{"compose": {"measure": "weight", "reduce": "l2", "normalize": "none", ...}}\'')
     parser.add_argument("--epochs", type=float, default=25.0,
                         help="epochs for both; the time budget stops a run first when it is shorter (the learning "
                              "rate anneals on whichever runs out first)")
@@ -159,18 +169,18 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     weights = (DATA / "resnet56_cifar10.safetensors").read_bytes()
     train, test = cifar("cifar10_train_subset10k.npz"), cifar("cifar10_test.npz")
-    rows = [json.loads(Path(p).read_text()) for p in args.include]
+    rows = [json.loads(Path(p).read_text()) | {"included_from": p} for p in args.include]
     if args.only in (None, "ours"):
         rows.append(ours(weights, train, test, args.minutes, args.signal, args.epochs, args.reconstruct,
-                         args.precision, args.mixup))
+                         args.precision, args.mixup) | {"threads": args.threads, "command": command()})
         print(json.dumps(rows[-1]), flush=True)
     if args.only in (None, "peer"):
-        rows.append(peer(weights, train, test, args.minutes, args.epochs, args.peer_precision))
+        rows.append(peer(weights, train, test, args.minutes, args.epochs, args.peer_precision)
+                    | {"threads": args.threads, "command": command()})
         print(json.dumps(rows[-1]), flush=True)
-    for r in rows:
-        r["threads"] = args.threads
     if not args.no_write:
-        write(rows, args.minutes, f"{args.threads} thread(s), one method after the other")
+        threads = sorted({r.get("threads", args.threads) for r in rows})
+        write(rows, args.minutes, f"{'/'.join(map(str, threads))} thread(s), one method after the other")
 
 
 def side_by_side(args: argparse.Namespace) -> None:

@@ -221,7 +221,13 @@ def native_bf16(device: torch.device | str) -> bool:
     AVX-512 BF16 or AMX (oneDNN's bf16 kernels; elsewhere bf16 is emulated and slower than float32)."""
     dev = torch.device(device)
     if dev.type == "cuda":
-        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+        if not torch.cuda.is_available():
+            return False
+        with torch.cuda.device(dev):  # the device asked about, not the current one
+            try:  # torch's default counts emulation (pre-Ampere GPUs) as support
+                return bool(torch.cuda.is_bf16_supported(including_emulation=False))
+            except TypeError:  # older torch: no emulation argument
+                return torch.cuda.get_device_properties(dev).major >= 8
     if dev.type == "cpu":
         probes = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
         return any(bool(probe()) for probe in probes if probe is not None)

@@ -39,7 +39,7 @@ def test_each_recovery_wins_back_accuracy(resnet20_weights, data, baseline, meth
     r = _run(resnet20_weights, cal, ev, method, **extra)
     assert r["recovery"]["method"] == method
     if method in ("distill", "finetune"):  # fp32 when asked; auto is bf16 exactly where the CPU has it natively
-        assert r["recovery"]["precision"] == extra.get("precision", "bf16" if native_bf16("cpu") else "fp32")
+        assert r["recovery"]["precision"] == extra.get("precision", "bf16" if native_bf16(r["device"]) else "fp32")
     assert r["macs_kept"] <= 0.5
     # measured here: none ~0.16, bn_recalibrate ~0.45, reconstruct ~0.63, distill/finetune (2 epochs) ~0.5
     assert r["accuracy_after"] > baseline["accuracy_after"] + 0.15, (method, r["accuracy_after"], baseline["accuracy_after"])
@@ -206,3 +206,21 @@ def test_distill_with_mixup_wins_back_accuracy(resnet20_weights, data, baseline)
     r = _run(resnet20_weights, cal, ev, "distill", epochs=2, mixup=True)
     assert r["recovery"]["mixup"] is True
     assert r["accuracy_after"] > baseline["accuracy_after"] + 0.15, (r["accuracy_after"], baseline["accuracy_after"])
+
+
+def test_a_bf16_teacher_runs_the_module_and_answers_float32_close_to_float32():
+    import torch
+    from secateurs.pruning import zoo
+    from secateurs.pruning.recovery import Teacher
+
+    torch.manual_seed(0)
+    module = zoo.build("resnet20_cifar", 10).eval()
+    x = torch.randn(16, 3, 32, 32)
+    exact = Teacher(module, x, "cpu", "fp32")(x)
+    teacher = Teacher(module, x, "cpu", "bf16")
+    assert teacher.session is None  # ONNX Runtime computes in float32: the module runs, under autocast
+    got = teacher(x)
+    assert got.dtype == torch.float32 and got.shape == exact.shape
+    scale = float(exact.abs().max())
+    assert torch.allclose(got, exact, atol=0.05 * scale), float((got - exact).abs().max()) / scale
+    assert not torch.equal(got, exact)  # it did compute in bf16
