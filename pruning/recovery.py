@@ -351,6 +351,8 @@ def train(model: nn.Module, data: Dataset, *, teacher: nn.Module | None, epochs:
     before both models see them."""
     if teacher is None and data.y is None:
         raise SpecError("recovery finetune needs labels: give calibration data with a y array, or use distill")
+    if mixup and teacher is None:
+        raise SpecError("recovery.mixup is for distill: mixed images have no labels to fine-tune on")
     n = len(data)
     steps_per_epoch = max(1, math.ceil(n / batch_size))
     total = max(1, int(round(epochs * steps_per_epoch)))
@@ -358,8 +360,6 @@ def train(model: nn.Module, data: Dataset, *, teacher: nn.Module | None, epochs:
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=5e-4, nesterov=True)
     gen = torch.Generator().manual_seed(seed)
-    if mixup and teacher is None:
-        raise SpecError("recovery.mixup is for distill: mixed images have no labels to fine-tune on")
     precision = resolve_precision(precision, device)
     teach = None if teacher is None else Teacher(teacher, example, device, precision)
     step, t0, last = 0, time.monotonic(), 0.0
