@@ -91,6 +91,9 @@ def cpu_isa() -> str:
     return "no AVX"
 
 
+OUTPUTS = ("bench/results/", "bench/plots/")
+
+
 def revision(paths: tuple[str, ...] = ("pruning",)) -> str:
     """The commit the code was measured at, and whether `paths` (the engine by default) had uncommitted changes."""
     try:
@@ -100,7 +103,10 @@ def revision(paths: tuple[str, ...] = ("pruning",)) -> str:
                                text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown revision"
-    return f"commit {head}" + (f" with uncommitted changes in {', '.join(p + '/' for p in paths)}" if dirty else "")
+    # a benchmark's own outputs (results, plots) are not changes to the code it measured
+    changed = [line[3:] for line in dirty.splitlines() if not line[3:].startswith(OUTPUTS)]
+    touched = [p + "/" for p in paths if any(c == p or c.startswith(p + "/") for c in changed)]
+    return f"commit {head}" + (f" with uncommitted changes in {', '.join(touched)}" if touched else "")
 
 
 def machine(paths: tuple[str, ...] = ("pruning",)) -> str:
