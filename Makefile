@@ -36,12 +36,12 @@ test: $(STAMP) lint
 # Timed figures: run them alone, e.g. `flock /tmp/secateurs-timing.lock nice -n -10 make bench-quick`.
 bench-quick: $(STAMP)
 	bash scripts/services.sh
-	bash scripts/wrk.sh
+	bash scripts/load-tools.sh
 	$(PY) bench/run_all.py quick
 
 bench: $(STAMP) $(NNI_STAMP)
 	bash scripts/services.sh
-	bash scripts/wrk.sh
+	bash scripts/load-tools.sh
 	$(PY) bench/run_all.py full --nni-python $(NNI_VENV)/bin/python
 
 # NNI for the comparison (bench/nni_prune.py), in a virtual environment of its own that also sees the
