@@ -25,6 +25,7 @@ from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
 
+GPU_NOTE = "measures on CUDA only: on a machine without a GPU its section says that nothing was measured"
 # (script, arguments, a note for the section's table); the full set runs each script with its defaults.
 QUICK = [
     ("latency_vs_macs.py", ["--rounds", "auto", "--threads", "1,2", "--batches", "1,32", "--repeats", "20",
@@ -47,6 +48,7 @@ QUICK = [
                           "--recoveries", "none,bn_recalibrate,distill", "--calib", "1000", "--distill-epochs", "1",
                           "--bandit-calib", "2000", "--bandit-slices", "1", "--missing-reason",
                           "The quick run leaves out reconstruct (the full run measures it)."], ""),
+    ("gpu.py", ["--quick"], GPU_NOTE),
 ]
 FULL = [
     ("latency_vs_macs.py", [], ""),
@@ -62,6 +64,7 @@ FULL = [
     ("cifar_recovery.py", [], ""),
     ("recovery_table.py", [], ""),
     ("fashion_mnist.py", [], ""),
+    ("gpu.py", [], GPU_NOTE),
 ]
 
 
