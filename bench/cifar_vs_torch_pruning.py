@@ -290,6 +290,8 @@ class Recoveries:
 def compare(args, weights: bytes, test, original: torch.nn.Module, unpruned: float) -> tuple[list[str], list[dict]]:  # type: ignore[no-untyped-def]
     base_macs, base_params = macs(original, SHAPE), params(original)
     convs = len(channels(original))
+    from secateurs.pruning.errors import SpecError
+
     notes: list[str] = []
     recoveries = Recoveries(args.recoveries.split(","), args.distill_epochs, original, weights, test)
     recs = recoveries.names
@@ -368,7 +370,10 @@ def compare(args, weights: bytes, test, original: torch.nn.Module, unpruned: flo
                 ("round_to=16", {"round_to": 16}),
                 ("per_mac=true", {"signal": {"compose": {**l2, "per_mac": True}}}),
             ):
-                ours_row(target, f"{COUNTERPART}, {label}", {"signal": COUNTERPART, **spec})
+                try:
+                    ours_row(target, f"{COUNTERPART}, {label}", {"signal": COUNTERPART, **spec})
+                except SpecError as exc:  # e.g. round_to=16 at a deep target: the engine refuses the plan
+                    notes.append(f"{COUNTERPART}, {label} at {target}: no row, the engine refused it: {exc}")
         for row in rows[first:]:
             row["differ"] = str(differ(row["channels"], tp_rows[True]["channels"]))
     if args.with_nni:
