@@ -438,7 +438,8 @@ def compare(args, weights: bytes, test, original: torch.nn.Module, unpruned: flo
                      f"pruner + full training (Fang et al., CVPR 2023; their ResNet-56 at {d['base']}% unpruned; MACs kept "
                      f"= 1 / their {d['speedup']}x speed-up), [Torch-Pruning 1.6.0 README]({d['source']}) | {1 / d['speedup']:.4f} | - | {quoted} | - | - |"
                      + (" - |" if recovering else ""))
-    path = plot_path(f"cifar_vs_torch_pruning_{ARCH.removesuffix('_cifar')}")
+    # the NNI run writes a section of its own: its plot too, so it never replaces the full run's
+    path = plot_path(f"cifar_vs_torch_pruning_{ARCH.removesuffix('_cifar')}" + ("_nni" if args.with_nni else ""))
     if not args.no_write:
         plot_compare(rows, recs, unpruned, path)
     lines += ["", plot_link(path, "top-1 against MACs kept, ours and Torch-Pruning, a panel per recovery")]
