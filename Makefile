@@ -28,7 +28,7 @@ lint: $(STAMP)
 
 test: $(STAMP) lint
 	bash scripts/services.sh
-	bash scripts/chromium.sh
+	bash scripts/debian-tools.sh chromium
 	$(VENV)/bin/pytest -q --durations=25
 
 # Benchmarks rewrite their own sections of BENCHMARKS.md (see bench/common.py); bench/run_all.py lists what
@@ -36,12 +36,12 @@ test: $(STAMP) lint
 # Timed figures: run them alone, e.g. `flock /tmp/secateurs-timing.lock nice -n -10 make bench-quick`.
 bench-quick: $(STAMP)
 	bash scripts/services.sh
-	bash scripts/load-tools.sh
+	bash scripts/debian-tools.sh wrk hey
 	$(PY) bench/run_all.py quick
 
 bench: $(STAMP) $(NNI_STAMP)
 	bash scripts/services.sh
-	bash scripts/load-tools.sh
+	bash scripts/debian-tools.sh wrk hey
 	$(PY) bench/run_all.py full --nni-python $(NNI_VENV)/bin/python
 
 # NNI for the comparison (bench/nni_prune.py), in a virtual environment of its own that also sees the

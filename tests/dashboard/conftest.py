@@ -40,7 +40,7 @@ def browser() -> Iterator[object]:
     from playwright.sync_api import sync_playwright
 
     if not shutil.which(CHROMIUM):
-        raise RuntimeError(f"{CHROMIUM} is missing: `make test` installs Debian's chromium (scripts/chromium.sh)")
+        raise RuntimeError(f"{CHROMIUM} is missing: `make test` installs Debian's chromium (scripts/debian-tools.sh)")
     with sync_playwright() as p:
         b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
         yield b
