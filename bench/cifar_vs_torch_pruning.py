@@ -288,10 +288,10 @@ class Recoveries:
 
 
 def compare(args, weights: bytes, test, original: torch.nn.Module, unpruned: float) -> tuple[list[str], list[dict]]:  # type: ignore[no-untyped-def]
-    base_macs, base_params = macs(original, SHAPE), params(original)
-    convs = len(channels(original))
     from secateurs.pruning.errors import SpecError
 
+    base_macs, base_params = macs(original, SHAPE), params(original)
+    convs = len(channels(original))
     notes: list[str] = []
     recoveries = Recoveries(args.recoveries.split(","), args.distill_epochs, original, weights, test)
     recs = recoveries.names

@@ -28,12 +28,10 @@ from __future__ import annotations
 
 import argparse
 import copy
-import io
 import json
 import statistics
 import sys
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,6 +40,7 @@ import common
 import numpy as np
 import torch
 from common import DATA, cifar, command, load_average, machine, write_section
+from latency_vs_macs import build, export_model, ratio
 from torch import nn
 
 SECTION = "gpu"
@@ -82,32 +81,13 @@ class Pair:
         return self.report["macs_after"] / self.report["macs_before"]
 
 
-def family(name: str) -> nn.Module:
-    """A torchvision classifier with random weights (seeded), built from code: nothing is downloaded."""
-    import torchvision
-
-    torch.manual_seed(0)
-    return getattr(torchvision.models, name)(weights=None).eval()
-
-
-def export(model: nn.Module, size: int) -> bytes:
-    """The model as a user sends it: ONNX, opset 17, dynamic batch."""
-    buf = io.BytesIO()
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model.eval(), (torch.randn(1, 3, size, size),), buf, dynamo=False, opset_version=17,
-                          input_names=["input"], output_names=["logits"],
-                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
-    return buf.getvalue()
-
-
 def prune_pair(model: nn.Module, size: int = SIZE, name: str = "model") -> Pair:
     """Export `model`, prune it with the engine's default data-free spec (l2_norm, macs=0.5) on the CPU (the
     pruning is not what is timed), and keep both sides in the engine's PyTorch form of the graph."""
     from secateurs.pruning import PruneSpec, prune
     from secateurs.pruning.loading import load_model
 
-    original_onnx = export(model, size)
+    original_onnx = export_model(model, size)
     spec = PruneSpec.model_validate({"signal": "l2_norm", "target": {"macs": 0.5}, "measure": {"repeats": 3}})
     result = prune(original_onnx, spec, device="cpu")
     original = load_model(original_onnx).module.eval()
@@ -269,10 +249,6 @@ def resnet56_pair() -> tuple[nn.Module, nn.Module, float]:
 # ------------------------------------------------------------------------------------------- the section
 
 
-def ratio(before: float, after: float, macs_kept: float) -> float:
-    return (1 - after / before) / (1 - macs_kept)
-
-
 def cell(m: dict[str, Any], macs_kept: float) -> str:
     if "missing" in m:
         return m["missing"]
@@ -387,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
     load_start, t_begin = load_average(), time.monotonic()
     rows = []
     for name in models:
-        pair = prune_pair(family(name), SIZE, name)
+        pair = prune_pair(build(name), SIZE, name)
         for b in batches:
             row = {"pair": pair, "batch": b,
                    "eager": eager_latency(pair.original, pair.pruned, device, b, SIZE, args.repeats, args.warmup),

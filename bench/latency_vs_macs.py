@@ -72,19 +72,30 @@ def block_size() -> int:
     return 16 if cpu_isa() == "AVX-512" else 8
 
 
-def export(name: str) -> bytes:
+def build(name: str):  # type: ignore[no-untyped-def]
+    """A torchvision classifier with random weights (seeded), built from code: nothing is downloaded."""
     import torch
     import torchvision
 
     torch.manual_seed(0)
-    model = getattr(torchvision.models, name)(weights=None).eval()
+    return getattr(torchvision.models, name)(weights=None).eval()
+
+
+def export_model(model, size: int = SIZE) -> bytes:  # type: ignore[no-untyped-def]
+    """The model as a user sends it: ONNX, opset 17, dynamic batch."""
+    import torch
+
     buf = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, (torch.randn(1, 3, SIZE, SIZE),), buf, dynamo=False, opset_version=17,
+        torch.onnx.export(model.eval(), (torch.randn(1, 3, size, size),), buf, dynamo=False, opset_version=17,
                           input_names=["input"], output_names=["logits"],
                           dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
     return buf.getvalue()
+
+
+def export(name: str) -> bytes:
+    return export_model(build(name))
 
 
 def session(data: bytes, threads: int, profile_dir: str | None = None) -> ort.InferenceSession:

@@ -101,7 +101,7 @@ def test_a_cpu_run_measures_but_writes_nothing(gpu, pair, monkeypatch, tmp_path,
     target = tmp_path / "BENCHMARKS.md"
     monkeypatch.setattr(common, "BENCHMARKS", target)
     monkeypatch.setattr(gpu, "SIZE", SIZE)
-    monkeypatch.setattr(gpu, "family", lambda name: tiny())
+    monkeypatch.setattr(gpu, "build", lambda name: tiny())
     monkeypatch.setattr(gpu, "prune_pair", lambda model, size, name: pair)
     monkeypatch.setattr(gpu, "resnet56_pair", lambda: (pair.original, pair.pruned, pair.macs_kept))
     monkeypatch.setattr(gpu, "cifar", lambda name: images(gpu.TRAIN_BATCH * 4))
