@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 NNI_VENV ?= .nni-venv
 NNI_STAMP := $(NNI_VENV)/.installed
 
-.PHONY: install demo test lint bench bench-quick nni-venv clean
+.PHONY: install demo test lint bench bench-continue bench-quick nni-venv clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -43,6 +43,12 @@ bench: $(STAMP) $(NNI_STAMP)
 	bash scripts/services.sh
 	bash scripts/debian-tools.sh wrk hey
 	$(PY) bench/run_all.py full --nni-python $(NNI_VENV)/bin/python
+
+# A full run takes hours: after an interruption this takes it up at its first unfinished script.
+bench-continue: $(STAMP) $(NNI_STAMP)
+	bash scripts/services.sh
+	bash scripts/debian-tools.sh wrk hey
+	$(PY) bench/run_all.py full --continue --nni-python $(NNI_VENV)/bin/python
 
 # NNI for the comparison (bench/nni_prune.py), in a virtual environment of its own that also sees the
 # project's torch and secateurs (NNI's dependencies stay out of .venv).

@@ -8,9 +8,9 @@ re-estimation and bn_scale would have nothing to work on), and handed to the eng
 Calibration: the first `--calib` training images (labels included); evaluation: the 10,000-image test
 set, on the pruned ONNX in ONNX Runtime. The trained model is kept in bench/results/fashion_net.onnx
 (committed: 0.6 MB, and training it takes most of an hour on a loaded 2-core machine) so that `--resume`
-measures the same network in a later session.
+(fill the missing cells) and `--fresh` (measure every cell anew) measure the same network in a later session.
 
-    .venv/bin/python bench/fashion_mnist.py [--resume] [--epochs 3] [--signals ...] [--skip-bandit]
+    .venv/bin/python bench/fashion_mnist.py [--resume|--fresh] [--epochs 3] [--signals ...] [--skip-bandit]
     .venv/bin/python bench/fashion_mnist.py --write-only
 """
 
@@ -100,6 +100,18 @@ def to_onnx(model: nn.Module) -> bytes:
     return buf.getvalue()
 
 
+# What the results file says of the network itself (kept by --fresh, which discards only the cells).
+TRAINED = ("train_minutes", "train_epochs", "train_images", "parameters", "model_sha256")
+
+
+def _trained_meta() -> dict:  # type: ignore[type-arg]
+    try:
+        saved = json.loads(RESULTS.read_text())["meta"]
+    except (OSError, ValueError, KeyError):
+        return {}
+    return {k: saved[k] for k in TRAINED if k in saved}
+
+
 def _measured_on() -> str | None:
     """The sha256 of the network the results file's cells were measured on, if there is such a file."""
     try:
@@ -109,8 +121,9 @@ def _measured_on() -> str | None:
 
 
 def network(args: argparse.Namespace, meta: dict) -> bytes:  # type: ignore[type-arg]
-    """The trained network: reused from MODEL when resuming (same bytes as the cells already measured)."""
-    if args.resume and MODEL.exists() and meta.get("model_sha256"):
+    """The trained network: reused from MODEL when resuming or measuring afresh (same bytes as the results
+    file names), trained otherwise."""
+    if (args.resume or args.fresh) and MODEL.exists() and meta.get("model_sha256"):
         data = MODEL.read_bytes()
         if hashlib.sha256(data).hexdigest() == meta["model_sha256"]:
             return data
@@ -293,9 +306,14 @@ def main() -> None:
     p.add_argument("--skip-bandit", action="store_true")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--resume", action="store_true")
+    p.add_argument("--fresh", action="store_true",
+                   help="measure every cell anew (the results files' cells are discarded) on the kept network, "
+                        "training one only when there is none")
     p.add_argument("--write-only", action="store_true")
     p.add_argument("--missing-reason", default="", help="why cells are missing, said under the table")
     args = p.parse_args()
+    if args.fresh and args.resume:
+        p.error("--fresh and --resume exclude each other")
     torch.set_num_threads(args.threads)
     signals = [grid.parse_signal(s) for s in args.signals.split(";" if ";" in args.signals else ",")] \
         if args.signals else [*grid.registered_signals(), *(grid.parse_signal(s) for s in EXTRA)]
@@ -306,6 +324,10 @@ def main() -> None:
     meta = {"machine": machine(("pruning", "bench")), "threads": args.threads, "calib": args.calib,
             "distill_epochs": args.distill_epochs, "bandit_epochs_grid": args.bandit_epochs_grid,
             "commands": [command()]}
+    if args.fresh:  # Results merges the cells on disk into every save: they go first, the network's facts stay
+        meta |= _trained_meta()
+        for path in (RESULTS, BANDIT):
+            path.unlink(missing_ok=True)
     results = grid.Results(RESULTS, args.resume, meta)
     started, load = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M"), load_average()
     results.meta.setdefault("started", started)
@@ -316,7 +338,7 @@ def main() -> None:
         # Results merges the rows on disk into every save, so they go before anything is added.
         for path in (RESULTS, BANDIT):
             path.unlink(missing_ok=True)
-        trained = {k: results.meta[k] for k in ("train_minutes", "train_epochs", "parameters", "model_sha256")}
+        trained = {k: results.meta[k] for k in TRAINED if k in results.meta}
         results = grid.Results(RESULTS, False, {**meta, **trained, "started": started, "load_start": load})
     test = fashion("fashion_mnist_test.npz")
     if "unpruned" not in results.meta or not args.resume:

@@ -7,7 +7,8 @@ with arch resnet56_cifar. Calibration and recovery use the 10,000 shared trainin
 re-estimation and the least-squares refit read the first `--samples` of them; distillation (no labels)
 runs `--epochs` passes over all 10,000 (SGD 0.01 cosine, T=4, flips and crops, batch 128). Each
 (signal, target) is scored once and every recovery applied to a copy (see bench/recovery_grid.py). Cells go
-to bench/results/recovery_resnet56.json as they finish; `--resume` skips those already there.
+to bench/results/recovery_resnet56.json as they finish; `--resume` skips those already there; `--fresh`
+discards them first (otherwise a run keeps the cells on disk it does not measure itself).
 
     .venv/bin/python bench/recovery_table.py [--resume] [--epochs 1] [--signals l1_norm,...] [--targets 0.7,0.5]
     .venv/bin/python bench/recovery_table.py --write-only    # the section and plot from the JSON file
@@ -107,12 +108,15 @@ def main() -> None:
     p.add_argument("--bandit-epochs", type=float, default=5.0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--resume", action="store_true")
+    p.add_argument("--fresh", action="store_true", help="start the results file anew (its cells are discarded)")
     p.add_argument("--stop-at", default=None, help="HH:MM UTC: start no new (signal, target) after this")
     p.add_argument("--write-only", action="store_true")
     p.add_argument("--missing-reason", default="")
     p.add_argument("--results", default=str(RESULTS), help="the JSON file of cells")
     p.add_argument("--no-write", action="store_true", help="measure only: leave BENCHMARKS.md and the plot alone")
     args = p.parse_args()
+    if args.fresh and args.resume:
+        p.error("--fresh and --resume exclude each other")
     torch.set_num_threads(args.threads)
     signals = [grid.parse_signal(s) for s in args.signals.split(";" if ";" in args.signals else ",")] \
         if args.signals else [*grid.registered_signals(), *(grid.parse_signal(s) for s in EXTRA)]
@@ -127,6 +131,8 @@ def main() -> None:
                                {"missing_reason": args.missing_reason} if args.missing_reason else {})
         write(results, args, labels)
         return
+    if args.fresh:  # without it, a run's saves merge the cells already on disk into the file
+        Path(args.results).unlink(missing_ok=True)
     results = grid.Results(Path(args.results), args.resume, meta)
     results.meta.setdefault("started", datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M"))
     results.meta.setdefault("load_start", load_average())

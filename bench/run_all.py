@@ -2,12 +2,17 @@
 
 Each script rewrites its own section of BENCHMARKS.md. A quick run sets SECATEURS_BENCH_QUICK=1, so the
 scripts write sections and plots of their own (NAME-quick) and never overwrite the full run's figures.
-At the end this writes a section at the top of BENCHMARKS.md with the run's wall time per script.
+This writes a section at the top of BENCHMARKS.md with the run's wall time per script (a full run after
+each script, so an interrupted one says how far it got).
+
+A full run takes hours on 2 cores. It records its progress in bench/results/run_full.json; after an
+interruption `make bench-continue` (`full --continue`) runs only the scripts not yet run to success, and
+the scripts that keep cells (recovery_table, fashion_mnist) fill in just the cells missing.
 
 Scripts that cannot run small without overwriting their full results run in the quick set with
 `--no-write` (measured, printed, nothing written); the note beside them in the section says so.
 
-    .venv/bin/python bench/run_all.py quick|full [--nni-python .nni-venv/bin/python] [--only SCRIPT,...]
+    .venv/bin/python bench/run_all.py quick|full [--continue] [--nni-python .nni-venv/bin/python] [--only SCRIPT,...]
 
 The times are the machine's: run it under the machine's timing lock, e.g.
 `flock /tmp/secateurs-timing.lock nice -n -10 make bench-quick`.
@@ -16,11 +21,13 @@ The times are the machine's: run it under the machine's timing lock, e.g.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
@@ -50,6 +57,13 @@ QUICK = [
                           "The quick run leaves out reconstruct (the full run measures it)."], ""),
     ("gpu.py", ["--quick"], GPU_NOTE),
 ]
+# ResNet-56 recovery within 30 minutes: the recipe that met the issue's goal (unnormalised group L2 + BN
+# re-estimation + distillation with mixup, the engine's precision) against the peer recipe
+BEST_RECOVERY = ['--minutes', '30', '--epochs', '200', '--mixup', '--signal',
+                 '{"compose": {"measure": "weight", "reduce": "l2", "aggregate": "mean", "normalize": "none", '
+                 '"coupling": "count"}}']
+# Timed figures first; then the scripts that resume at the cell (an interrupted run loses one cell there);
+# the hour-long recovery race last.
 FULL = [
     ("latency_vs_macs.py", [], ""),
     ("cifar_vs_torch_pruning.py", [], ""),
@@ -61,26 +75,152 @@ FULL = [
     ("latency_target.py", [], ""),
     ("jobs_per_hour.py", [], ""),
     ("service_load.py", [], ""),
-    ("cifar_recovery.py", [], ""),
-    ("recovery_table.py", [], ""),
+    # the committed table's budget (512 calibration images, half an epoch of distillation per cell)
+    ("recovery_table.py", ["--samples", "512", "--epochs", "0.5"], ""),
     ("fashion_mnist.py", [], ""),
+    ("cifar_recovery.py", BEST_RECOVERY, ""),
     ("gpu.py", [], GPU_NOTE),
 ]
+# Scripts that keep their cells in a results file: a first attempt starts it anew, a later one fills it.
+CELLS = ("recovery_table.py", "fashion_mnist.py")
+# A full run's progress, committed beside the results: `make bench-continue` (--continue) takes an
+# interrupted run up at its first unfinished script, in this session or a later one.
+STATE = BENCH / "results" / "run_full.json"
 
 
-def main() -> None:
-    p = argparse.ArgumentParser()
-    p.add_argument("mode", choices=["quick", "full"])
-    p.add_argument("--nni-python", help="an interpreter with NNI for cifar_vs_torch_pruning.py --with-nni")
-    p.add_argument("--only", help="comma-separated script names: run just these")
-    args = p.parse_args()
-    quick = args.mode == "quick"
-    if quick:
-        os.environ["SECATEURS_BENCH_QUICK"] = "1"  # before common is imported: its sections and plots are -quick
-    sys.path.insert(0, str(BENCH))
-    import common
+def step_key(script: str, argv: list[str]) -> str:
+    return " ".join([script, *argv])
 
-    plan = QUICK if quick else FULL
+
+def shown(script: str, argv: list[str]) -> str:
+    return " ".join([script, *(f"'{a}'" if not a or " " in a else a for a in argv)])
+
+
+def load_state(path: Path, cont: bool) -> dict:  # type: ignore[type-arg]
+    """The run to add to: the unfinished one on disk with `cont`, else a new one. A finished run, or none,
+    cannot be continued: that is said, not silently replaced by a new run."""
+    if not cont:
+        return {"started": _now(), "finished": None, "steps": [], "current": None}
+    name = os.path.relpath(path, BENCH.parent)
+    try:
+        state = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise SystemExit(f"nothing to continue: {name} does not exist (`make bench` starts a run)") from None
+    except ValueError as e:
+        raise SystemExit(f"cannot continue: {name} is not a run's state ({e})") from None
+    if not isinstance(state, dict) or not isinstance(state.get("steps"), list) or "started" not in state:
+        raise SystemExit(f"cannot continue: {name} is not a run's state (no started and steps)")
+    if state.get("finished"):
+        raise SystemExit(f"nothing to continue: the run started {state['started']} finished {state['finished']} "
+                         "(`make bench` starts a new one)")
+    return state
+
+
+def save_state(path: Path | None, state: dict) -> None:  # type: ignore[type-arg]
+    if path is None:
+        return
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state, indent=1) + "\n")
+    tmp.replace(path)  # never half-written: an interrupted save leaves the previous state
+
+
+def arguments(script: str, argv: list[str], state: dict) -> list[str]:  # type: ignore[type-arg]
+    """A cell-keeping script starts its results file anew on its first attempt in this run and fills in
+    what is missing on a later one (after an interruption or a failure)."""
+    if script not in CELLS:
+        return argv
+    key = step_key(script, argv)
+    tried = state.get("current") == key or any(s["key"] == key for s in state["steps"])
+    return [*argv, "--resume" if tried else "--fresh"]
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M")
+
+
+def full_section(state: dict, plan: list[tuple[str, list[str], str]], machine: str) -> str:  # type: ignore[type-arg]
+    steps = {s["key"]: s for s in state["steps"]}
+    rows, total, left = [], 0.0, []
+    for script, argv, note in plan:
+        s = steps.get(step_key(script, argv))
+        if s is None:
+            left.append(shown(script, argv))
+            continue
+        total += s["seconds"]
+        rows.append(f"| `{shown(script, s['argv'])}` | {s['code']} | {s['seconds'] / 60:.1f} | {s['ended']} | "
+                    f"{s['machine_id']} | {note} |")
+    machines = sorted({s["machine"] for s in state["steps"]} | {machine})
+    sittings = len({s["sitting"] for s in state["steps"]})
+    done = state.get("finished")
+    head = (f"## Wall time of `make bench`: {total / 60:.1f} minutes" if done else
+            f"## `make bench` in progress: {len(rows)} of {len(rows) + len(left)} scripts run, "
+            f"{total / 60:.1f} minutes so far")
+    lines = [
+        head, "",
+        f"Run started {state['started']} UTC" + (f", finished {done} UTC" if done else "") +
+        f"; {sittings} sitting(s) (`make bench`, then `make bench-continue` after each interruption, which "
+        "takes the run up at its first unfinished script). Each script's minutes are its own wall time; the "
+        "ones that keep cells (" + ", ".join(CELLS) + ") resume at the cell when continued, so their minutes "
+        "count only the sitting that finished them. Machines, by the id in the table: " +
+        "; ".join(f"{_machine_id(m)}: {m}" for m in machines) + ".", "",
+        "| script and arguments | exit code | minutes | ended (UTC) | machine | note |",
+        "| --- | ---: | ---: | --- | --- | --- |",
+        *rows,
+    ]
+    if left:
+        lines += ["", "Not run yet: " + "; ".join(f"`{c}`" for c in left) + "."]
+    return "\n".join(lines)
+
+
+def _machine_id(machine: str) -> str:
+    import hashlib
+
+    return "m-" + hashlib.sha256(machine.encode()).hexdigest()[:6]
+
+
+def run_full(args: argparse.Namespace, common) -> None:  # type: ignore[no-untyped-def]
+    state = load_state(STATE, args.cont)
+    # a new run of some scripts only (--only) leaves a longer run's record alone
+    path = STATE if args.cont or not args.only else None
+    machine = common.machine(("pruning", "bench"))
+    plan = [(s, [*a, "--with-nni", args.nni_python] if n == "NNI" else a, "" if n == "NNI" else n)
+            for s, a, n in FULL if n != "NNI" or args.nni_python]
+    if args.only:
+        plan = [step for step in plan if step[0] in args.only.split(",")]
+    state.setdefault("sittings", []).append(_now())
+    sitting = f"{len(state['sittings'])}: {state['sittings'][-1]}"  # unique within the run
+    save_state(path, state)
+    failed = []
+    for script, argv, _ in plan:
+        key = step_key(script, argv)
+        if any(s["key"] == key and s["code"] == 0 for s in state["steps"]):
+            print(f"== done in this run already: {key}", flush=True)
+            continue
+        full_argv = arguments(script, argv, state)
+        state["current"] = key
+        save_state(path, state)
+        cmd = [sys.executable, str(BENCH / script), *full_argv]
+        print(f"== {' '.join(cmd)}", flush=True)
+        t0 = time.monotonic()
+        code = subprocess.run(cmd, env=os.environ, check=False).returncode
+        state["steps"] = [s for s in state["steps"] if s["key"] != key] + [{
+            "key": key, "argv": full_argv, "code": code, "seconds": time.monotonic() - t0, "ended": _now(),
+            "machine": machine, "machine_id": _machine_id(machine), "sitting": sitting,
+            "load_end": common.load_average()}]
+        state["current"] = None
+        if code:
+            failed.append(script)
+        everything = {step_key(s, a) for s, a, _ in plan}
+        if not args.only and all(any(s["key"] == k and s["code"] == 0 for s in state["steps"]) for k in everything):
+            state["finished"] = _now()
+        save_state(path, state)
+        common.write_section("run", full_section(state, plan, machine), top=True)
+    if failed:
+        raise SystemExit(f"failed: {', '.join(failed)}")
+
+
+def run_quick(args: argparse.Namespace, common) -> None:  # type: ignore[no-untyped-def]
+    plan = QUICK
     if args.only:
         plan = [step for step in plan if step[0] in args.only.split(",")]
     load_start, t_begin = common.load_average(), time.monotonic()
@@ -88,37 +228,50 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="secateurs-bench-") as tmp:
         for script, argv, note in plan:
             argv = [a.replace("{tmp}", tmp) for a in argv]
-            if note == "NNI":
-                if not args.nni_python:
-                    continue
-                argv, note = [*argv, "--with-nni", args.nni_python], ""
             cmd = [sys.executable, str(BENCH / script), *argv]
             print(f"== {' '.join(cmd)}", flush=True)
             t0 = time.monotonic()
             code = subprocess.run(cmd, env=os.environ, check=False).returncode
             done.append((script, argv, note, code, time.monotonic() - t0))
     total = time.monotonic() - t_begin
-    quoted = [" ".join([s, *(f"'{a}'" if not a or " " in a else a for a in argv)]) for s, argv, *_ in done]
     lines = [
-        f"## Wall time of `make bench{'-quick' if quick else ''}`: {total / 60:.1f} minutes",
+        f"## Wall time of `make bench-quick`: {total / 60:.1f} minutes",
         "",
-        f"`make bench{'-quick' if quick else ''}` ran every script below one after the other in "
-        f"**{total / 60:.1f} minutes** of wall time on: {common.machine(('pruning', 'bench'))}. Load average at "
-        f"start {load_start}, at end {common.load_average()}; run at nice {os.getpriority(os.PRIO_PROCESS, 0)}.",
+        f"`make bench-quick` ran every script below one after the other in **{total / 60:.1f} minutes** of wall "
+        f"time on: {common.machine(('pruning', 'bench'))}. Load average at start {load_start}, at end "
+        f"{common.load_average()}; run at nice {os.getpriority(os.PRIO_PROCESS, 0)}.",
         "",
         "| script and arguments | exit code | minutes | note |",
         "| --- | ---: | ---: | --- |",
-        *(f"| `{q}` | {code} | {sec / 60:.1f} | {note} |" for q, (_, _, note, code, sec) in zip(quoted, done,
-                                                                                              strict=True)),
+        *(f"| `{shown(s, argv)}` | {code} | {sec / 60:.1f} | {note} |" for s, argv, note, code, sec in done),
+        "",
+        "The quick run's sections and plots are the ones marked *quick run*; the others come from full runs "
+        "(`make bench`).",
+        "", f"Command: `{common.command()}`",
     ]
-    if quick:
-        lines += ["", "The quick run's sections and plots are the ones marked *quick run*; the others come from "
-                  "full runs (`make bench`)."]
-    lines += ["", f"Command: `{common.command()}`"]
     common.write_section("run", "\n".join(lines), top=True)
     failed = [s for s, _, _, code, _ in done if code]
     if failed:
         raise SystemExit(f"failed: {', '.join(failed)}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("mode", choices=["quick", "full"])
+    p.add_argument("--nni-python", help="an interpreter with NNI for cifar_vs_torch_pruning.py --with-nni")
+    p.add_argument("--only", help="comma-separated script names: run just these")
+    p.add_argument("--continue", dest="cont", action="store_true",
+                   help="full: take the unfinished run in bench/results/run_full.json up at its first script "
+                        "not yet run to success")
+    args = p.parse_args()
+    if args.cont and args.mode != "full":
+        p.error("--continue is for a full run")
+    if args.mode == "quick":
+        os.environ["SECATEURS_BENCH_QUICK"] = "1"  # before common is imported: its sections and plots are -quick
+    sys.path.insert(0, str(BENCH))
+    import common
+
+    (run_quick if args.mode == "quick" else run_full)(args, common)
 
 
 if __name__ == "__main__":

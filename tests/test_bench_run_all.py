@@ -1,0 +1,119 @@
+"""bench/run_all.py full: a run interrupted or failed part-way is taken up by --continue at its first
+script not yet run to success, the cell-keeping scripts are told to start anew or to fill in, and the
+section at the top of BENCHMARKS.md says how far the run got."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+@pytest.fixture()
+def run_all(tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
+    spec = importlib.util.spec_from_file_location("bench_run_all", BENCH / "run_all.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    # three scripts standing in for the benchmarks: each appends its arguments to calls.txt; fail.py exits
+    # with the code in fail-code.txt
+    (tmp_path / "ok.py").write_text(
+        "import sys, pathlib\n"
+        "p = pathlib.Path(__file__).with_name('calls.txt')\n"
+        "p.write_text((p.read_text() if p.exists() else '') + ' '.join(sys.argv) + '\\n')\n")
+    (tmp_path / "recovery_table.py").write_text((tmp_path / "ok.py").read_text())
+    (tmp_path / "fail.py").write_text(
+        (tmp_path / "ok.py").read_text() +
+        "raise SystemExit(int(pathlib.Path(__file__).with_name('fail-code.txt').read_text()))\n")
+    (tmp_path / "fail-code.txt").write_text("3")
+    monkeypatch.setattr(module, "BENCH", tmp_path)
+    monkeypatch.setattr(module, "STATE", tmp_path / "run_full.json")
+    monkeypatch.setattr(module, "FULL", [("ok.py", ["--a", "1"], ""), ("recovery_table.py", ["--samples", "512"], ""),
+                                         ("fail.py", [], "a note"), ("ok.py", ["--b"], "")])
+    return module
+
+
+def fake_common(sections: list[str]) -> SimpleNamespace:
+    return SimpleNamespace(machine=lambda paths: "Test CPU (AVX2), 2 cores, no GPU; commit abc",
+                           load_average=lambda: "0.10",
+                           write_section=lambda name, body, top=False: sections.append(body))
+
+
+def args(**kw):  # type: ignore[no-untyped-def]
+    return SimpleNamespace(**{"cont": False, "only": None, "nni_python": None, **kw})
+
+
+def calls(tmp_path: Path) -> list[str]:
+    return [line.split(" ", 1)[1] if " " in line else "" for line in
+            (tmp_path / "calls.txt").read_text().splitlines()]
+
+
+def test_a_failed_run_is_continued_at_its_unfinished_script(run_all, tmp_path):  # type: ignore[no-untyped-def]
+    sections: list[str] = []
+    with pytest.raises(SystemExit, match="failed: fail.py"):
+        run_all.run_full(args(), fake_common(sections))
+    # every script ran once; the cell-keeping one started its results anew
+    assert calls(tmp_path) == ["--a 1", "--samples 512 --fresh", "", "--b"]
+    state = json.loads((tmp_path / "run_full.json").read_text())
+    assert state["finished"] is None and [s["code"] for s in state["steps"]] == [0, 0, 3, 0]
+    assert sections[-1].startswith("## `make bench` in progress: 4 of 4 scripts run")
+    assert "| `fail.py` | 3 |" in sections[-1] and "a note" in sections[-1]
+
+    (tmp_path / "fail-code.txt").write_text("0")
+    (tmp_path / "calls.txt").unlink()
+    run_all.run_full(args(cont=True), fake_common(sections))
+    assert calls(tmp_path) == [""]  # only the script that failed
+    state = json.loads((tmp_path / "run_full.json").read_text())
+    assert state["finished"] and [s["code"] for s in state["steps"]] == [0, 0, 0, 0]
+    assert sections[-1].startswith("## Wall time of `make bench`: ")
+    assert "2 sitting(s)" in sections[-1] and "Not run yet" not in sections[-1]
+
+    with pytest.raises(SystemExit, match="nothing to continue: the run started .* finished"):
+        run_all.run_full(args(cont=True), fake_common(sections))
+
+
+def test_an_interrupted_cell_script_fills_in_its_cells(run_all, tmp_path):  # type: ignore[no-untyped-def]
+    # the state a run leaves when it is stopped inside recovery_table.py: first script done, second current
+    state = {"started": "2026-12-01 00:00", "finished": None, "current": "recovery_table.py --samples 512",
+             "steps": [{"key": "ok.py --a 1", "argv": ["--a", "1"], "code": 0, "seconds": 60.0,
+                        "ended": "2026-12-01 00:01", "machine": "Other CPU", "machine_id": "m-000000",
+                        "sitting": "2026-12-01 00:00", "load_end": "0.5"}]}
+    (tmp_path / "run_full.json").write_text(json.dumps(state))
+    (tmp_path / "fail-code.txt").write_text("0")
+    sections: list[str] = []
+    run_all.run_full(args(cont=True), fake_common(sections))
+    assert calls(tmp_path) == ["--samples 512 --resume", "", "--b"]
+    body = sections[-1]
+    assert body.startswith("## Wall time of `make bench`: ") and "2 sitting(s)" in body
+    assert "Other CPU" in body and "Test CPU" in body  # both machines named, each step with its own
+
+
+def test_nothing_to_continue_and_only_leave_the_record_alone(run_all, tmp_path):  # type: ignore[no-untyped-def]
+    with pytest.raises(SystemExit, match="nothing to continue: .*run_full.json does not exist"):
+        run_all.load_state(tmp_path / "run_full.json", True)
+    (tmp_path / "run_full.json").write_text("{not json")
+    with pytest.raises(SystemExit, match="is not a run's state"):
+        run_all.load_state(tmp_path / "run_full.json", True)
+    (tmp_path / "run_full.json").write_text('{"kept": true}')
+    with pytest.raises(SystemExit, match="is not a run's state"):
+        run_all.load_state(tmp_path / "run_full.json", True)
+    run_all.run_full(args(only="ok.py"), fake_common([]))
+    assert calls(tmp_path) == ["--a 1", "--b"]
+    assert json.loads((tmp_path / "run_full.json").read_text()) == {"kept": True}
+
+
+def test_the_full_plan_names_real_scripts_and_flags() -> None:
+    spec = importlib.util.spec_from_file_location("bench_run_all_plan", BENCH / "run_all.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    for script, _, _ in [*module.FULL, *module.QUICK]:
+        assert (BENCH / script).exists(), script
+    for script in module.CELLS:  # told --fresh or --resume by the run: both must exist
+        text = (BENCH / script).read_text()
+        assert '"--fresh"' in text and '"--resume"' in text, script
+    sys.modules.pop("bench_run_all_plan", None)
