@@ -21,6 +21,7 @@ The times are the machine's: run it under the machine's timing lock, e.g.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import subprocess
@@ -148,7 +149,7 @@ def full_section(state: dict, plan: list[tuple[str, list[str], str]], machine: s
             continue
         total += s["seconds"]
         rows.append(f"| `{shown(script, s['argv'])}` | {s['code']} | {s['seconds'] / 60:.1f} | {s['ended']} | "
-                    f"{s['machine_id']} | {note} |")
+                    f"{_machine_id(s['machine'])} | {s.get('code_at', '?')} | {note} |")
     machines = sorted({s["machine"] for s in state["steps"]} | {machine})
     sittings = len({s["sitting"] for s in state["steps"]})
     done = state.get("finished")
@@ -163,8 +164,8 @@ def full_section(state: dict, plan: list[tuple[str, list[str], str]], machine: s
         "ones that keep cells (" + ", ".join(CELLS) + ") resume at the cell when continued, so their minutes "
         "count only the sitting that finished them. Machines, by the id in the table: " +
         "; ".join(f"{_machine_id(m)}: {m}" for m in machines) + ".", "",
-        "| script and arguments | exit code | minutes | ended (UTC) | machine | note |",
-        "| --- | ---: | ---: | --- | --- | --- |",
+        "| script and arguments | exit code | minutes | ended (UTC) | machine | secateurs at | note |",
+        "| --- | ---: | ---: | --- | --- | --- | --- |",
         *rows,
     ]
     if left:
@@ -173,8 +174,6 @@ def full_section(state: dict, plan: list[tuple[str, list[str], str]], machine: s
 
 
 def _machine_id(machine: str) -> str:
-    import hashlib
-
     return "m-" + hashlib.sha256(machine.encode()).hexdigest()[:6]
 
 
@@ -182,7 +181,8 @@ def run_full(args: argparse.Namespace, common) -> None:  # type: ignore[no-untyp
     state = load_state(STATE, args.cont)
     # a new run of some scripts only (--only) leaves a longer run's record alone
     path = STATE if args.cont or not args.only else None
-    machine = common.machine(("pruning", "bench"))
+    # the machine apart from the code measured: the run's commits change as its results are committed
+    machine = common.machine(("pruning", "bench")).partition("; secateurs at ")[0]
     plan = [(s, [*a, "--with-nni", args.nni_python] if n == "NNI" else a, "" if n == "NNI" else n)
             for s, a, n in FULL if n != "NNI" or args.nni_python]
     if args.only:
@@ -201,11 +201,11 @@ def run_full(args: argparse.Namespace, common) -> None:  # type: ignore[no-untyp
         save_state(path, state)
         cmd = [sys.executable, str(BENCH / script), *full_argv]
         print(f"== {' '.join(cmd)}", flush=True)
-        t0 = time.monotonic()
+        t0, code_at = time.monotonic(), common.revision(("pruning", "bench"))
         code = subprocess.run(cmd, env=os.environ, check=False).returncode
         state["steps"] = [s for s in state["steps"] if s["key"] != key] + [{
             "key": key, "argv": full_argv, "code": code, "seconds": time.monotonic() - t0, "ended": _now(),
-            "machine": machine, "machine_id": _machine_id(machine), "sitting": sitting,
+            "machine": machine, "code_at": code_at, "sitting": sitting,
             "load_end": common.load_average()}]
         state["current"] = None
         if code:
@@ -214,7 +214,8 @@ def run_full(args: argparse.Namespace, common) -> None:  # type: ignore[no-untyp
         if not args.only and all(any(s["key"] == k and s["code"] == 0 for s in state["steps"]) for k in everything):
             state["finished"] = _now()
         save_state(path, state)
-        common.write_section("run", full_section(state, plan, machine), top=True)
+        if path is not None:
+            common.write_section("run", full_section(state, plan, machine), top=True)
     if failed:
         raise SystemExit(f"failed: {', '.join(failed)}")
 

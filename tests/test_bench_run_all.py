@@ -38,7 +38,8 @@ def run_all(tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
 
 
 def fake_common(sections: list[str]) -> SimpleNamespace:
-    return SimpleNamespace(machine=lambda paths: "Test CPU (AVX2), 2 cores, no GPU; commit abc",
+    return SimpleNamespace(machine=lambda paths: "Test CPU (AVX2), 2 cores, no GPU; secateurs at commit abc",
+                           revision=lambda paths: "commit abc",
                            load_average=lambda: "0.10",
                            write_section=lambda name, body, top=False: sections.append(body))
 
@@ -61,7 +62,7 @@ def test_a_failed_run_is_continued_at_its_unfinished_script(run_all, tmp_path): 
     state = json.loads((tmp_path / "run_full.json").read_text())
     assert state["finished"] is None and [s["code"] for s in state["steps"]] == [0, 0, 3, 0]
     assert sections[-1].startswith("## `make bench` in progress: 4 of 4 scripts run")
-    assert "| `fail.py` | 3 |" in sections[-1] and "a note" in sections[-1]
+    assert "| `fail.py` | 3 |" in sections[-1] and "a note" in sections[-1] and "| commit abc |" in sections[-1]
 
     (tmp_path / "fail-code.txt").write_text("0")
     (tmp_path / "calls.txt").unlink()
@@ -101,8 +102,9 @@ def test_nothing_to_continue_and_only_leave_the_record_alone(run_all, tmp_path):
     (tmp_path / "run_full.json").write_text('{"kept": true}')
     with pytest.raises(SystemExit, match="is not a run's state"):
         run_all.load_state(tmp_path / "run_full.json", True)
-    run_all.run_full(args(only="ok.py"), fake_common([]))
-    assert calls(tmp_path) == ["--a 1", "--b"]
+    sections: list[str] = []
+    run_all.run_full(args(only="ok.py"), fake_common(sections))
+    assert calls(tmp_path) == ["--a 1", "--b"] and sections == []
     assert json.loads((tmp_path / "run_full.json").read_text()) == {"kept": True}
 
 
