@@ -146,6 +146,17 @@ class Results:
             tmp.replace(self.path)
 
 
+def belongs_to(path: Path, run: str) -> bool:
+    """Whether the results file at `path` holds the cells of `run` (one `make bench` run): a script given
+    `--run` fills such a file in and starts any other anew, so an attempt cut anywhere, even before its
+    first save, is followed by one that does the right thing."""
+    try:
+        meta = json.loads(path.read_text()).get("meta", {})
+    except (OSError, ValueError, AttributeError):
+        return False
+    return isinstance(meta, dict) and meta.get("run") == run
+
+
 def run_grid(*, model: bytes, arch: str | None, calib, test, signals: list[str | dict], targets: list[float],
              recoveries: list[str], base_spec: dict[str, Any], results: Results, threads: int,
              stop_at: float | None = None, log: Callable[[str], None] = print) -> None:  # type: ignore[no-untyped-def]

@@ -109,6 +109,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--resume", action="store_true")
     p.add_argument("--fresh", action="store_true", help="start the results file anew (its cells are discarded)")
+    p.add_argument("--run", help="the `make bench` run the cells belong to: the results file of that run is "
+                                 "filled in (as --resume), any other started anew (as --fresh)")
     p.add_argument("--stop-at", default=None, help="HH:MM UTC: start no new (signal, target) after this")
     p.add_argument("--write-only", action="store_true")
     p.add_argument("--missing-reason", default="")
@@ -117,6 +119,11 @@ def main() -> None:
     args = p.parse_args()
     if args.fresh and args.resume:
         p.error("--fresh and --resume exclude each other")
+    if args.run:
+        if args.fresh or args.resume:
+            p.error("--run chooses between --fresh and --resume itself")
+        args.resume = grid.belongs_to(Path(args.results), args.run)
+        args.fresh = not args.resume
     torch.set_num_threads(args.threads)
     signals = [grid.parse_signal(s) for s in args.signals.split(";" if ";" in args.signals else ",")] \
         if args.signals else [*grid.registered_signals(), *(grid.parse_signal(s) for s in EXTRA)]
@@ -124,6 +131,8 @@ def main() -> None:
     targets = [float(t) for t in args.targets.split(",")]
     meta = {"machine": machine(("pruning", "bench")), "threads": args.threads, "samples": args.samples,
             "epochs": args.epochs, "bandit_epochs": args.bandit_epochs, "commands": [command()]}
+    if args.run:
+        meta["run"] = args.run
     if args.missing_reason:
         meta["missing_reason"] = args.missing_reason
     if args.write_only:

@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -82,11 +83,13 @@ FULL = [
     ("cifar_recovery.py", BEST_RECOVERY, ""),
     ("gpu.py", [], GPU_NOTE),
 ]
-# Scripts that keep their cells in a results file: a first attempt starts it anew, a later one fills it.
+# Scripts that keep their cells in a results file. Given the run's id (--run) each decides for itself:
+# a file of this run is filled in, any other started anew, wherever an earlier attempt was cut.
 CELLS = ("recovery_table.py", "fashion_mnist.py")
 # A full run's progress, committed beside the results: `make bench-continue` (--continue) takes an
 # interrupted run up at its first unfinished script, in this session or a later one.
 STATE = BENCH / "results" / "run_full.json"
+NO_NNI = "<an interpreter with NNI: --nni-python>"
 
 
 def step_key(script: str, argv: list[str]) -> str:
@@ -100,9 +103,18 @@ def shown(script: str, argv: list[str]) -> str:
 def load_state(path: Path, cont: bool) -> dict:  # type: ignore[type-arg]
     """The run to add to: the unfinished one on disk with `cont`, else a new one. A finished run, or none,
     cannot be continued: that is said, not silently replaced by a new run."""
-    if not cont:
-        return {"started": _now(), "finished": None, "steps": [], "current": None}
     name = os.path.relpath(path, BENCH.parent)
+    if not cont:
+        try:
+            old = json.loads(path.read_text())
+            if isinstance(old, dict) and old.get("started") and not old.get("finished"):
+                print(f"== a new run replaces the unfinished one started {old['started']} "
+                      "(`make bench-continue` would have taken it up)", flush=True)
+        except (OSError, ValueError):
+            pass
+        started = _now()
+        return {"started": started, "id": f"{started} {uuid.uuid4().hex[:8]}", "finished": None, "steps": [],
+                "current": None}
     try:
         state = json.loads(path.read_text())
     except FileNotFoundError:
@@ -126,13 +138,12 @@ def save_state(path: Path | None, state: dict) -> None:  # type: ignore[type-arg
 
 
 def arguments(script: str, argv: list[str], state: dict) -> list[str]:  # type: ignore[type-arg]
-    """A cell-keeping script starts its results file anew on its first attempt in this run and fills in
-    what is missing on a later one (after an interruption or a failure)."""
-    if script not in CELLS:
-        return argv
-    key = step_key(script, argv)
-    tried = state.get("current") == key or any(s["key"] == key for s in state["steps"])
-    return [*argv, "--resume" if tried else "--fresh"]
+    """A cell-keeping script is told the run its cells belong to."""
+    return [*argv, "--run", state.get("id") or state["started"]] if script in CELLS else argv
+
+
+def ran(state: dict, key: str) -> bool:  # type: ignore[type-arg]
+    return any(s["key"] == key and s["code"] == 0 for s in state["steps"])
 
 
 def _now() -> str:
@@ -142,10 +153,15 @@ def _now() -> str:
 def full_section(state: dict, plan: list[tuple[str, list[str], str]], machine: str) -> str:  # type: ignore[type-arg]
     steps = {s["key"]: s for s in state["steps"]}
     rows, total, left = [], 0.0, []
+    current, running = state.get("current"), None
     for script, argv, note in plan:
-        s = steps.get(step_key(script, argv))
+        key = step_key(script, argv)
+        if key == current:
+            running = shown(script, argv)
+        s = steps.get(key)
         if s is None:
-            left.append(shown(script, argv))
+            if key != current:
+                left.append(shown(script, argv))
             continue
         total += s["seconds"]
         rows.append(f"| `{shown(script, s['argv'])}` | {s['code']} | {s['seconds'] / 60:.1f} | {s['ended']} | "
@@ -154,7 +170,7 @@ def full_section(state: dict, plan: list[tuple[str, list[str], str]], machine: s
     sittings = len({s["sitting"] for s in state["steps"]})
     done = state.get("finished")
     head = (f"## Wall time of `make bench`: {total / 60:.1f} minutes" if done else
-            f"## `make bench` in progress: {len(rows)} of {len(rows) + len(left)} scripts run, "
+            f"## `make bench` in progress: {len(rows)} of {len(plan)} scripts run, "
             f"{total / 60:.1f} minutes so far")
     lines = [
         head, "",
@@ -168,6 +184,9 @@ def full_section(state: dict, plan: list[tuple[str, list[str], str]], machine: s
         "| --- | ---: | ---: | --- | --- | --- | --- |",
         *rows,
     ]
+    if running:
+        lines += ["", f"Running when this was written: `{running}`, started {state.get('current_started', '?')} "
+                      "UTC (if the run was cut there, `make bench-continue` takes it up at that script)."]
     if left:
         lines += ["", "Not run yet: " + "; ".join(f"`{c}`" for c in left) + "."]
     return "\n".join(lines)
@@ -183,22 +202,35 @@ def run_full(args: argparse.Namespace, common) -> None:  # type: ignore[no-untyp
     path = STATE if args.cont or not args.only else None
     # the machine apart from the code measured: the run's commits change as its results are committed
     machine = common.machine(("pruning", "bench")).partition("; secateurs at ")[0]
-    plan = [(s, [*a, "--with-nni", args.nni_python] if n == "NNI" else a, "" if n == "NNI" else n)
-            for s, a, n in FULL if n != "NNI" or args.nni_python]
-    if args.only:
-        plan = [step for step in plan if step[0] in args.only.split(",")]
+    # the whole list, whatever runs now: a run is finished when every script of it ran to success
+    plan = [(s, [*a, "--with-nni", args.nni_python or NO_NNI] if n == "NNI" else a, "" if n == "NNI" else n)
+            for s, a, n in FULL]
+    only = args.only.split(",") if args.only else None
     state.setdefault("sittings", []).append(_now())
     sitting = f"{len(state['sittings'])}: {state['sittings'][-1]}"  # unique within the run
+
+    def record() -> None:
+        if all(ran(state, step_key(s, a)) for s, a, _ in plan):
+            state["finished"] = state.get("finished") or _now()
+        save_state(path, state)
+        if path is not None:
+            common.write_section("run", full_section(state, plan, machine), top=True)
+
     save_state(path, state)
     failed = []
     for script, argv, _ in plan:
         key = step_key(script, argv)
-        if any(s["key"] == key and s["code"] == 0 for s in state["steps"]):
+        if only is not None and script not in only:
+            continue
+        if ran(state, key):
             print(f"== done in this run already: {key}", flush=True)
             continue
+        if NO_NNI in argv:
+            print(f"== left out (no --nni-python given): {key}", flush=True)
+            continue
         full_argv = arguments(script, argv, state)
-        state["current"] = key
-        save_state(path, state)
+        state["current"], state["current_started"] = key, _now()
+        record()
         cmd = [sys.executable, str(BENCH / script), *full_argv]
         print(f"== {' '.join(cmd)}", flush=True)
         t0, code_at = time.monotonic(), common.revision(("pruning", "bench"))
@@ -210,12 +242,8 @@ def run_full(args: argparse.Namespace, common) -> None:  # type: ignore[no-untyp
         state["current"] = None
         if code:
             failed.append(script)
-        everything = {step_key(s, a) for s, a, _ in plan}
-        if not args.only and all(any(s["key"] == k and s["code"] == 0 for s in state["steps"]) for k in everything):
-            state["finished"] = _now()
-        save_state(path, state)
-        if path is not None:
-            common.write_section("run", full_section(state, plan, machine), top=True)
+        record()
+    record()
     if failed:
         raise SystemExit(f"failed: {', '.join(failed)}")
 

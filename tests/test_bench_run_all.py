@@ -1,6 +1,7 @@
 """bench/run_all.py full: a run interrupted or failed part-way is taken up by --continue at its first
-script not yet run to success, the cell-keeping scripts are told to start anew or to fill in, and the
-section at the top of BENCHMARKS.md says how far the run got."""
+script not yet run to success, the cell-keeping scripts are told which run their cells belong to (and
+decide from their results file whether to start anew or fill in), and the section at the top of
+BENCHMARKS.md says how far the run got."""
 
 import importlib.util
 import json
@@ -13,14 +14,19 @@ import pytest
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 
-@pytest.fixture()
-def run_all(tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
-    spec = importlib.util.spec_from_file_location("bench_run_all", BENCH / "run_all.py")
+def load(name: str, file: str):  # type: ignore[no-untyped-def]
+    spec = importlib.util.spec_from_file_location(name, BENCH / file)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    # three scripts standing in for the benchmarks: each appends its arguments to calls.txt; fail.py exits
-    # with the code in fail-code.txt
+    return module
+
+
+@pytest.fixture()
+def run_all(tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
+    module = load("bench_run_all", "run_all.py")
+    # scripts standing in for the benchmarks: each appends its arguments to calls.txt; fail.py exits with
+    # the code in fail-code.txt
     (tmp_path / "ok.py").write_text(
         "import sys, pathlib\n"
         "p = pathlib.Path(__file__).with_name('calls.txt')\n"
@@ -57,12 +63,14 @@ def test_a_failed_run_is_continued_at_its_unfinished_script(run_all, tmp_path): 
     sections: list[str] = []
     with pytest.raises(SystemExit, match="failed: fail.py"):
         run_all.run_full(args(), fake_common(sections))
-    # every script ran once; the cell-keeping one started its results anew
-    assert calls(tmp_path) == ["--a 1", "--samples 512 --fresh", "", "--b"]
     state = json.loads((tmp_path / "run_full.json").read_text())
+    # every script ran once; the cell-keeping one was told the run's id
+    assert calls(tmp_path) == ["--a 1", f"--samples 512 --run {state['id']}", "", "--b"]
     assert state["finished"] is None and [s["code"] for s in state["steps"]] == [0, 0, 3, 0]
     assert sections[-1].startswith("## `make bench` in progress: 4 of 4 scripts run")
     assert "| `fail.py` | 3 |" in sections[-1] and "a note" in sections[-1] and "| commit abc |" in sections[-1]
+    # while a script runs, the section names it (so a run cut there says where)
+    assert any("Running when this was written: `fail.py`" in s for s in sections)
 
     (tmp_path / "fail-code.txt").write_text("0")
     (tmp_path / "calls.txt").unlink()
@@ -71,26 +79,42 @@ def test_a_failed_run_is_continued_at_its_unfinished_script(run_all, tmp_path): 
     state = json.loads((tmp_path / "run_full.json").read_text())
     assert state["finished"] and [s["code"] for s in state["steps"]] == [0, 0, 0, 0]
     assert sections[-1].startswith("## Wall time of `make bench`: ")
-    assert "2 sitting(s)" in sections[-1] and "Not run yet" not in sections[-1]
+    assert "2 sitting(s)" in sections[-1] and "Not run yet" not in sections[-1] and "Running" not in sections[-1]
 
     with pytest.raises(SystemExit, match="nothing to continue: the run started .* finished"):
         run_all.run_full(args(cont=True), fake_common(sections))
 
 
-def test_an_interrupted_cell_script_fills_in_its_cells(run_all, tmp_path):  # type: ignore[no-untyped-def]
+def test_an_interrupted_cell_script_is_run_again_in_the_same_run(run_all, tmp_path):  # type: ignore[no-untyped-def]
     # the state a run leaves when it is stopped inside recovery_table.py: first script done, second current
-    state = {"started": "2026-12-01 00:00", "finished": None, "current": "recovery_table.py --samples 512",
+    state = {"started": "2026-12-01 00:00", "id": "2026-12-01 00:00 cafe", "finished": None,
+             "current": "recovery_table.py --samples 512", "current_started": "2026-12-01 00:01",
              "steps": [{"key": "ok.py --a 1", "argv": ["--a", "1"], "code": 0, "seconds": 60.0,
-                        "ended": "2026-12-01 00:01", "machine": "Other CPU", "machine_id": "m-000000",
-                        "sitting": "2026-12-01 00:00", "load_end": "0.5"}]}
+                        "ended": "2026-12-01 00:01", "machine": "Other CPU", "code_at": "commit 123",
+                        "sitting": "1: 2026-12-01 00:00", "load_end": "0.5"}]}
     (tmp_path / "run_full.json").write_text(json.dumps(state))
     (tmp_path / "fail-code.txt").write_text("0")
     sections: list[str] = []
     run_all.run_full(args(cont=True), fake_common(sections))
-    assert calls(tmp_path) == ["--samples 512 --resume", "", "--b"]
+    assert calls(tmp_path) == ["--samples 512 --run 2026-12-01 00:00 cafe", "", "--b"]
     body = sections[-1]
     assert body.startswith("## Wall time of `make bench`: ") and "2 sitting(s)" in body
-    assert "Other CPU" in body and "Test CPU" in body  # both machines named, each step with its own
+    assert "Other CPU" in body and "Test CPU" in body and "commit 123" in body  # each step with its own
+
+
+def test_only_and_a_missing_nni_never_finish_the_run(run_all, tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
+    monkeypatch.setattr(run_all, "FULL", [*run_all.FULL, ("ok.py", ["--nni"], "NNI")])
+    (tmp_path / "fail-code.txt").write_text("0")
+    sections: list[str] = []
+    run_all.run_full(args(), fake_common(sections))  # without --nni-python the NNI step is left out
+    assert calls(tmp_path) == ["--a 1", calls(tmp_path)[1], "", "--b"]
+    state = json.loads((tmp_path / "run_full.json").read_text())
+    assert state["finished"] is None and "Not run yet: `ok.py --nni --with-nni" in sections[-1]
+    # continuing with just that script finishes the whole run, and the section keeps every script
+    run_all.run_full(args(cont=True, only="ok.py", nni_python="/nni/python"), fake_common(sections))
+    assert calls(tmp_path)[-1] == "--nni --with-nni /nni/python"
+    assert json.loads((tmp_path / "run_full.json").read_text())["finished"]
+    assert sections[-1].startswith("## Wall time of `make bench`: ") and sections[-1].count("\n| `") == 5
 
 
 def test_nothing_to_continue_and_only_leave_the_record_alone(run_all, tmp_path):  # type: ignore[no-untyped-def]
@@ -108,14 +132,24 @@ def test_nothing_to_continue_and_only_leave_the_record_alone(run_all, tmp_path):
     assert json.loads((tmp_path / "run_full.json").read_text()) == {"kept": True}
 
 
+def test_a_results_file_belongs_to_the_run_it_names(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    sys.path.insert(0, str(BENCH))
+    try:
+        grid = load("bench_recovery_grid", "recovery_grid.py")
+    finally:
+        sys.path.remove(str(BENCH))
+    f = tmp_path / "cells.json"
+    assert not grid.belongs_to(f, "run 1")  # no file: start anew
+    for text in ("{broken", "[]", '{"meta": []}', '{"meta": {"run": "run 0"}, "rows": []}'):
+        f.write_text(text)
+        assert not grid.belongs_to(f, "run 1"), text
+    f.write_text('{"meta": {"run": "run 1"}, "rows": []}')
+    assert grid.belongs_to(f, "run 1")
+
+
 def test_the_full_plan_names_real_scripts_and_flags() -> None:
-    spec = importlib.util.spec_from_file_location("bench_run_all_plan", BENCH / "run_all.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load("bench_run_all_plan", "run_all.py")
     for script, _, _ in [*module.FULL, *module.QUICK]:
         assert (BENCH / script).exists(), script
-    for script in module.CELLS:  # told --fresh or --resume by the run: both must exist
-        text = (BENCH / script).read_text()
-        assert '"--fresh"' in text and '"--resume"' in text, script
-    sys.modules.pop("bench_run_all_plan", None)
+    for script in module.CELLS:  # told --run by a full run
+        assert '"--run"' in (BENCH / script).read_text(), script
