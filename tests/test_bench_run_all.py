@@ -153,3 +153,16 @@ def test_the_full_plan_names_real_scripts_and_flags() -> None:
         assert (BENCH / script).exists(), script
     for script in module.CELLS:  # told --run by a full run
         assert '"--run"' in (BENCH / script).read_text(), script
+
+
+def test_a_quick_run_writes_its_wall_time_per_script(run_all, tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
+    monkeypatch.setattr(run_all, "QUICK", [("ok.py", ["--results", "{tmp}/x.json"], "printed only"),
+                                           ("fail.py", [], "")])
+    sections: list[str] = []
+    with pytest.raises(SystemExit, match="failed: fail.py"):
+        run_all.run_quick(args(), SimpleNamespace(**vars(fake_common(sections)), command=lambda: "run_all.py quick"))
+    body = sections[-1]
+    assert body.startswith("## Wall time of `make bench-quick`: ")
+    assert "| `ok.py --results " in body and "| printed only |" in body and "| `fail.py` | 3 |" in body
+    assert "{tmp}" not in calls(tmp_path)[0]  # the run's temporary folder was put in
+    assert not (tmp_path / "run_full.json").exists()  # a quick run keeps no record
