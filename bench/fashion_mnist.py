@@ -305,22 +305,12 @@ def main() -> None:
     p.add_argument("--skip-grid", action="store_true")
     p.add_argument("--skip-bandit", action="store_true")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--resume", action="store_true")
-    p.add_argument("--fresh", action="store_true",
-                   help="measure every cell anew (the results files' cells are discarded) on the kept network, "
-                        "training one only when there is none")
-    p.add_argument("--run", help="the `make bench` run the cells belong to: the results files of that run are "
-                                 "filled in (as --resume), any others started anew (as --fresh)")
+    grid.run_arguments(p, "measure every cell anew (the results files' cells are discarded) on the kept "
+                          "network, training one only when there is none")
     p.add_argument("--write-only", action="store_true")
     p.add_argument("--missing-reason", default="", help="why cells are missing, said under the table")
     args = p.parse_args()
-    if args.fresh and args.resume:
-        p.error("--fresh and --resume exclude each other")
-    if args.run:
-        if args.fresh or args.resume:
-            p.error("--run chooses between --fresh and --resume itself")
-        args.resume = grid.belongs_to(RESULTS, args.run)
-        args.fresh = not args.resume
+    grid.settle_run(p, args, RESULTS)
     torch.set_num_threads(args.threads)
     signals = [grid.parse_signal(s) for s in args.signals.split(";" if ";" in args.signals else ",")] \
         if args.signals else [*grid.registered_signals(), *(grid.parse_signal(s) for s in EXTRA)]
@@ -336,11 +326,12 @@ def main() -> None:
     if args.fresh:
         # Results merges the cells on disk into every save: they go first. The network's facts stay on disk
         # (with the run, if any), so an attempt cut from here on still finds the network to reuse.
-        meta |= _trained_meta()
+        trained = _trained_meta()
+        meta |= trained
         BANDIT.unlink(missing_ok=True)
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         tmp = RESULTS.with_suffix(".fresh.tmp")
-        tmp.write_text(json.dumps({"meta": {**_trained_meta(), **({"run": args.run} if args.run else {})},
+        tmp.write_text(json.dumps({"meta": {**trained, **({"run": args.run} if args.run else {})},
                                    "rows": []}, indent=1))
         tmp.replace(RESULTS)
     results = grid.Results(RESULTS, args.resume, meta)

@@ -11,6 +11,7 @@ a cut run keeps what it measured and `--resume` skips what is done.
 
 from __future__ import annotations
 
+import argparse
 import copy
 import fcntl
 import json
@@ -144,6 +145,27 @@ class Results:
             tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
             tmp.write_text(json.dumps({"meta": self.meta, "rows": self.rows}, indent=1))
             tmp.replace(self.path)
+
+
+def run_arguments(parser: argparse.ArgumentParser, fresh_help: str) -> None:
+    """The three ways a cell script treats the cells already on disk: `--resume` keeps them, `--fresh`
+    discards them, `--run ID` (what `make bench` passes) chooses between the two by `belongs_to`."""
+    parser.add_argument("--resume", action="store_true", help="keep the cells already measured, run the rest")
+    parser.add_argument("--fresh", action="store_true", help=fresh_help)
+    parser.add_argument("--run", help="the `make bench` run the cells belong to: results files of that run are "
+                                      "filled in (as --resume), any other started anew (as --fresh)")
+
+
+def settle_run(parser: argparse.ArgumentParser, args: argparse.Namespace, path: Path) -> None:
+    """Check the arguments `run_arguments` added and, given `--run`, set `resume` and `fresh` by whether
+    the results file at `path` belongs to that run."""
+    if args.fresh and args.resume:
+        parser.error("--fresh and --resume exclude each other")
+    if args.run:
+        if args.fresh or args.resume:
+            parser.error("--run chooses between --fresh and --resume itself")
+        args.resume = belongs_to(path, args.run)
+        args.fresh = not args.resume
 
 
 def belongs_to(path: Path, run: str) -> bool:

@@ -107,23 +107,14 @@ def main() -> None:
     p.add_argument("--epochs", type=float, default=1.0, help="distillation epochs over the 10k images")
     p.add_argument("--bandit-epochs", type=float, default=5.0)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--resume", action="store_true")
-    p.add_argument("--fresh", action="store_true", help="start the results file anew (its cells are discarded)")
-    p.add_argument("--run", help="the `make bench` run the cells belong to: the results file of that run is "
-                                 "filled in (as --resume), any other started anew (as --fresh)")
+    grid.run_arguments(p, "start the results file anew (its cells are discarded)")
     p.add_argument("--stop-at", default=None, help="HH:MM UTC: start no new (signal, target) after this")
     p.add_argument("--write-only", action="store_true")
     p.add_argument("--missing-reason", default="")
     p.add_argument("--results", default=str(RESULTS), help="the JSON file of cells")
     p.add_argument("--no-write", action="store_true", help="measure only: leave BENCHMARKS.md and the plot alone")
     args = p.parse_args()
-    if args.fresh and args.resume:
-        p.error("--fresh and --resume exclude each other")
-    if args.run:
-        if args.fresh or args.resume:
-            p.error("--run chooses between --fresh and --resume itself")
-        args.resume = grid.belongs_to(Path(args.results), args.run)
-        args.fresh = not args.resume
+    grid.settle_run(p, args, Path(args.results))
     torch.set_num_threads(args.threads)
     signals = [grid.parse_signal(s) for s in args.signals.split(";" if ";" in args.signals else ",")] \
         if args.signals else [*grid.registered_signals(), *(grid.parse_signal(s) for s in EXTRA)]

@@ -3,8 +3,10 @@ script not yet run to success, the cell-keeping scripts are told which run their
 decide from their results file whether to start anew or fill in), and the section at the top of
 BENCHMARKS.md says how far the run got."""
 
+import argparse
 import importlib.util
 import json
+import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -151,8 +153,38 @@ def test_the_full_plan_names_real_scripts_and_flags() -> None:
     module = load("bench_run_all_plan", "run_all.py")
     for script, _, _ in [*module.FULL, *module.QUICK]:
         assert (BENCH / script).exists(), script
-    for script in module.CELLS:  # told --run by a full run
-        assert '"--run"' in (BENCH / script).read_text(), script
+    for script in module.CELLS:  # told --run by a full run: each must take it
+        shown = subprocess.run([sys.executable, str(BENCH / script), "--help"], capture_output=True, text=True,
+                               timeout=300)
+        assert shown.returncode == 0, shown.stderr
+        assert "--run RUN" in shown.stdout, script
+
+
+def test_run_decides_between_resume_and_fresh_by_the_results_file(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    sys.path.insert(0, str(BENCH))
+    try:
+        grid = load("bench_recovery_grid_args", "recovery_grid.py")
+    finally:
+        sys.path.remove(str(BENCH))
+    parser = argparse.ArgumentParser()
+    grid.run_arguments(parser, "start anew")
+    cells = tmp_path / "cells.json"
+
+    def settled(*argv: str) -> tuple[bool, bool]:
+        args = parser.parse_args(argv)
+        grid.settle_run(parser, args, cells)
+        return args.resume, args.fresh
+
+    assert settled() == (False, False)
+    assert settled("--resume") == (True, False)
+    assert settled("--run", "run 1") == (False, True)  # no file yet
+    cells.write_text('{"meta": {"run": "run 0"}, "rows": []}')
+    assert settled("--run", "run 1") == (False, True)  # another run's cells
+    cells.write_text('{"meta": {"run": "run 1"}, "rows": []}')
+    assert settled("--run", "run 1") == (True, False)
+    for argv in (["--fresh", "--resume"], ["--run", "run 1", "--fresh"], ["--run", "run 1", "--resume"]):
+        with pytest.raises(SystemExit):
+            settled(*argv)
 
 
 def test_a_quick_run_writes_its_wall_time_per_script(run_all, tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
