@@ -24,6 +24,15 @@ def load(name: str, file: str):  # type: ignore[no-untyped-def]
     return module
 
 
+def load_grid(name: str):  # type: ignore[no-untyped-def]
+    """bench/recovery_grid.py, which imports its neighbours as top-level modules."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        return load(name, "recovery_grid.py")
+    finally:
+        sys.path.remove(str(BENCH))
+
+
 @pytest.fixture()
 def run_all(tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
     module = load("bench_run_all", "run_all.py")
@@ -135,11 +144,7 @@ def test_nothing_to_continue_and_only_leave_the_record_alone(run_all, tmp_path):
 
 
 def test_a_results_file_belongs_to_the_run_it_names(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    sys.path.insert(0, str(BENCH))
-    try:
-        grid = load("bench_recovery_grid", "recovery_grid.py")
-    finally:
-        sys.path.remove(str(BENCH))
+    grid = load_grid("bench_recovery_grid")
     f = tmp_path / "cells.json"
     assert not grid.belongs_to(f, "run 1")  # no file: start anew
     for text in ("{broken", "[]", '{"meta": []}', '{"meta": {"run": "run 0"}, "rows": []}'):
@@ -161,11 +166,7 @@ def test_the_full_plan_names_real_scripts_and_flags() -> None:
 
 
 def test_run_decides_between_resume_and_fresh_by_the_results_file(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    sys.path.insert(0, str(BENCH))
-    try:
-        grid = load("bench_recovery_grid_args", "recovery_grid.py")
-    finally:
-        sys.path.remove(str(BENCH))
+    grid = load_grid("bench_recovery_grid_args")
     parser = argparse.ArgumentParser()
     grid.run_arguments(parser, "start anew")
     cells = tmp_path / "cells.json"
