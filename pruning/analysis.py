@@ -71,6 +71,7 @@ class Analysis:
     groups: list[GroupInfo]
     layers: dict[str, LayerCost]
     protected: list[str]
+    macs: float = 0.0  # the whole model's MACs at batch 1, counted in the analysing forward pass
 
     @property
     def prunable_channels(self) -> int:
@@ -105,7 +106,11 @@ class Analysis:
         return float(every.mean()) if every.size else 1.0
 
 
-def layer_costs(model: nn.Module, example: torch.Tensor) -> dict[str, LayerCost]:
+def layer_costs(model: nn.Module, example: torch.Tensor) -> tuple[dict[str, LayerCost], float]:
+    """Per conv/linear layer its MACs, parameters and channels, and the whole model's MACs (every op
+    FlopCounterMode counts, matmuls included), from one forward pass."""
+    from torch.utils.flop_counter import FlopCounterMode
+
     costs: dict[str, LayerCost] = {}
     hooks = []
 
@@ -128,16 +133,16 @@ def layer_costs(model: nn.Module, example: torch.Tensor) -> dict[str, LayerCost]
         if isinstance(m, COUNTED):
             hooks.append(m.register_forward_hook(hook(name, m)))
     try:
-        with torch.no_grad():
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
             model(example)
     finally:
         for h in hooks:
             h.remove()
-    return costs
+    return costs, counter.get_total_flops() / 2
 
 
 def analyse(model: nn.Module, example: torch.Tensor, protect: list[str]) -> Analysis:
-    costs = layer_costs(model, example)
+    costs, macs = layer_costs(model, example)
     if not costs:
         raise UnsupportedModelError("the model has no convolution or linear layer: nothing to prune")
     names = {m: n for n, m in model.named_modules()}
@@ -178,7 +183,7 @@ def analyse(model: nn.Module, example: torch.Tensor, protect: list[str]) -> Anal
         raise UnsupportedModelError(
             "nothing is prunable: every layer is protected or feeds the output directly"
         )
-    return Analysis(graph, groups, costs, protected)
+    return Analysis(graph, groups, costs, protected, macs)
 
 
 def _blocks(group: object, channels: int) -> int:

@@ -11,10 +11,12 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch_pruning as tp
 from torch import nn
 
 from . import onnx_tools, recovery
 from .analysis import COUNTED, Analysis, analyse
+from .custom_ops import CUSTOM_PRUNERS, ChannelSelect
 from .data import Dataset
 from .errors import BadDataError, Cancelled, SpecError
 from .loading import LoadedModel, load_model
@@ -117,6 +119,8 @@ def prune(
         latency_goal = {"target_ms": goal, "original_ms": lat0}
         kind, goal, steps = "macs", min(1.0, goal / lat0), 1
     origin = {name: np.arange(c) for name, c in channels_before.items()}
+    base_total = 0.0  # the original's MACs, parameters or channels: the measure of the target's kind
+    total = 0.0  # the same measure of the pruned model so far
     extra: dict[str, Any] = {}
     options: dict[str, Any] = {}
     for step in range(1, steps + 1):
@@ -124,6 +128,8 @@ def prune(
         base = 0.4 * (step - 1) / steps
         with run.stage("analyse", 0.05 + base, f"tracing dependency groups (round {step}/{steps})"):
             analysis = analyse(net, example, spec.protect)
+            if step == 1:  # net is still the original: its MACs were counted in the analysing forward
+                base_total = analysis.macs if kind == "macs" else _measure(net, example, kind)
         with run.stage("score", 0.15 + base, f"scoring channels with {spec.signal_name}"):
             ctx = ScoringContext(
                 model=net, analysis=analysis, calibration=calibration, teacher=original,
@@ -138,16 +144,17 @@ def prune(
             options.update(ctx.options)
         with run.stage("plan", 0.25 + base, f"searching the plan for {kind} <= {step_goal:.3f}"):
             if latency_goal:
-                net, kept = _latency_plan(net, original, example, analysis, scores, spec, run, ctx, loaded,
-                                          before_onnx, latency_goal)
+                net, kept, total = _latency_plan(_Copies(analysis, example), example, scores, spec, run, ctx,
+                                                 loaded, before_onnx, base_total, latency_goal)
                 extra["latency_search"] = latency_goal
             else:
-                net, kept = _plan_and_apply(net, original, example, analysis, scores, spec, kind, step_goal, run, ctx)
+                net, kept, total = _plan_and_apply(_Copies(analysis, example), example, scores, spec, kind,
+                                                   step_goal, base_total, run, ctx)
             origin = {n: origin[n][k] for n, k in kept.items() if n in origin}
         if calibration is not None and steps > 1 and step < steps and spec.recovery.method != "none":
             with run.stage("recover", 0.3 + base, "re-estimating BatchNorm between rounds"):
                 recovery.bn_recalibrate(net, calibration, samples=spec.calibration.samples, device=dev)
-    run.tell("apply", 0.5, "channels removed", **{f"{kind}_fraction": _fraction(net, original, example, kind)})
+    run.tell("apply", 0.5, "channels removed", **{f"{kind}_fraction": total / max(base_total, 1e-9)})
     kind, goal = spec.target.kind, spec.target.value
 
     method = spec.recovery.method
@@ -265,22 +272,49 @@ def _recover(net: nn.Module, original: nn.Module, origin: dict[str, np.ndarray],
     return out
 
 
+class _Copies:
+    """Unpruned copies of the analysed model for plans to be applied to, each with its dependency graph.
+    The first is the analysed model itself with the graph the analysis traced: tracing a second graph
+    costs about as much as Torch-Pruning's whole pruning step. A deep copy taken before it is pruned
+    serves the attempts after it (a plan measured over or well under the goal), each tracing its own."""
+
+    def __init__(self, analysis: Analysis, example: torch.Tensor) -> None:
+        self.analysis = analysis
+        self.example = example
+        self.spare: nn.Module | None = None
+
+    def unpruned(self) -> nn.Module:
+        """The analysed model as it was analysed (do not modify it)."""
+        return self.analysis.graph.model if self.spare is None else self.spare
+
+    def take(self) -> tuple[nn.Module, tp.DependencyGraph]:
+        if self.spare is None:
+            self.spare = copy.deepcopy(self.analysis.graph.model)
+            return self.analysis.graph.model, self.analysis.graph
+        model = copy.deepcopy(self.spare)
+        graph = tp.DependencyGraph().build_dependency(
+            model, example_inputs=self.example, customized_pruners=CUSTOM_PRUNERS
+        )
+        return model, graph
+
+
 def _plan_and_apply(
-    net: nn.Module,
-    original: nn.Module,
+    copies: _Copies,
     example: torch.Tensor,
-    analysis: Analysis,
     scores: dict[int, np.ndarray],
     spec: PruneSpec,
     kind: str,
     goal: float,
+    base_total: float,
     run: _Run,
     ctx: ScoringContext,
-) -> tuple[nn.Module, dict[str, np.ndarray]]:
+) -> tuple[nn.Module, dict[str, np.ndarray], float]:
     """Search a plan, apply it to a copy, measure; tighten the goal until the measurement fits.
-    Returns the pruned copy and, per layer, which of its output channels it kept."""
-    base_total = _measure(original, example, kind)
-    current = _measure(net, example, kind)
+    `goal` is a fraction of `base_total`, the original's measure of `kind`. Returns the pruned copy, per
+    layer which of its output channels it kept, and the copy's measure of `kind`.
+    Each attempt costs one measured forward pass; the analysed model's own MACs come from the analysis."""
+    analysis = copies.analysis
+    current = analysis.macs if kind == "macs" else _measure(copies.unpruned(), example, kind)
     extra = 0.0
     if kind == "macs":
         extra = max(current - sum(c.macs for c in analysis.layers.values()), 0.0)
@@ -290,15 +324,16 @@ def _plan_and_apply(
     )
     # the planner speaks in fractions of the current model; the goal is a fraction of the original
     local_goal = goal * base_total / current if kind != "channels" else goal
-    best: tuple[nn.Module, dict[str, np.ndarray]] | None = None
+    best: tuple[nn.Module, dict[str, np.ndarray], float] | None = None
     aim = local_goal
     for _attempt in range(8):
         run.check()
         plan = planner.search(aim, spec.scope)
-        candidate = _apply(analysis, plan.removed, example, ctx)
-        measured = _measure(candidate[0], example, kind) / (base_total if kind != "channels" else current)
+        candidate = _apply(copies, plan.removed, ctx)
+        candidate_total = _measure(candidate[0], example, kind)
+        measured = candidate_total / (base_total if kind != "channels" else current)
         if measured <= goal + 1e-9:
-            best = candidate
+            best = (*candidate, candidate_total)
             if measured >= goal * 0.98 or plan.estimate <= 0:
                 break
             aim = aim * min(goal / max(measured, 1e-9), 1.05)
@@ -313,10 +348,10 @@ def _plan_and_apply(
 
 
 def _latency_plan(
-    net: nn.Module, original: nn.Module, example: torch.Tensor, analysis: Analysis,
+    copies: _Copies, example: torch.Tensor,
     scores: dict[int, np.ndarray], spec: PruneSpec, run: _Run, ctx: ScoringContext, loaded: LoadedModel,
-    before_onnx: bytes, state: dict[str, Any],
-) -> tuple[nn.Module, dict[str, np.ndarray]]:
+    before_onnx: bytes, base_total: float, state: dict[str, Any],
+) -> tuple[nn.Module, dict[str, np.ndarray], float]:
     """Meet a latency budget measured, not predicted: export candidate plans and time them in ONNX
     Runtime against the original (same batch and threads, interleaved), searching the MACs budget
     until the candidate is at or under the target and not far under it (>= 90%)."""
@@ -324,11 +359,11 @@ def _latency_plan(
     m = spec.measure
     lo, hi = 0.0, 1.0  # MACs fractions known too small (meets with room) / too large (misses)
     frac = min(1.0, target / float(state["original_ms"]))
-    best: tuple[tuple[nn.Module, dict[str, np.ndarray]], float, float] | None = None
+    best: tuple[tuple[nn.Module, dict[str, np.ndarray], float], float, float] | None = None
     tried = []
     for _ in range(8):
         run.check()
-        candidate = _plan_and_apply(net, original, example, analysis, scores, spec, "macs", frac, run, ctx)
+        candidate = _plan_and_apply(copies, example, scores, spec, "macs", frac, base_total, run, ctx)
         data = onnx_tools.export(
             copy.deepcopy(candidate[0]).cpu().eval(), example.cpu(), input_name=loaded.input_name,
             output_names=loaded.output_names, dynamic_axes=_dynamic_axes(loaded, spec),
@@ -366,15 +401,12 @@ def _latency_plan(
 
 
 def _apply(
-    analysis: Analysis, removed: dict[int, np.ndarray], example: torch.Tensor, ctx: ScoringContext
+    copies: _Copies, removed: dict[int, np.ndarray], ctx: ScoringContext
 ) -> tuple[nn.Module, dict[str, np.ndarray]]:
-    """Apply a plan to a copy of the analysed model (the original stays intact for the next attempt):
+    """Apply a plan to an unpruned copy of the analysed model (one stays intact for the next attempt):
     fold what the signal asked into the surviving weights, then remove the channels."""
-    import torch_pruning as tp
-
-    from .custom_ops import CUSTOM_PRUNERS
-
-    model = copy.deepcopy(analysis.graph.model)
+    analysis = copies.analysis
+    model, graph = copies.take()
     modules = dict(model.named_modules())
     _fold(analysis, removed, modules, ctx)
     kept = {name: np.arange(c) for name, c in _channels(model).items()}
@@ -383,7 +415,6 @@ def _apply(
             if t.is_out and t.layer in kept:
                 gone = t.idxs[np.isin(t.root_idxs, idxs)]
                 kept[t.layer] = np.setdiff1d(kept[t.layer], gone)
-    graph = tp.DependencyGraph().build_dependency(model, example_inputs=example, customized_pruners=CUSTOM_PRUNERS)
     for g, idxs in removed.items():
         info = analysis.groups[g]
         handler = info.group[0].dep.handler
@@ -430,8 +461,6 @@ def _fold(analysis: Analysis, removed: dict[int, np.ndarray], modules: dict[str,
 def _drop_zero_routes(model: nn.Module, graph: object) -> None:
     """Outputs of derived channel routes whose source was pruned carry zeros: remove them too, which
     is exact, and repeat, since removing them can zero the routes downstream."""
-    from .custom_ops import ChannelSelect
-
     for _ in range(1000):
         for m in model.modules():
             if isinstance(m, ChannelSelect) and m.derived and bool((m.src < 0).any()):
@@ -454,10 +483,6 @@ def _measure(model: nn.Module, example: torch.Tensor, kind: str) -> float:
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         model(example)
     return counter.get_total_flops() / 2
-
-
-def _fraction(model: nn.Module, original: nn.Module, example: torch.Tensor, kind: str) -> float:
-    return _measure(model, example, kind) / max(_measure(original, example, kind), 1e-9)
 
 
 def _channels(model: nn.Module) -> dict[str, int]:

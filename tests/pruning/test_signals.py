@@ -7,7 +7,7 @@ import pytest
 import torch
 from secateurs.pruning.analysis import analyse
 from secateurs.pruning.data import Dataset
-from secateurs.pruning.pipeline import _apply, _score
+from secateurs.pruning.pipeline import _apply, _Copies, _score
 from secateurs.pruning.signals import ScoringContext
 from secateurs.pruning.spec import PruneSpec
 from torch import nn
@@ -49,6 +49,15 @@ def _scores(model, signal, data=None, **options):
     scores = _score(ctx, spec)
     by_root = {analysis.groups[g].root: s for g, s in scores.items()}
     return by_root["conv1"], ctx, analysis
+
+
+def _prune_once(analysis, removed, ctx, x):
+    """The plan applied as the engine's first attempt does (to the analysed model itself), and the
+    analysed model's output on x from before."""
+    with torch.no_grad():
+        before = analysis.graph.model(x)
+    pruned, _ = _apply(_Copies(analysis, torch.zeros(1, *x.shape[1:])), removed, ctx)
+    return pruned, before
 
 
 def _net(seed=0, bn=False):
@@ -126,10 +135,34 @@ def test_a_constant_dead_unit_is_folded_into_the_next_bias_exactly():
     data = _data()
     _, ctx, analysis = _scores(m, "dead_units", data)
     group = next(g for g, info in enumerate(analysis.groups) if info.root == "conv1")
-    pruned, _ = _apply(analysis, {group: np.array([2])}, torch.zeros(1, 3, 8, 8), ctx)
     x = torch.from_numpy(data.x[:8])
+    pruned, before = _prune_once(analysis, {group: np.array([2])}, ctx, x)
     assert pruned.conv1.out_channels == 3
-    torch.testing.assert_close(pruned(x), m(x), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(pruned(x), before, atol=1e-5, rtol=1e-5)
+
+
+def test_later_attempts_prune_an_unpruned_copy_as_a_fresh_analysis_would():
+    """The first plan is applied to the analysed model in place (with the analysis's own graph); the
+    attempts after it start from a copy taken before, which no attempt changes."""
+    import copy
+
+    m = _net(bn=True)
+    reference = copy.deepcopy(m)
+    _, ctx, analysis = _scores(m, "l2_norm")
+    example = torch.zeros(1, 3, 8, 8)
+    group = next(g for g, info in enumerate(analysis.groups) if info.root == "conv1")
+    copies = _Copies(analysis, example)
+    first, _ = _apply(copies, {group: np.array([1])}, ctx)
+    assert first is m and first.conv1.out_channels == 3
+    second, kept = _apply(copies, {group: np.array([0, 2])}, ctx)
+    third, _ = _apply(copies, {group: np.array([3])}, ctx)
+    assert second.conv1.out_channels == 2 and third.conv1.out_channels == 3 and kept["conv1"].tolist() == [1, 3]
+    for name, value in reference.state_dict().items():  # the spare is still the analysed model
+        torch.testing.assert_close(copies.unpruned().state_dict()[name], value, rtol=0, atol=0)
+    _, fresh_ctx, fresh = _scores(copy.deepcopy(reference), "l2_norm")
+    expected, _ = _apply(_Copies(fresh, example), {group: np.array([0, 2])}, fresh_ctx)
+    x = torch.from_numpy(_data().x[:8])
+    torch.testing.assert_close(second(x), expected(x), rtol=0, atol=0)
 
 
 def _zero_gradient_net():
@@ -178,9 +211,9 @@ def test_similarity_clusters_duplicates_and_folds_one_into_the_other():
     assert np.argmin(s) in (0, 1) and ctx.report["similar_channels"] == 1
     group = next(g for g, info in enumerate(analysis.groups) if info.root == "conv1")
     drop = int(np.argmin(s))
-    pruned, _ = _apply(analysis, {group: np.array([drop])}, torch.zeros(1, 3, 8, 8), ctx)
     x = torch.from_numpy(data.x[:8])
-    torch.testing.assert_close(pruned(x), m(x), atol=1e-5, rtol=1e-5)  # the merge makes it exact
+    pruned, before = _prune_once(analysis, {group: np.array([drop])}, ctx, x)
+    torch.testing.assert_close(pruned(x), before, atol=1e-5, rtol=1e-5)  # the merge makes it exact
 
 
 def test_lasso_enters_the_unused_channel_last():
