@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import DATA, cifar, command, machine, write_section
+from common import DATA, cifar, cifar_test, cifar_test_text, command, machine, write_section
 
 
 def accuracy(model: torch.nn.Module, data) -> float:  # type: ignore[no-untyped-def]
@@ -34,6 +34,12 @@ def accuracy(model: torch.nn.Module, data) -> float:  # type: ignore[no-untyped-
             x = torch.from_numpy(data.x[start : start + 500])
             correct += int((model(x).argmax(1).numpy() == data.y[start : start + 500]).sum())
     return correct / len(data)
+
+
+def training_minutes(budget: float, spent: float, reserve: float) -> float:
+    """What the budget leaves for training after `spent` minutes, keeping `reserve` minutes for what comes
+    after it (export, checks, evaluation), at most a fifth of the budget; a tiny budget still trains 3 s."""
+    return max(budget - spent - min(reserve, 0.2 * budget), 0.05)
 
 
 def ours(weights: bytes, train, test, minutes: float, signal: str, epochs: float, refit: bool,
@@ -48,8 +54,8 @@ def ours(weights: bytes, train, test, minutes: float, signal: str, epochs: float
         "signal": chosen, "target": {"macs": 0.5},
         "calibration": {"samples": 1024},
         "recovery": {"method": "distill", "epochs": epochs, "lr": 0.01, "batch_size": 128, "temperature": 4,
-                     "reconstruct_first": refit, "max_minutes": max(minutes - 3.0, 1.0), "precision": precision,
-                     "mixup": mixup},
+                     "reconstruct_first": refit, "max_minutes": training_minutes(minutes, 0.0, 3.0),
+                     "precision": precision, "mixup": mixup},
         "measure": {"repeats": 20},
     })
     result = prune(weights, spec, arch="resnet56_cifar", calibration=train, evaluation=test)
@@ -103,7 +109,7 @@ def peer(weights: bytes, train, test, minutes: float, epochs: float, precision: 
     after_bn = accuracy(model, test)
     spent = (time.monotonic() - t0) / 60
     stats = recovery.train(model, train, teacher=original, epochs=epochs, lr=0.01, batch_size=128, device="cpu",
-                           temperature=4, max_seconds=max(minutes - spent - 1.0, 1.0) * 60, precision=precision)
+                           temperature=4, max_seconds=training_minutes(minutes, spent, 1.0) * 60, precision=precision)
     return {
         "method": f"Torch-Pruning global group-L2 + BN re-estimation + distill ({stats['precision']})",
         "macs_kept": kept,
@@ -118,8 +124,8 @@ def write(rows: list[dict], minutes: float, how: str) -> None:
         "## ResNet-56 / CIFAR-10 at macs=0.5: recovery within a time budget",
         "",
         f"Machine: {machine()}. Budget: {minutes:g} minutes per method, whole job included; {how}. Calibration and "
-        "training on the 10,000 shared training images (distillation uses no labels); accuracy on the full "
-        "10,000-image test set.",
+        "training on the 10,000 shared training images (distillation uses no labels); accuracy on "
+        f"{cifar_test_text()}.",
         "",
         "| method | MACs kept | params kept | top-1 | loss (points) | epochs | minutes |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
@@ -168,7 +174,7 @@ def main() -> None:
         return
     torch.set_num_threads(args.threads)
     weights = (DATA / "resnet56_cifar10.safetensors").read_bytes()
-    train, test = cifar("cifar10_train_subset10k.npz"), cifar("cifar10_test.npz")
+    train, test = cifar("cifar10_train_subset10k.npz"), cifar_test()
     rows = [json.loads(Path(p).read_text()) | {"included_from": p} for p in args.include]
     if args.only in (None, "ours"):
         rows.append(ours(weights, train, test, args.minutes, args.signal, args.epochs, args.reconstruct,

@@ -57,6 +57,8 @@ from common import (
     ROOT,
     CpuWatch,
     cifar,
+    cifar_test,
+    cifar_test_text,
     command,
     machine,
     macs,
@@ -473,7 +475,7 @@ def sweep(args, weights: bytes, test, original: torch.nn.Module, unpruned: float
     lines = [
         f"Top-1 over a range of targets: our {COUNTERPART} (default spec; round_to=1; without the coupling count, "
         f"i.e. Torch-Pruning's ranking) against Torch-Pruning's global group-L2 bisected to the MACs of our "
-        f"{COUNTERPART} (default); no recovery; full test set, ONNX Runtime. Each cell: MACs kept / top-1.",
+        f"{COUNTERPART} (default); no recovery; {cifar_test_text()}, ONNX Runtime. Each cell: MACs kept / top-1.",
         "",
         f"| target | secateurs {COUNTERPART} | secateurs {COUNTERPART}, round_to=1 "
         f"| secateurs {COUNTERPART}, coupling=none | Torch-Pruning global group-L2 |",
@@ -592,7 +594,7 @@ def main() -> None:
     torch.manual_seed(0)
     t_begin = time.monotonic()
     weights = (DATA / f"resnet{depth}_cifar10.safetensors").read_bytes()
-    test = cifar("cifar10_test.npz")
+    test = cifar_test()
     original = original_model(weights)
     unpruned = accuracy_onnx(to_onnx(original), test)
     with CpuWatch() as watch:
@@ -612,7 +614,7 @@ def main() -> None:
         f"Pretrained ResNet-{depth} (shared data, {unpruned * 100:.2f}% unpruned), "
         + (f"each row pruned once and then recovered each way ({', '.join(recs)}), the same budget for both tools "
            "(below)" if recovering else "no recovery of any kind (not even BatchNorm re-estimation)")
-        + "; top-1 on the full 10,000-image CIFAR-10 test set, every model run the same way (ONNX Runtime, batch "
+        + f"; top-1 on {cifar_test_text()}, every model run the same way (ONNX Runtime, batch "
         "500; ours: the ONNX file the engine returns, or its recovered copy's export). MACs and params kept: FlopCounterMode "
         "total/2 at 1x3x32x32 and the parameter count of the PyTorch module, the same count for both tools.",
         "",

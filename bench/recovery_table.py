@@ -22,7 +22,17 @@ from pathlib import Path
 
 import recovery_grid as grid
 import torch
-from common import DATA, ROOT, cifar, command, load_average, machine, write_section
+from common import (
+    DATA,
+    ROOT,
+    cifar,
+    cifar_test,
+    cifar_test_text,
+    command,
+    load_average,
+    machine,
+    write_section,
+)
 
 RESULTS = ROOT / "bench" / "results" / "recovery_resnet56.json"
 PLOT = ROOT / "bench" / "plots" / "recovery_resnet56.png"
@@ -74,7 +84,7 @@ def write(results: grid.Results, args: argparse.Namespace, signals: list[str]) -
         "Each signal scores and prunes once per target (`prune` with recovery `none`); each recovery then runs "
         "on a copy of that pruned model through the engine's own recovery stage, and the copy is exported and "
         "checked against PyTorch in ONNX Runtime like a job's output. Top-1: the exported ONNX in ONNX "
-        "Runtime on the full 10,000-image test set. Minutes: the `prune` call (import, scoring, plan, export, "
+        f"Runtime on {cifar_test_text()}. Minutes: the `prune` call (import, scoring, plan, export, "
         "verify, latency) plus that recovery, without the test-set evaluation. `lasso` asks the engine for "
         "the refit itself, so its `none` column is already refit and BatchNorm re-estimated.",
         "",
@@ -137,7 +147,7 @@ def main() -> None:
     results.meta.setdefault("started", datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M"))
     results.meta.setdefault("load_start", load_average())
     weights = (DATA / "resnet56_cifar10.safetensors").read_bytes()
-    calib, test = cifar("cifar10_train_subset10k.npz"), cifar("cifar10_test.npz")
+    calib, test = cifar("cifar10_train_subset10k.npz"), cifar_test()
     if "unpruned" not in results.meta:
         from secateurs.pruning import onnx_tools
         from secateurs.pruning.loading import load_model
