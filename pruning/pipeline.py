@@ -92,7 +92,8 @@ def prune(
             )
         if spec.needs_labels and (calibration is None or calibration.y is None):
             raise SpecError("recovery finetune needs labels: calibration data with a y array")
-        net = loaded.module
+        # the engine prunes the module it loaded in place: a caller's own LoadedModel keeps its module
+        net = loaded.module if loaded is not model else copy.deepcopy(loaded.module)
         example = torch.zeros(loaded.input_shape)
         if loaded.onnx_bytes is None:
             before_onnx = onnx_tools.export(
@@ -289,8 +290,11 @@ class _Copies:
 
     def take(self) -> tuple[nn.Module, tp.DependencyGraph]:
         if self.spare is None:
-            self.spare = copy.deepcopy(self.analysis.graph.model)
-            return self.analysis.graph.model, self.analysis.graph
+            self.spare = copy.deepcopy(self.analysis.graph.model)  # (a deep copy leaves gradients behind)
+            model = self.analysis.graph.model
+            for p in model.parameters():  # gradients a signal left: the copies never had them
+                p.grad = None
+            return model, self.analysis.graph
         model = copy.deepcopy(self.spare)
         graph = tp.DependencyGraph().build_dependency(
             model, example_inputs=self.example, customized_pruners=CUSTOM_PRUNERS

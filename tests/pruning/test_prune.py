@@ -55,6 +55,17 @@ def test_every_data_free_signal_prunes_resnet20(resnet20_weights, signal):
     assert 0.66 <= result.report["macs_kept"] <= 0.7
 
 
+def test_a_callers_loaded_model_is_left_whole(resnet20_weights):
+    from secateurs.pruning.loading import load_model
+
+    loaded = load_model(resnet20_weights, arch="resnet20_cifar")
+    widths = [m.out_channels for m in loaded.module.modules() if hasattr(m, "out_channels")]
+    result = prune(loaded, _spec(target={"macs": 0.5}))
+    assert result.report["macs_kept"] <= 0.5
+    assert [m.out_channels for m in loaded.module.modules() if hasattr(m, "out_channels")] == widths
+    assert [m.out_channels for m in result.model.modules() if hasattr(m, "out_channels")] != widths
+
+
 @pytest.mark.parametrize("kind,value", [("params", 0.5), ("channels", 0.6)])
 def test_params_and_channels_targets(resnet20_weights, kind, value):
     result = prune(resnet20_weights, _spec(target={kind: value}), arch="resnet20_cifar")

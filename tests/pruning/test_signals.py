@@ -52,12 +52,13 @@ def _scores(model, signal, data=None, **options):
 
 
 def _prune_once(analysis, removed, ctx, x):
-    """The plan applied as the engine's first attempt does (to the analysed model itself), and the
-    analysed model's output on x from before."""
+    """The plan applied as the engine's first attempt does (to the analysed model itself), the analysed
+    model's output on x from before, and the copies later attempts would start from."""
     with torch.no_grad():
         before = analysis.graph.model(x)
-    pruned, _ = _apply(_Copies(analysis, torch.zeros(1, *x.shape[1:])), removed, ctx)
-    return pruned, before
+    copies = _Copies(analysis, torch.zeros(1, *x.shape[1:]))
+    pruned, _ = _apply(copies, removed, ctx)
+    return pruned, before, copies
 
 
 def _net(seed=0, bn=False):
@@ -136,9 +137,13 @@ def test_a_constant_dead_unit_is_folded_into_the_next_bias_exactly():
     _, ctx, analysis = _scores(m, "dead_units", data)
     group = next(g for g, info in enumerate(analysis.groups) if info.root == "conv1")
     x = torch.from_numpy(data.x[:8])
-    pruned, before = _prune_once(analysis, {group: np.array([2])}, ctx, x)
+    bias = m.conv2.bias.detach().clone()
+    pruned, before, copies = _prune_once(analysis, {group: np.array([2])}, ctx, x)
     assert pruned.conv1.out_channels == 3
     torch.testing.assert_close(pruned(x), before, atol=1e-5, rtol=1e-5)
+    # the fold changed the pruned model's bias, not that of the copy later attempts start from
+    assert not torch.equal(pruned.conv2.bias, bias)
+    torch.testing.assert_close(copies.unpruned().conv2.bias, bias, rtol=0, atol=0)
 
 
 def test_later_attempts_prune_an_unpruned_copy_as_a_fresh_analysis_would():
@@ -171,6 +176,15 @@ def _zero_gradient_net():
         m.conv2.weight[:, 3].zero_()  # nothing downstream reads channel 3: its gradient is zero
         m.conv1.weight[3] *= 3  # ...though its activations are the largest
     return m
+
+
+def test_the_pruned_model_keeps_no_gradient_a_signal_left():
+    m = _net()
+    _, ctx, analysis = _scores(m, "bandit", _data(n=32), kind="macs", target=0.5, bandit_epochs=1, batch_size=16)
+    assert any(p.grad is not None for p in m.parameters())  # the bandit's fine-tune left them; else this checks nothing
+    group = next(g for g, info in enumerate(analysis.groups) if info.root == "conv1")
+    pruned, _, _ = _prune_once(analysis, {group: np.array([0])}, ctx, torch.from_numpy(_data().x[:2]))
+    assert all(p.grad is None for p in pruned.parameters())
 
 
 @pytest.mark.parametrize("signal", ["taylor", "fisher"])
@@ -212,7 +226,7 @@ def test_similarity_clusters_duplicates_and_folds_one_into_the_other():
     group = next(g for g, info in enumerate(analysis.groups) if info.root == "conv1")
     drop = int(np.argmin(s))
     x = torch.from_numpy(data.x[:8])
-    pruned, before = _prune_once(analysis, {group: np.array([drop])}, ctx, x)
+    pruned, before, _ = _prune_once(analysis, {group: np.array([drop])}, ctx, x)
     torch.testing.assert_close(pruned(x), before, atol=1e-5, rtol=1e-5)  # the merge makes it exact
 
 
