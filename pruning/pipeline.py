@@ -145,12 +145,12 @@ def prune(
             options.update(ctx.options)
         with run.stage("plan", 0.25 + base, f"searching the plan for {kind} <= {step_goal:.3f}"):
             if latency_goal:
-                net, kept, total = _latency_plan(_Copies(analysis, example), example, scores, spec, run, ctx,
-                                                 loaded, before_onnx, base_total, latency_goal)
+                net, kept, total = _latency_plan(_Copies(analysis, example), scores, spec, run, ctx, loaded,
+                                                 before_onnx, base_total, latency_goal)
                 extra["latency_search"] = latency_goal
             else:
-                net, kept, total = _plan_and_apply(_Copies(analysis, example), example, scores, spec, kind,
-                                                   step_goal, base_total, run, ctx)
+                net, kept, total = _plan_and_apply(_Copies(analysis, example), scores, spec, kind, step_goal,
+                                                   base_total, run, ctx)
             origin = {n: origin[n][k] for n, k in kept.items() if n in origin}
         if calibration is not None and steps > 1 and step < steps and spec.recovery.method != "none":
             with run.stage("recover", 0.3 + base, "re-estimating BatchNorm between rounds"):
@@ -290,9 +290,9 @@ class _Copies:
 
     def take(self) -> tuple[nn.Module, tp.DependencyGraph]:
         if self.spare is None:
-            self.spare = copy.deepcopy(self.analysis.graph.model)  # (a deep copy leaves gradients behind)
+            self.spare = copy.deepcopy(self.analysis.graph.model)
             model = self.analysis.graph.model
-            for p in model.parameters():  # gradients a signal left: the copies never had them
+            for p in model.parameters():  # gradients a signal left: deep copies drop them, so does this one
                 p.grad = None
             return model, self.analysis.graph
         model = copy.deepcopy(self.spare)
@@ -304,7 +304,6 @@ class _Copies:
 
 def _plan_and_apply(
     copies: _Copies,
-    example: torch.Tensor,
     scores: dict[int, np.ndarray],
     spec: PruneSpec,
     kind: str,
@@ -317,7 +316,7 @@ def _plan_and_apply(
     `goal` is a fraction of `base_total`, the original's measure of `kind`. Returns the pruned copy, per
     layer which of its output channels it kept, and the copy's measure of `kind`.
     Each attempt costs one measured forward pass; the analysed model's own MACs come from the analysis."""
-    analysis = copies.analysis
+    analysis, example = copies.analysis, copies.example
     current = analysis.macs if kind == "macs" else _measure(copies.unpruned(), example, kind)
     extra = 0.0
     if kind == "macs":
@@ -352,22 +351,21 @@ def _plan_and_apply(
 
 
 def _latency_plan(
-    copies: _Copies, example: torch.Tensor,
-    scores: dict[int, np.ndarray], spec: PruneSpec, run: _Run, ctx: ScoringContext, loaded: LoadedModel,
-    before_onnx: bytes, base_total: float, state: dict[str, Any],
+    copies: _Copies, scores: dict[int, np.ndarray], spec: PruneSpec, run: _Run, ctx: ScoringContext,
+    loaded: LoadedModel, before_onnx: bytes, base_total: float, state: dict[str, Any],
 ) -> tuple[nn.Module, dict[str, np.ndarray], float]:
     """Meet a latency budget measured, not predicted: export candidate plans and time them in ONNX
     Runtime against the original (same batch and threads, interleaved), searching the MACs budget
     until the candidate is at or under the target and not far under it (>= 90%)."""
     target = float(state["target_ms"])
-    m = spec.measure
+    m, example = spec.measure, copies.example
     lo, hi = 0.0, 1.0  # MACs fractions known too small (meets with room) / too large (misses)
     frac = min(1.0, target / float(state["original_ms"]))
     best: tuple[tuple[nn.Module, dict[str, np.ndarray], float], float, float] | None = None
     tried = []
     for _ in range(8):
         run.check()
-        candidate = _plan_and_apply(copies, example, scores, spec, "macs", frac, base_total, run, ctx)
+        candidate = _plan_and_apply(copies, scores, spec, "macs", frac, base_total, run, ctx)
         data = onnx_tools.export(
             copy.deepcopy(candidate[0]).cpu().eval(), example.cpu(), input_name=loaded.input_name,
             output_names=loaded.output_names, dynamic_axes=_dynamic_axes(loaded, spec),
