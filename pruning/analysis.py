@@ -9,7 +9,7 @@ can predict MACs and parameters of a plan without applying it.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -72,6 +72,8 @@ class Analysis:
     layers: dict[str, LayerCost]
     protected: list[str]
     macs: float = 0.0  # the whole model's MACs at batch 1, counted in the analysing forward pass
+    # groups left unpruned because their indices do not fit their layers: root layer, channels, why
+    frozen: list[dict[str, object]] = field(default_factory=list)
 
     @property
     def prunable_channels(self) -> int:
@@ -146,12 +148,6 @@ def analyse(model: nn.Module, example: torch.Tensor, protect: list[str]) -> Anal
     if not costs:
         raise UnsupportedModelError("the model has no convolution or linear layer: nothing to prune")
     names = {m: n for n, m in model.named_modules()}
-    # The layer that produces the output keeps its channels: it is the classifier (or the last conv
-    # of a fully convolutional head). Execution order is the order hooks fired.
-    classifier = list(costs)[-1]
-    patterns = [re.compile(p) for p in protect]
-    protected = [n for n in costs if n == classifier or any(p.search(n) for p in patterns)]
-    ignored = [m for m, n in names.items() if n in protected]
     try:
         graph = tp.DependencyGraph().build_dependency(
             model, example_inputs=example, customized_pruners=CUSTOM_PRUNERS
@@ -160,8 +156,18 @@ def analyse(model: nn.Module, example: torch.Tensor, protect: list[str]) -> Anal
         raise UnsupportedModelError(
             f"the dependency graph cannot be traced: {type(e).__name__}: {str(e)[:200]}"
         ) from None
+    # Every layer whose output channels reach a model output with no channel-mixing layer between keeps them:
+    # the classifier, every head of a detector, the last conv of a dense map. The last layer executed is kept too
+    # (a model the graph walk cannot follow still keeps its classifier).
+    heads = output_layers(graph)
+    patterns = [re.compile(p) for p in protect]
+    last = list(costs)[-1]
+    protected = [n for n in costs if n == last or _by_name(model, n) in heads
+                 or any(p.search(n) for p in patterns)]
+    ignored = [m for m, n in names.items() if n in protected or (m in heads and n not in costs)]
 
     groups: list[GroupInfo] = []
+    frozen: list[dict[str, object]] = []
     for group in graph.get_all_groups(ignored_layers=ignored, root_module_types=(*COUNTED, ChannelSelect)):
         root_module = group[0].dep.target.module
         root = names.get(root_module)
@@ -177,13 +183,81 @@ def analyse(model: nn.Module, example: torch.Tensor, protect: list[str]) -> Anal
             local = np.asarray([int(i) for i in item.idxs], dtype=np.int64)
             touches.append(Touch(layer, is_out, local, root_idxs))
         channels = len(group[0].idxs)
+        why = _inconsistent(graph, group, names)
+        if why is not None:
+            frozen.append({"root": root, "channels": channels, "reason": why})
+            continue
         blocks = _blocks(group, channels)
         groups.append(GroupInfo(root, channels, group, touches, blocks))
     if not groups:
         raise UnsupportedModelError(
             "nothing is prunable: every layer is protected or feeds the output directly"
         )
-    return Analysis(graph, groups, costs, protected, macs)
+    return Analysis(graph, groups, costs, protected, macs, frozen)
+
+
+MIXING = (nn.modules.conv._ConvNd, nn.Linear)
+
+
+def _by_name(model: nn.Module, name: str) -> nn.Module:
+    return model.get_submodule(name)
+
+
+def output_layers(graph: tp.DependencyGraph) -> set[nn.Module]:
+    """The conv/linear layers whose outputs reach a model output through channel-preserving ops only."""
+    nodes = list(graph.module2node.values())
+    ends = [n for n in nodes if not n.outputs]
+    found: set[nn.Module] = set()
+    seen: set[int] = set()
+    stack = list(ends)
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node.module, MIXING):
+            found.add(node.module)
+            continue
+        stack.extend(node.inputs)
+    return found
+
+
+def _size(module: nn.Module, out: bool) -> int | None:
+    if isinstance(module, nn.Linear):
+        return module.out_features if out else module.in_features
+    if isinstance(module, nn.modules.conv._ConvNd):
+        if out:
+            return module.out_channels
+        return module.in_channels
+    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        return module.num_features
+    if isinstance(module, nn.LayerNorm):
+        return int(module.normalized_shape[-1])
+    if isinstance(module, nn.GroupNorm):
+        return module.num_channels
+    if isinstance(module, ChannelSelect):
+        return len(module.src) if out else module.in_channels
+    return None
+
+
+def _inconsistent(graph: tp.DependencyGraph, group: object, names: dict[nn.Module, str]) -> str | None:
+    """Why a dependency group's indices cannot be right (an index past a member's size, a member asked to lose
+    more channels than it has), or None. Torch-Pruning maps indices through reshapes, splits and concatenations
+    it understands; where it does not (a reshape of channels into a box head's (4, 16) bins, a fused qkv split, a
+    concatenation with constants) the indices overrun, and pruning them would fail or cut the wrong channels."""
+    for item in group:  # type: ignore[attr-defined]
+        module = item.dep.target.module
+        if not isinstance(module, nn.Module):
+            continue
+        size = _size(module, graph.is_out_channel_pruning_fn(item.dep.handler))
+        if size is None:
+            continue
+        idxs = [int(i) for i in item.idxs]
+        if any(i < 0 or i >= size for i in idxs) or len(set(idxs)) > size:
+            layer = names.get(module, type(module).__name__)
+            return (f"{layer}: indices up to {max(idxs)} for {size} channels (a reshape, split or concatenation the "
+                    "dependency graph does not map)")
+    return None
 
 
 def _blocks(group: object, channels: int) -> int:

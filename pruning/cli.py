@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from .errors import InputError, PruningError
+from .errors import InputError, PruningError, UnsupportedModelError
 from .flags import FlagError, add_spec_flags, describe, spec_from_flags
 from .spec import PruneSpec
 
@@ -111,7 +111,11 @@ def write_atomic(path: Path, data: bytes) -> None:
 
 
 def handle_errors(exc: BaseException) -> int | None:
-    """One line and an exit code for the engine's own errors; None for anything else."""
+    """One line and an exit code for the engine's own errors; None for anything else. A valid model that uses
+    something the engine cannot prune (6) is told apart from a bad input (2)."""
+    if isinstance(exc, UnsupportedModelError):
+        print(f"secateurs: unsupported: {exc}", file=sys.stderr)
+        return 6
     if isinstance(exc, InputError):
         print(f"secateurs: error: {exc}", file=sys.stderr)
         return 2

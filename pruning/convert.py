@@ -140,7 +140,7 @@ def export_module(ref: str, *, input_shape: list[int], weights: str | Path | Non
     data = onnx_tools.export(model, example, input_name="input", output_names=["output"],
                              dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}}, opset=opset)
     probe = np.random.default_rng(0).standard_normal([2, *input_shape[1:]]).astype(np.float32)
-    onnx_tools.verify(data, model, probe, ["batch", *out.shape[1:]])
+    onnx_tools.verify(data, model, probe, [["batch", *out.shape[1:]]])
     return data
 
 

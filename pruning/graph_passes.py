@@ -185,6 +185,52 @@ def _selection(
     return [int(v) for v in channel]
 
 
+SPLITS = {"OnnxSplit13", "OnnxSplit"}
+
+
+def channel_splits(gm: fx.GraphModule, example: torch.Tensor) -> int:
+    """A split of an NCHW tensor along its channels becomes one `ChannelSelect` per chunk (YOLO's C2f and CSP
+    blocks split a conv's output in two). Torch-Pruning maps a split's indices by assuming one consumer per
+    chunk, and fails (IndexError) or goes out of step when a chunk feeds both a concatenation and the next
+    block; index lists are pruned with the channels and shrink with them."""
+    import operator
+
+    from .custom_ops import ChannelSelect
+
+    rec = _Recorder(gm)
+    with torch.no_grad():
+        rec.run(example)
+    changed = 0
+    for node in list(gm.graph.nodes):
+        m = _module(gm, node)
+        if _kind(m) not in SPLITS or not node.args or getattr(m, "axis", None) not in (1, -3):
+            continue
+        src, out = node.args[0], rec.values.get(node)
+        if not isinstance(src, fx.Node) or not _is_nchw(rec.values.get(src)) or not isinstance(out, (tuple, list)):
+            continue
+        users = list(node.users)
+        if not all(u.op == "call_function" and u.target is operator.getitem and isinstance(u.args[1], int)
+                   for u in users):
+            continue
+        channels = int(rec.values[src].shape[1])  # type: ignore[union-attr]
+        offsets = [0]
+        for chunk in out:
+            offsets.append(offsets[-1] + int(chunk.shape[1]))
+        for user in users:
+            i = int(user.args[1])
+            name = f"channel_split_{changed}_{i}_{len(gm.graph.nodes)}"
+            gm.add_submodule(name, ChannelSelect(channels, list(range(offsets[i], offsets[i + 1])), derived=True))
+            with gm.graph.inserting_after(src):
+                new = gm.graph.call_module(name, (src,))
+            user.replace_all_uses_with(new)
+            gm.graph.erase_node(user)
+        gm.graph.erase_node(node)
+        changed += 1
+    if changed:
+        _finish(gm)
+    return changed
+
+
 def _finish(gm: fx.GraphModule) -> None:
     gm.graph.eliminate_dead_code()
     gm.graph.lint()
@@ -194,6 +240,7 @@ def _finish(gm: fx.GraphModule) -> None:
 
 def run_all(gm: nn.Module, example: torch.Tensor) -> nn.Module:
     if isinstance(gm, fx.GraphModule):
+        channel_splits(gm, example)
         channel_routes(gm, example)
         linearize_matmuls(gm)
         parametrize_constants(gm)

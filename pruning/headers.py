@@ -23,7 +23,7 @@ import numpy as np
 from .archs import check_arch, default_input_shape
 from .errors import BadDataError, BadModelError, InputError, UnsafeFormatError, UnsupportedModelError
 
-MIN_OPSET = 13
+MIN_OPSET = 7  # the oldest opset ONNX Runtime runs; older than 13 is upgraded on import (prepasses.py)
 SEND_INSTEAD = (
     "send an ONNX file (export with torch.onnx.export, or `secateurs export`) or safetensors weights "
     "with --arch (convert a state dict with `secateurs convert-weights`)"
@@ -352,7 +352,8 @@ def _read_onnx(f: BinaryIO, size: int) -> ModelHeader:
     if opset is None:
         raise BadModelError("the ONNX model declares no default-domain opset")
     if opset < MIN_OPSET:
-        raise BadModelError(f"ONNX opset {opset} is too old: re-export with opset {MIN_OPSET} or newer")
+        raise BadModelError(f"ONNX opset {opset} is too old (the oldest taken is {MIN_OPSET}): re-export with opset "
+                            "13 or newer")
     if not outputs:
         raise BadModelError("the ONNX graph has no outputs")
     graph_inputs = [(name, dims) for name, dims in inputs if name not in initializers]

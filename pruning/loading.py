@@ -1,6 +1,6 @@
 """Import: bytes from a user -> an editable PyTorch module, without ever unpickling anything.
 
-Accepted: ONNX (opset >= 13, one file, no external data) and safetensors + an architecture name.
+Accepted: ONNX (opset >= 7, upgraded and simplified by `prepasses`; one file, no external data) and safetensors + an architecture name.
 Everything that loads by running code (pickles, TorchScript, .pt2 archives) is refused by sniffing
 its bytes, whatever the file is called.
 """
@@ -13,13 +13,14 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import onnx
 import torch
 from google.protobuf.message import Message
 from torch import nn
 
-from . import zoo
+from . import prepasses, zoo
 from .errors import BadModelError, InputError, UnsupportedModelError
 from .headers import MAX_TENSOR_ELEMENTS, MIN_OPSET, SEND_INSTEAD
 from .headers import sniff as _sniff_file
@@ -30,13 +31,15 @@ class LoadedModel:
     module: nn.Module
     input_name: str
     output_names: list[str]
-    input_shape: list[int]  # with batch 1
+    input_shape: list[int]  # with batch 1, or the batch the model fixes
     dynamic_axes: dict[str, dict[int, str]]
     opset: int
     source: str  # "onnx" or "safetensors"
     onnx_bytes: bytes | None = None  # the original graph, when one was sent
     arch: str | None = None
     notes: list[str] = field(default_factory=list)
+    fixed_batch: int | None = None  # the batch size the model declares, when it is not symbolic
+    prepasses: list[dict[str, Any]] = field(default_factory=list)  # import passes that ran, with what they did
 
     @property
     def has_batchnorm(self) -> bool:
@@ -132,9 +135,10 @@ def _load_onnx(data: bytes, input_shape: list[int] | None) -> LoadedModel:
     if not proto.graph.node:
         raise BadModelError("not an ONNX model (no graph nodes); " + SEND_INSTEAD)
     _refuse_external_data(proto)
-    opset = _default_opset(proto)
+    opset = prepasses.default_opset(proto)
     if opset < MIN_OPSET:
-        raise BadModelError(f"ONNX opset {opset} is too old: re-export with opset {MIN_OPSET} or newer")
+        raise BadModelError(f"ONNX opset {opset} is too old (the oldest taken is {MIN_OPSET}): re-export with opset "
+                            "13 or newer")
     try:
         onnx.checker.check_model(proto, full_check=True)
     except Exception as e:
@@ -142,11 +146,15 @@ def _load_onnx(data: bytes, input_shape: list[int] | None) -> LoadedModel:
 
     _refuse_absurd_shapes(proto)
 
-    initializer_names = {i.name for i in proto.graph.initializer}
-    inputs = [i for i in proto.graph.input if i.name not in initializer_names]
+    inputs = prepasses.graph_inputs(proto)
     if len(inputs) != 1:
         raise UnsupportedModelError(f"models with {len(inputs)} inputs are not supported yet (one image input)")
     graph_input = inputs[0]
+    elem = graph_input.type.tensor_type.elem_type
+    if elem != onnx.TensorProto.FLOAT:
+        raise UnsupportedModelError(
+            f"input {graph_input.name!r} is {onnx.TensorProto.DataType.Name(elem).lower()}: the engine prunes models "
+            "whose input is a float32 tensor (images, spectrograms, features)")
     dims = graph_input.type.tensor_type.shape.dim
     shape: list[int] = []
     dynamic_axes: dict[str, dict[int, str]] = {}
@@ -156,19 +164,23 @@ def _load_onnx(data: bytes, input_shape: list[int] | None) -> LoadedModel:
         else:
             dynamic_axes.setdefault(graph_input.name, {})[i] = d.dim_param or f"dim{i}"
             shape.append(-1)
+    if not shape:
+        raise UnsupportedModelError("the model's input has no shape: re-export it with its input shape")
     if input_shape is not None:
-        if len(input_shape) != len(shape) or any(s not in (-1, g) for s, g in zip(shape, input_shape, strict=True)):
+        if len(input_shape) != len(shape) or any(s not in (-1, g) for s, g in zip(shape[1:], input_shape[1:], strict=True)):
             raise InputError(f"input_shape {input_shape} does not fit the model's input {shape}")
-        shape = list(input_shape)
+        shape = [shape[0], *input_shape[1:]]
     elif any(s == -1 for s in shape[1:]):
         raise InputError(f"the model's input {shape} has dynamic dimensions besides batch: give input_shape")
-    shape[0] = 1
+    fixed_batch = shape[0] if shape[0] > 0 else None
+    shape[0] = fixed_batch or 1  # a fixed batch stays what the model declares; a symbolic one is probed at 1
     for out in proto.graph.output:
         for i, d in enumerate(out.type.tensor_type.shape.dim):
             if not d.HasField("dim_value"):
                 dynamic_axes.setdefault(out.name, {})[i] = d.dim_param or f"dim{i}"
 
-    module = _to_torch(_prepare(proto), torch.zeros(shape))
+    prepared = prepasses.prepare(proto, {graph_input.name: shape})
+    module = _to_torch(_prepare(prepared.proto), torch.zeros(shape))
     _check_conversion(data, module, input_name=graph_input.name, shape=shape)
     return LoadedModel(
         module=module,
@@ -179,14 +191,9 @@ def _load_onnx(data: bytes, input_shape: list[int] | None) -> LoadedModel:
         opset=opset,
         source="onnx",
         onnx_bytes=data,
+        fixed_batch=fixed_batch,
+        prepasses=prepared.passes,
     )
-
-
-def _default_opset(proto: onnx.ModelProto) -> int:
-    for o in proto.opset_import:
-        if o.domain in ("", "ai.onnx"):
-            return int(o.version)
-    raise BadModelError("the ONNX model declares no default-domain opset")
 
 
 def _elements(dims: Iterable[int]) -> int:
@@ -279,6 +286,10 @@ def _prepare(proto: onnx.ModelProto) -> onnx.ModelProto:
 def _to_torch(proto: onnx.ModelProto, example: torch.Tensor) -> nn.Module:
     from onnx2torch import convert
 
+    from .compat import onnx2torch_opset_lookup
+
+    onnx2torch_opset_lookup()
+
     try:
         module = convert(proto)
     except NotImplementedError as e:
@@ -300,32 +311,33 @@ def _to_torch(proto: onnx.ModelProto, example: torch.Tensor) -> nn.Module:
 
 
 def _check_conversion(data: bytes, module: nn.Module, *, input_name: str, shape: list[int]) -> None:
-    """The editable graph must compute what the sent graph computes, or every later check is moot."""
+    """The editable graph must compute what the sent graph computes, every output of it, or every later check is
+    moot."""
     import numpy as np
-    import onnxruntime as ort
 
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     try:
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        sess = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
-        expected = sess.run(None, {input_name: x})[0]
+        expected = prepasses.run_ort(data, {input_name: x})
     except Exception as e:
         raise BadModelError(f"ONNX Runtime cannot run the model: {str(e).splitlines()[0][:200]}") from None
     with torch.no_grad():
-        got = module(torch.from_numpy(x))
-    got = got[0] if isinstance(got, (tuple, list)) else got
-    got_np = got.detach().numpy()
-    if got_np.shape != expected.shape:
+        got = outputs_of(module(torch.from_numpy(x)))
+    why = prepasses.same_outputs(expected, [t.detach().numpy() for t in got])
+    if why is not None:
         raise UnsupportedModelError(
-            f"the converted graph gives output shape {list(got_np.shape)}, ONNX Runtime {list(expected.shape)}"
+            f"the converted graph does not reproduce the model ({why}); an operation is not converted faithfully"
         )
-    diff = float(np.max(np.abs(got_np - expected))) if expected.size else 0.0
-    if not diff <= 1e-3 * max(float(np.max(np.abs(expected))), 1e-3) + 1e-5:
-        raise UnsupportedModelError(
-            f"the converted graph does not reproduce the model's output (max abs diff {diff:.3g}); "
-            "an operation is not converted faithfully"
-        )
+
+
+def outputs_of(result: object) -> list[torch.Tensor]:
+    """A module's outputs as a flat list, in the order of the graph's outputs."""
+    if isinstance(result, torch.Tensor):
+        return [result]
+    if isinstance(result, (tuple, list)):
+        return [t for item in result for t in outputs_of(item)]
+    if isinstance(result, dict):
+        return [t for item in result.values() for t in outputs_of(item)]
+    raise TypeError(f"a model output of type {type(result).__name__}")
 
 
 def read_file(path: str | Path, limit: int = 4 << 30) -> bytes:

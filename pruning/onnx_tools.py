@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from .errors import PruningError, VerificationError
+from .prepasses import constant_parameters
 
 
 def export(
@@ -60,34 +61,57 @@ def session(data: bytes, threads: int = 1, spin: bool = True) -> ort.InferenceSe
 
 
 def run(sess: ort.InferenceSession, x: np.ndarray) -> np.ndarray:
+    """The first output."""
+    return run_outputs(sess, x)[0]
+
+
+def run_outputs(sess: ort.InferenceSession, x: np.ndarray) -> list[np.ndarray]:
     name = sess.get_inputs()[0].name
-    return sess.run(None, {name: x})[0]
+    return [np.asarray(v) for v in sess.run(None, {name: x})]
 
 
 def verify(
-    data: bytes, model: nn.Module, inputs: np.ndarray, expected_shape: list[int | str] | None
+    data: bytes, model: nn.Module, inputs: np.ndarray, expected_shapes: list[list[int | str]] | None,
+    *, fixed_batch: int | None = None,
 ) -> float:
-    """max |ORT - torch| on the inputs; raises when beyond ~1e-3 of the output's magnitude."""
+    """max |ORT - torch| over every output on the inputs (in chunks of the model's fixed batch, if it has one);
+    raises when beyond ~1e-3 of an output's magnitude. Then every output's shape is checked against
+    `expected_shapes` (the original's, symbolic dimensions as names) at the batch the model fixes, or at 1 and 4."""
+    from .loading import outputs_of
+
     sess = session(data)
-    got = run(sess, inputs)
-    with torch.no_grad():
-        ref = model(torch.from_numpy(inputs)).detach().cpu().numpy()
-    if got.shape != ref.shape:
-        raise VerificationError(f"ONNX output shape {got.shape} differs from PyTorch's {ref.shape}")
-    diff = float(np.max(np.abs(got - ref))) if got.size else 0.0
-    scale = float(np.max(np.abs(ref))) if ref.size else 1.0
-    tolerance = 1e-3 * max(scale, 1e-3) + 1e-5
-    if not np.isfinite(diff) or diff > tolerance:
-        raise VerificationError(
-            f"the exported ONNX disagrees with the pruned model: max abs diff {diff:.3g} "
-            f"> tolerance {tolerance:.3g} (output magnitude {scale:.3g}); no model was produced"
-        )
-    if expected_shape is not None:
-        for batch in (1, 4):
-            out = run(sess, np.repeat(inputs[:1], batch, axis=0))
-            want = [batch if i == 0 else d for i, d in enumerate(expected_shape)]
-            if [int(d) for d in out.shape] != [d if isinstance(d, int) else int(out.shape[i]) for i, d in enumerate(want)]:
-                raise VerificationError(f"at batch {batch} the output shape is {list(out.shape)}, expected {want}")
+    step = fixed_batch or len(inputs)
+    diff = 0.0
+    for start in range(0, len(inputs) - step + 1, step):
+        chunk = inputs[start : start + step]
+        got = run_outputs(sess, chunk)
+        with torch.no_grad():
+            ref = [t.detach().cpu().numpy() for t in outputs_of(model(torch.from_numpy(chunk)))]
+        if len(got) != len(ref):
+            raise VerificationError(f"the ONNX has {len(got)} outputs, the pruned model {len(ref)}")
+        for i, (g, r) in enumerate(zip(got, ref, strict=True)):
+            if g.shape != r.shape:
+                raise VerificationError(f"ONNX output {i} has shape {g.shape}, PyTorch's {r.shape}")
+            if not g.size:
+                continue
+            d = float(np.max(np.abs(g.astype(np.float64) - r.astype(np.float64))))
+            scale = float(np.max(np.abs(r)))
+            tolerance = 1e-3 * max(scale, 1e-3) + 1e-5
+            if not np.isfinite(d) or d > tolerance:
+                raise VerificationError(
+                    f"the exported ONNX disagrees with the pruned model: output {i} max abs diff {d:.3g} "
+                    f"> tolerance {tolerance:.3g} (output magnitude {scale:.3g}); no model was produced"
+                )
+            diff = max(diff, d)
+    if expected_shapes is not None:
+        for batch in (fixed_batch,) if fixed_batch else (1, 4):
+            outs = run_outputs(sess, np.repeat(inputs[:1], batch, axis=0))
+            for out, shape in zip(outs, expected_shapes, strict=False):
+                want = [batch if i == 0 and not fixed_batch else d for i, d in enumerate(shape)]
+                named = [d if isinstance(d, int) else int(out.shape[i]) if i < out.ndim else -1
+                         for i, d in enumerate(want)]
+                if [int(d) for d in out.shape] != named:
+                    raise VerificationError(f"at batch {batch} an output's shape is {list(out.shape)}, expected {want}")
     return diff
 
 
@@ -96,17 +120,18 @@ class OnnxStats:
     macs: int
     params: int
     bytes: int
-    output_shape: list[int | str]
+    output_shapes: list[list[int | str]]  # each output's declared dimensions, symbolic ones by name
 
 
 def stats(data: bytes, input_shape: list[int]) -> OnnxStats:
-    """MACs of Conv, ConvTranspose, Gemm and MatMul at the given input shape; parameters = initializer elements."""
+    """MACs of Conv, ConvTranspose, Gemm and MatMul at the given input shape; parameters = float elements of
+    initializers and `Constant` nodes."""
     proto = onnx.load_model_from_string(data)
     inits = {i.name: i for i in proto.graph.initializer}
     graph_input = next(i for i in proto.graph.input if i.name not in inits)
-    output_shape: list[int | str] = [
-        d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
-        for d in proto.graph.output[0].type.tensor_type.shape.dim
+    output_shapes: list[list[int | str]] = [
+        [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in out.type.tensor_type.shape.dim]
+        for out in proto.graph.output
     ]
     # Shapes come from running the graph once at batch 1: static shape inference gives up on the
     # Shape/Gather/Concat chains the exporter writes for pads and reshapes.
@@ -147,11 +172,7 @@ def stats(data: bytes, input_shape: list[int]) -> OnnxStats:
             trans_a = any(at.name == "transA" and at.i for at in node.attribute)
             k = a[-2] if (node.op_type == "Gemm" and trans_a) else a[-1]
             macs += int(np.prod(out)) * int(k)
-    params = sum(int(np.prod(t.dims)) for t in proto.graph.initializer if t.data_type in _FLOAT_TYPES)
-    return OnnxStats(macs=macs, params=params, bytes=len(data), output_shape=output_shape)
-
-
-_FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
+    return OnnxStats(macs=macs, params=constant_parameters(proto), bytes=len(data), output_shapes=output_shapes)
 
 
 def latency(

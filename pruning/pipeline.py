@@ -103,6 +103,8 @@ def prune(
         else:
             before_onnx = loaded.onnx_bytes
         before = onnx_tools.stats(before_onnx, loaded.input_shape)
+        fixed_batch = _fixed_batch(loaded, spec)
+        latency_batch = fixed_batch or spec.measure.batch  # a fixed-batch model runs at its own batch
         original = copy.deepcopy(net).to(dev).eval()
         net = net.to(dev)
         example = example.to(dev)
@@ -115,7 +117,7 @@ def prune(
     if kind == "latency_ms":
         # A measured budget: search the MACs budget whose exported model meets it (see _latency_plan).
         with run.stage("plan", 0.04, "measuring the original's latency"):
-            lat0 = onnx_tools.latency(before_onnx, before_onnx, loaded.input_shape, batch=spec.measure.batch,
+            lat0 = onnx_tools.latency(before_onnx, before_onnx, loaded.input_shape, batch=latency_batch,
                                       threads=spec.measure.threads, repeats=spec.measure.repeats)[0]
         latency_goal = {"target_ms": goal, "original_ms": lat0}
         kind, goal, steps = "macs", min(1.0, goal / lat0), 1
@@ -131,6 +133,8 @@ def prune(
             analysis = analyse(net, example, spec.protect)
             if step == 1:  # net is still the original: its MACs were counted in the analysing forward
                 base_total = analysis.macs if kind == "macs" else _measure(net, example, kind)
+                extra["protected_layers"] = analysis.protected
+                extra["frozen_groups"] = analysis.frozen
         with run.stage("score", 0.15 + base, f"scoring channels with {spec.signal_name}"):
             ctx = ScoringContext(
                 model=net, analysis=analysis, calibration=calibration, teacher=original,
@@ -173,10 +177,10 @@ def prune(
         after = onnx_tools.stats(after_onnx, loaded.input_shape)
     with run.stage("verify", 0.9, "checking ONNX Runtime against PyTorch"):
         probe = _probe_inputs(loaded, calibration)
-        max_abs_diff = onnx_tools.verify(after_onnx, net, probe, before.output_shape)
+        max_abs_diff = onnx_tools.verify(after_onnx, net, probe, before.output_shapes, fixed_batch=fixed_batch)
         lat_before, lat_after = onnx_tools.latency(
             before_onnx, after_onnx, loaded.input_shape,
-            batch=spec.measure.batch, threads=spec.measure.threads, repeats=spec.measure.repeats,
+            batch=latency_batch, threads=spec.measure.threads, repeats=spec.measure.repeats,
         )
     with run.stage("report", 0.95, "writing the report"):
         report: dict[str, Any] = {
@@ -187,6 +191,7 @@ def prune(
             "source": loaded.source,
             "arch": loaded.arch,
             "input_shape": loaded.input_shape,
+            "prepasses": loaded.prepasses,
             "macs_before": before.macs,
             "macs_after": after.macs,
             "macs_kept": after.macs / before.macs if before.macs else 1.0,
@@ -197,7 +202,7 @@ def prune(
             "onnx_bytes_after": after.bytes,
             "latency_ms_before": round(lat_before, 4),
             "latency_ms_after": round(lat_after, 4),
-            "latency_batch": spec.measure.batch,
+            "latency_batch": latency_batch,
             "latency_threads": spec.measure.threads,
             "speedup": lat_before / lat_after if lat_after > 0 else None,
             "max_abs_diff": max_abs_diff,
@@ -213,7 +218,7 @@ def prune(
         data = evaluation or calibration
         if data is not None:
             limit = spec.evaluation.samples if evaluation is not None else spec.calibration.samples
-            report.update(_compare(before_onnx, after_onnx, data, limit))
+            report.update(_compare(before_onnx, after_onnx, data, limit, fixed_batch))
             report["evaluated_on"] = "evaluation" if evaluation is not None else "calibration"
     report["stage_seconds"] = {k: round(v, 4) for k, v in run.seconds.items()}
     run.tell("done", 1.0, "finished", macs_kept=report["macs_kept"])
@@ -371,7 +376,8 @@ def _latency_plan(
             output_names=loaded.output_names, dynamic_axes=_dynamic_axes(loaded, spec),
             opset=max(spec.export.opset, loaded.opset),
         )
-        orig_ms, cand_ms = onnx_tools.latency(before_onnx, data, loaded.input_shape, batch=m.batch,
+        orig_ms, cand_ms = onnx_tools.latency(before_onnx, data, loaded.input_shape,
+                                              batch=_fixed_batch(loaded, spec) or m.batch,
                                               threads=m.threads, repeats=m.repeats)
         # Scale by the original's drift since the first measurement, so the budget means the same.
         cand_ms = cand_ms * float(state["original_ms"]) / orig_ms
@@ -513,10 +519,21 @@ def _cut_mask(channels: int, kept: np.ndarray | None) -> str:
 
 def _dynamic_axes(loaded: LoadedModel, spec: PruneSpec) -> dict[str, dict[int, str]]:
     axes = {k: dict(v) for k, v in loaded.dynamic_axes.items()}
+    names = [loaded.input_name, *loaded.output_names]
     if spec.export.dynamic_batch:
-        for name in [loaded.input_name, *loaded.output_names]:
+        for name in names:
             axes.setdefault(name, {}).setdefault(0, "batch")
-    return axes
+    elif spec.export.dynamic_batch is False:
+        for name in names:
+            axes.get(name, {}).pop(0, None)
+    return {k: v for k, v in axes.items() if v}
+
+
+def _fixed_batch(loaded: LoadedModel, spec: PruneSpec) -> int | None:
+    """The batch size both the sent and the returned model take, when it is fixed in either."""
+    if spec.export.dynamic_batch is False:
+        return loaded.input_shape[0]
+    return loaded.fixed_batch
 
 
 def _check_data_fits(loaded: LoadedModel, data: Dataset | None, what: str) -> None:
@@ -532,20 +549,26 @@ def _check_data_fits(loaded: LoadedModel, data: Dataset | None, what: str) -> No
 
 
 def _probe_inputs(loaded: LoadedModel, data: Dataset | None) -> np.ndarray:
-    if data is not None:
-        return data.x[:4]
+    n = loaded.fixed_batch or 4
+    if data is not None and len(data.x) >= n:
+        return data.x[:n]
     rng = np.random.default_rng(0)
-    return rng.standard_normal([4, *loaded.input_shape[1:]]).astype(np.float32)
+    return rng.standard_normal([n, *loaded.input_shape[1:]]).astype(np.float32)
 
 
-def _compare(before: bytes, after: bytes, data: Dataset, limit: int) -> dict[str, Any]:
+def _compare(before: bytes, after: bytes, data: Dataset, limit: int, fixed_batch: int | None) -> dict[str, Any]:
     sessions = [onnx_tools.session(before, 2), onnx_tools.session(after, 2)]
     d = data.head(limit)
+    step = fixed_batch or 64
+    if fixed_batch:  # a model with a fixed batch takes whole batches only
+        d = d.head(len(d) // fixed_batch * fixed_batch)
+    if not len(d):
+        return {}
     preds: list[list[np.ndarray]] = [[], []]
-    for start in range(0, len(d), 64):
+    for start in range(0, len(d), step):
         chunk = d.x[start : start + 64]
-        for i, s in enumerate(sessions):
-            out = onnx_tools.run(s, chunk)
+        for i, sess in enumerate(sessions):
+            out = onnx_tools.run(sess, chunk)
             preds[i].append(out.reshape(out.shape[0], -1).argmax(axis=1))
     p0, p1 = np.concatenate(preds[0]), np.concatenate(preds[1])
     result: dict[str, Any] = {"agreement": float((p0 == p1).mean()), "evaluated_samples": len(d)}

@@ -139,7 +139,9 @@ class EvalRef(_Strict):
 
 class Export(_Strict):
     opset: int = Field(17, ge=13, le=21)
-    dynamic_batch: bool = True
+    # None keeps the original's batch dimension as it was (fixed or symbolic); True makes a fixed one symbolic,
+    # False fixes a symbolic one at the batch the model was traced with.
+    dynamic_batch: bool | None = None
 
 
 class Measure(_Strict):

@@ -116,7 +116,7 @@ def test_a_graph_with_nothing_prunable_is_a_clear_error(tmp_path):
     src = tmp_path / "one_conv.onnx"
     src.write_bytes(data)
     proc = secateurs("prune", str(src), "-o", str(tmp_path / "o.onnx"))
-    assert proc.returncode == 2 and "nothing is prunable" in proc.stderr, proc.stderr
+    assert proc.returncode == 6 and "nothing is prunable" in proc.stderr, proc.stderr
     assert _error_lines(proc) == 1
 
 
@@ -135,7 +135,7 @@ def test_an_unsupported_op_is_named(tmp_path):
     src.write_bytes(data)
     out = tmp_path / "o.onnx"
     proc = secateurs("prune", str(src), "-o", str(out))
-    assert proc.returncode == 2 and "Hardmax" in proc.stderr, proc.stderr
+    assert proc.returncode == 6 and "Hardmax" in proc.stderr, proc.stderr
     assert _error_lines(proc) == 1 and not out.exists()
 
 

@@ -1,0 +1,132 @@
+"""Models as other exporters write them prune, and come back with the interface they were sent with: the same
+input and output names, dtypes and dimensions (a fixed batch stays fixed), every output's size unchanged, run in
+ONNX Runtime at the original's own input shape."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from secateurs.pruning import PruneSpec, prune
+from secateurs.pruning.errors import UnsupportedModelError
+from secateurs.pruning.loading import load_model
+from secateurs.pruning.prepasses import constant_parameters
+
+from tests.pruning.exporters import (
+    OptionAResNet,
+    ThreeHeads,
+    fix_batch,
+    paddle_style,
+    small_classifier,
+    torch_onnx,
+)
+
+SPEC = PruneSpec.model_validate({"signal": "l2_norm", "target": {"macs": 0.6}, "measure": {"repeats": 3}})
+
+
+def _interface(data: bytes) -> list[tuple[str, int, list[int | str]]]:
+    m = onnx.load_model_from_string(data)
+    inits = {i.name for i in m.graph.initializer}
+    values = [v for v in m.graph.input if v.name not in inits] + list(m.graph.output)
+    return [(v.name, v.type.tensor_type.elem_type,
+             [d.dim_value if d.HasField("dim_value") else d.dim_param for d in v.type.tensor_type.shape.dim])
+            for v in values]
+
+
+def _run(data: bytes, x: np.ndarray) -> list[np.ndarray]:
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    return sess.run(None, {sess.get_inputs()[0].name: x})
+
+
+def _paddle_classifier() -> bytes:
+    proto = fix_batch(paddle_style(torch_onnx(small_classifier(), (1, 3, 32, 32), outputs=("prob",), opset=11,
+                                              fold=False)))
+    onnx.checker.check_model(proto, full_check=True)
+    return proto.SerializeToString()
+
+
+def test_a_paddle_style_classifier_prunes_with_its_interface_kept():
+    data = _paddle_classifier()
+    proto = onnx.load_model_from_string(data)
+    assert proto.opset_import[0].version == 11 and not proto.graph.initializer  # weights are Constant nodes
+    result = prune(data, SPEC)
+    r = result.report
+    assert r["macs_after"] <= 0.6 * r["macs_before"]
+    passes = {p["pass"]: p for p in r["prepasses"]}
+    assert passes["opset-upgrade"]["from"] == 11 and passes["opset-upgrade"]["to"] == 17
+    assert passes["simplify"]["removed"]["Constant"] > 0 and passes["simplify"]["removed"]["Add"] == 3
+    # the weights held in Constant nodes are counted: conv and linear weights and biases, BatchNorm's four vectors
+    assert r["params_before"] == constant_parameters(proto) > 10_000
+    assert r["params_after"] < r["params_before"]
+    assert _interface(result.onnx) == _interface(data)  # batch 1 stays fixed, names and dims as sent
+    assert r["latency_batch"] == 1
+    x = np.random.default_rng(0).standard_normal([1, 3, 32, 32]).astype(np.float32)
+    (p,) = _run(result.onnx, x)
+    assert p.shape == (1, 4) and np.allclose(p.sum(), 1.0, atol=1e-5)
+
+
+def test_a_fixed_batch_of_one_can_be_made_symbolic_on_request():
+    spec = SPEC.model_copy(update={"export": SPEC.export.model_copy(update={"dynamic_batch": True})})
+    result = prune(_paddle_classifier(), spec)
+    (name, _, dims), = [v for v in _interface(result.onnx) if v[0] == "x"]
+    assert isinstance(dims[0], str)
+    assert _run(result.onnx, np.zeros([3, 3, 32, 32], np.float32))[0].shape == (3, 4)
+
+
+def test_an_opset_upgrade_that_changes_the_outputs_is_refused(monkeypatch):
+    from onnx import version_converter
+
+    real = version_converter.convert_version
+
+    def wrong(model: onnx.ModelProto, target: int) -> onnx.ModelProto:
+        upgraded = real(model, target)
+        for node in upgraded.graph.node:  # a converter bug: one weight comes out scaled
+            if node.op_type == "Constant" and node.attribute[0].t.dims and len(node.attribute[0].t.dims) == 4:
+                w = onnx.numpy_helper.to_array(node.attribute[0].t)
+                node.attribute[0].t.CopyFrom(onnx.numpy_helper.from_array(w * 2, node.attribute[0].t.name))
+                break
+        return upgraded
+
+    monkeypatch.setattr(version_converter, "convert_version", wrong)
+    with pytest.raises(UnsupportedModelError, match="upgrading ONNX opset 11 to 17 changes what the model computes"):
+        load_model(_paddle_classifier())
+
+
+def test_every_output_keeps_its_name_and_size_and_every_head_its_channels():
+    data = torch_onnx(ThreeHeads(), (1, 3, 32, 32), outputs=("box", "cls", "emb")).SerializeToString()
+    result = prune(data, SPEC)
+    r = result.report
+    assert r["macs_after"] <= 0.6 * r["macs_before"]
+    assert _interface(result.onnx) == _interface(data)
+    heads = {"box/Conv", "cls/Conv", "emb/Gemm"}
+    assert heads <= set(r["protected_layers"])
+    layers = {layer["name"]: layer for layer in r["layers"]}
+    assert all(layers[h]["channels_after"] == layers[h]["channels_before"] for h in heads)
+    assert any(layer["channels_after"] < layer["channels_before"] for layer in r["layers"])
+    for batch in (1, 3):
+        x = np.random.default_rng(batch).standard_normal([batch, 3, 32, 32]).astype(np.float32)
+        assert [o.shape for o in _run(result.onnx, x)] == [o.shape for o in _run(data, x)] \
+            == [(batch, 4, 16, 16), (batch, 3, 16, 16), (batch, 8)]
+
+
+def test_a_zero_padded_shortcut_freezes_its_group_and_the_rest_is_pruned():
+    data = torch_onnx(OptionAResNet(), (1, 3, 32, 32)).SerializeToString()
+    result = prune(data, SPEC)
+    r = result.report
+    assert r["macs_after"] <= 0.6 * r["macs_before"]
+    assert r["frozen_groups"], "the padded channels' group does not fit its layers and is left as it is"
+    assert all("does not map" in g["reason"] for g in r["frozen_groups"])
+    x = np.random.default_rng(0).standard_normal([2, 3, 32, 32]).astype(np.float32)
+    assert _run(result.onnx, x)[0].shape == (2, 10)
+
+
+def test_a_non_float_input_is_unsupported_and_says_so():
+    proto = torch_onnx(small_classifier(), (1, 3, 32, 32))  # ids -> Cast -> the classifier, as token models start
+    proto.graph.node.insert(0, onnx.helper.make_node("Cast", ["ids"], ["x"], to=onnx.TensorProto.FLOAT))
+    proto.graph.input[0].name = "ids"
+    proto.graph.input[0].type.tensor_type.elem_type = onnx.TensorProto.INT64
+    onnx.checker.check_model(proto, full_check=True)
+    with pytest.raises(UnsupportedModelError, match="input 'ids' is int64"):
+        load_model(proto.SerializeToString())
