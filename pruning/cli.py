@@ -7,6 +7,7 @@ import json
 import os
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -63,10 +64,13 @@ def run(args: argparse.Namespace) -> int:
         if not args.quiet:
             print(f"[{fraction * 100:3.0f}%] {stage}: {message}", file=sys.stderr, flush=True)
 
-    result = prune(
-        data, spec, arch=args.arch, num_classes=args.num_classes,
-        calibration=calib, evaluation=evaluation, progress=progress,
-    )
+    with warnings.catch_warnings():
+        if not os.environ.get("SECATEURS_DEBUG"):  # our dependencies' warnings are not the user's to read
+            warnings.simplefilter("ignore")
+        result = prune(
+            data, spec, arch=args.arch, num_classes=args.num_classes,
+            calibration=calib, evaluation=evaluation, progress=progress,
+        )
     write_atomic(out, result.onnx)
     if args.report:
         write_atomic(Path(args.report), json.dumps(result.report, indent=2).encode())

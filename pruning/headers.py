@@ -236,26 +236,31 @@ def _sparse_tensor(f: BinaryIO, end: int) -> None:
             _refuse_external(*_tensor(f, _message_end(f, wire, value)))
 
 
-def _attribute(f: BinaryIO, end: int, op_type: str) -> None:
-    """AttributeProto: tensors (5 t, 10 tensors, 22 sparse_tensor, 23 sparse_tensors) must be inline,
-    subgraphs (6 g, 11 graphs) are control flow."""
+MAX_GRAPH_NESTING = 32  # control flow inside control flow; protobuf's own parser stops at 100 messages deep
+
+
+def _attribute(f: BinaryIO, end: int, op_type: str, depth: int = 0) -> None:
+    """AttributeProto: tensors (5 t, 10 tensors, 22 sparse_tensor, 23 sparse_tensors) must be inline, in
+    subgraphs (6 g, 11 graphs: control flow, kept frozen on import) too."""
     for number, wire, value in _fields(f, end):
         if number in (5, 10):
             _refuse_external(*_tensor(f, _message_end(f, wire, value)))
         elif number in (22, 23):
             _sparse_tensor(f, _message_end(f, wire, value))
         elif number in (6, 11):
-            raise UnsupportedModelError(f"control flow ({op_type or 'a subgraph'}) is not supported in a prunable CNN")
+            if depth >= MAX_GRAPH_NESTING:
+                raise BadModelError(f"subgraphs nested over {MAX_GRAPH_NESTING} deep ({op_type})")
+            _other_graph(f, _message_end(f, wire, value), depth + 1)
 
 
-def _node(f: BinaryIO, end: int) -> None:
+def _node(f: BinaryIO, end: int, depth: int = 0) -> None:
     """NodeProto (4 op_type, 5 attribute)."""
     op_type = ""
     for number, wire, value in _fields(f, end):
         if number == 4:
             op_type = _string(f, wire, value)
         elif number == 5:
-            _attribute(f, _message_end(f, wire, value), op_type)
+            _attribute(f, _message_end(f, wire, value), op_type, depth)
 
 
 def _function(f: BinaryIO, end: int) -> None:
@@ -267,12 +272,12 @@ def _function(f: BinaryIO, end: int) -> None:
             _attribute(f, _message_end(f, wire, value), "a function's attribute")
 
 
-def _other_graph(f: BinaryIO, end: int) -> None:
+def _other_graph(f: BinaryIO, end: int, depth: int = 0) -> None:
     """A GraphProto other than the model's: only whether a tensor of it points outside matters
     (1 node, 5 initializer, 15 sparse_initializer)."""
     for number, wire, value in _fields(f, end):
         if number == 1:
-            _node(f, _message_end(f, wire, value))
+            _node(f, _message_end(f, wire, value), depth)
         elif number == 5:
             _refuse_external(*_tensor(f, _message_end(f, wire, value)))
         elif number == 15:

@@ -20,8 +20,9 @@ import torch
 from google.protobuf.message import Message
 from torch import nn
 
-from . import prepasses, zoo
+from . import frozen, prepasses, zoo
 from .errors import BadModelError, InputError, UnsupportedModelError
+from .frozen import FrozenRegion
 from .headers import MAX_TENSOR_ELEMENTS, MIN_OPSET, SEND_INSTEAD
 from .headers import sniff as _sniff_file
 
@@ -40,6 +41,10 @@ class LoadedModel:
     notes: list[str] = field(default_factory=list)
     fixed_batch: int | None = None  # the batch size the model declares, when it is not symbolic
     prepasses: list[dict[str, Any]] = field(default_factory=list)  # import passes that ran, with what they did
+    # the part of the graph kept as it is (frozen.py); `module` is then the prunable part only, and its outputs
+    # (`output_names`) are what it hands the frozen nodes
+    frozen: FrozenRegion | None = None
+    part_opset: int | None = None  # the opset the prunable part is exported at, to join the frozen nodes
 
     @property
     def has_batchnorm(self) -> bool:
@@ -180,19 +185,30 @@ def _load_onnx(data: bytes, input_shape: list[int] | None) -> LoadedModel:
                 dynamic_axes.setdefault(out.name, {})[i] = d.dim_param or f"dim{i}"
 
     prepared = prepasses.prepare(proto, {graph_input.name: shape})
-    module = _to_torch(_prepare(prepared.proto), torch.zeros(shape))
-    _check_conversion(data, module, input_name=graph_input.name, shape=shape)
+    part, region = frozen.split(prepared.proto, prepasses.default_opset(prepared.proto))
+    output_names = [o.name for o in proto.graph.output]
+    reference = data  # what the converted module must reproduce in ONNX Runtime
+    if region is not None:
+        # the prunable part is a model of its own: its outputs are what it hands the frozen nodes
+        output_names = [o.name for o in part.graph.output]
+        dynamic_axes = {graph_input.name: dynamic_axes.get(graph_input.name, {}),
+                        **frozen.batch_axes(part, shape, fixed_batch)}
+        reference = part.SerializeToString()
+    module = _to_torch(_prepare(part), torch.zeros(shape))
+    _check_conversion(reference, module, input_name=graph_input.name, shape=shape)
     return LoadedModel(
         module=module,
         input_name=graph_input.name,
-        output_names=[o.name for o in proto.graph.output],
+        output_names=output_names,
         input_shape=shape,
-        dynamic_axes=dynamic_axes,
+        dynamic_axes={k: v for k, v in dynamic_axes.items() if v},
         opset=opset,
         source="onnx",
         onnx_bytes=data,
         fixed_batch=fixed_batch,
         prepasses=prepared.passes,
+        frozen=region,
+        part_opset=prepasses.default_opset(prepared.proto) if region is not None else None,
     )
 
 
@@ -241,10 +257,6 @@ def _refuse_external_data(proto: onnx.ModelProto) -> None:
                 f"tensor {t.name!r} keeps its data in an external file: refused; "
                 "save the model as one file (onnx.save(model, path, save_as_external_data=False))"
             )
-    for node in proto.graph.node:
-        for attr in node.attribute:
-            if attr.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS):
-                raise UnsupportedModelError(f"control flow ({node.op_type}) is not supported in a prunable CNN")
 
 
 def _prepare(proto: onnx.ModelProto) -> onnx.ModelProto:

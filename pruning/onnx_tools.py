@@ -6,7 +6,8 @@ import io
 import statistics
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import onnx
@@ -72,11 +73,12 @@ def run_outputs(sess: ort.InferenceSession, x: np.ndarray) -> list[np.ndarray]:
 
 def verify(
     data: bytes, model: nn.Module, inputs: np.ndarray, expected_shapes: list[list[int | str]] | None,
-    *, fixed_batch: int | None = None,
+    *, fixed_batch: int | None = None, batch_name: str | None = "batch",
 ) -> float:
     """max |ORT - torch| over every output on the inputs (in chunks of the model's fixed batch, if it has one);
     raises when beyond ~1e-3 of an output's magnitude. Then every output's shape is checked against
-    `expected_shapes` (the original's, symbolic dimensions as names) at the batch the model fixes, or at 1 and 4."""
+    `expected_shapes` (symbolic dimensions as names; `batch_name` is the input's batch) at the batch the model
+    fixes, or at 1 and 4."""
     from .loading import outputs_of
 
     sess = session(data)
@@ -107,10 +109,10 @@ def verify(
         for batch in (fixed_batch,) if fixed_batch else (1, 4):
             outs = run_outputs(sess, np.repeat(inputs[:1], batch, axis=0))
             for out, shape in zip(outs, expected_shapes, strict=False):
-                want = [batch if i == 0 and not fixed_batch else d for i, d in enumerate(shape)]
-                named = [d if isinstance(d, int) else int(out.shape[i]) if i < out.ndim else -1
-                         for i, d in enumerate(want)]
-                if [int(d) for d in out.shape] != named:
+                # the batch's own name takes the batch; other names (a sequence length, say) are free
+                want = [batch if d == batch_name else d for d in shape]
+                if len(want) != out.ndim or any(isinstance(w, int) and w != n for w, n in zip(want, out.shape,
+                                                                                             strict=True)):
                     raise VerificationError(f"at batch {batch} an output's shape is {list(out.shape)}, expected {want}")
     return diff
 
@@ -121,10 +123,12 @@ class OnnxStats:
     params: int
     bytes: int
     output_shapes: list[list[int | str]]  # each output's declared dimensions, symbolic ones by name
+    per_node: dict[str, int] = field(default_factory=dict)  # MACs of each counted node, by name (or first output)
 
 
 def stats(data: bytes, input_shape: list[int]) -> OnnxStats:
-    """MACs of Conv, ConvTranspose, Gemm and MatMul at the given input shape; parameters = float elements of
+    """MACs of Conv, ConvTranspose, Gemm, MatMul (attention's too) and recurrent layers at the given input shape;
+    parameters = float elements of
     initializers and `Constant` nodes."""
     proto = onnx.load_model_from_string(data)
     inits = {i.name: i for i in proto.graph.initializer}
@@ -137,8 +141,11 @@ def stats(data: bytes, input_shape: list[int]) -> OnnxStats:
     # Shape/Gather/Concat chains the exporter writes for pads and reshapes.
     wanted: list[str] = []
     for node in proto.graph.node:
-        if node.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul"):
-            wanted += [n for n in (*node.input[:2], node.output[0]) if n and n not in inits]
+        if node.op_type in _WEIGHT_AT:
+            at = _WEIGHT_AT[node.op_type]
+            wanted += [n for n in (node.input[0], node.input[at], node.output[0]) if n and n not in inits]
+        elif node.op_type in ("LSTM", "GRU", "RNN"):
+            wanted += [n for n in node.input[:3] if n and n not in inits]
     shapes: dict[str, list[int]] = {name: list(t.dims) for name, t in inits.items()}
     if wanted:
         probe = onnx.ModelProto()
@@ -152,27 +159,67 @@ def stats(data: bytes, input_shape: list[int]) -> OnnxStats:
     def known(name: str) -> list[int] | None:
         return shapes.get(name)
 
-    macs = 0
+    per_node: dict[str, int] = {}
     for node in proto.graph.node:
         out = known(node.output[0]) if node.output else None
-        if node.op_type == "Conv":
-            w = known(node.input[1])
+        n = 0
+        kind = _KIND.get(node.op_type, node.op_type)
+        if kind == "Conv":
+            w = known(node.input[_WEIGHT_AT[node.op_type]])
             if out is None or w is None:
                 raise PruningError(f"cannot count MACs of {node.name or node.op_type}: unknown shapes")
-            macs += int(np.prod(out)) * int(np.prod(w[1:]))
+            n = int(np.prod(out)) * int(np.prod(w[1:]))
         elif node.op_type == "ConvTranspose":
             x, w = known(node.input[0]), known(node.input[1])
             if x is None or w is None:
                 raise PruningError(f"cannot count MACs of {node.name or node.op_type}: unknown shapes")
-            macs += int(np.prod(x)) * int(np.prod(w[1:]))
-        elif node.op_type in ("Gemm", "MatMul"):
+            n = int(np.prod(x)) * int(np.prod(w[1:]))
+        elif kind in ("Gemm", "MatMul"):
             a = known(node.input[0])
             if out is None or a is None:
                 raise PruningError(f"cannot count MACs of {node.name or node.op_type}: unknown shapes")
             trans_a = any(at.name == "transA" and at.i for at in node.attribute)
             k = a[-2] if (node.op_type == "Gemm" and trans_a) else a[-1]
-            macs += int(np.prod(out)) * int(k)
-    return OnnxStats(macs=macs, params=constant_parameters(proto), bytes=len(data), output_shapes=output_shapes)
+            n = int(np.prod(out)) * int(k)
+        elif node.op_type in ("LSTM", "GRU", "RNN"):
+            n = recurrent_macs(node, known)
+        if n:
+            per_node[node.name or node.output[0]] = n
+    macs = sum(per_node.values())
+    return OnnxStats(macs=macs, params=constant_parameters(proto), bytes=len(data), output_shapes=output_shapes,
+                     per_node=per_node)
+
+
+# where each counted op takes its weight (or second operand); quantized ops count as their float kind
+_WEIGHT_AT = {"Conv": 1, "ConvTranspose": 1, "Gemm": 1, "MatMul": 1, "ConvInteger": 1, "MatMulInteger": 1,
+              "QLinearConv": 3, "QLinearMatMul": 3}
+_KIND = {"ConvInteger": "Conv", "QLinearConv": "Conv", "MatMulInteger": "MatMul", "QLinearMatMul": "MatMul"}
+
+
+def recurrent_macs(node: onnx.NodeProto, known: Any) -> int:
+    """An LSTM/GRU/RNN's MACs: per step, batch element and direction, (gates x hidden) x (input + hidden),
+    from its W [dirs, gates*hidden, input] and R [dirs, gates*hidden, hidden]."""
+    x, w, r = known(node.input[0]), known(node.input[1]), known(node.input[2])
+    if x is None or w is None or r is None:
+        return 0
+    batch_first = any(a.name == "layout" and a.i == 1 for a in node.attribute)
+    steps = x[1] if batch_first else x[0]
+    batch = x[0] if batch_first else x[1]
+    return int(steps) * int(batch) * (int(np.prod(w)) + int(np.prod(r)))
+
+
+def same_output_shapes(before: bytes, after: bytes, input_shape: list[int], batches: tuple[int, ...]) -> None:
+    """Both models take the same input and give outputs of the same names and shapes at each batch."""
+    sessions = [session(before), session(after)]
+    names = [[o.name for o in s.get_outputs()] for s in sessions]
+    if names[0] != names[1]:
+        raise VerificationError(f"the pruned model's outputs are {names[1]}, the original's {names[0]}")
+    for batch in batches:
+        x = np.random.default_rng(batch).standard_normal([batch, *input_shape[1:]]).astype(np.float32)
+        shapes = [[o.shape for o in run_outputs(s, x)] for s in sessions]
+        if shapes[0] != shapes[1]:
+            raise VerificationError(f"at batch {batch} the pruned model's outputs have shapes {shapes[1]}, the "
+                                    f"original's {shapes[0]}")
 
 
 def latency(

@@ -14,11 +14,11 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from . import onnx_tools, recovery
+from . import frozen, onnx_tools, recovery
 from .analysis import COUNTED, Analysis, analyse
 from .custom_ops import CUSTOM_PRUNERS, ChannelSelect
 from .data import Dataset
-from .errors import BadDataError, Cancelled, SpecError
+from .errors import BadDataError, Cancelled, PruningError, SpecError, UnsupportedModelError
 from .loading import LoadedModel, load_model
 from .planner import Planner
 from .signals import ScoringContext, make_scorer
@@ -130,7 +130,7 @@ def prune(
         step_goal = goal ** (step / steps)  # geometric: every round removes the same share
         base = 0.4 * (step - 1) / steps
         with run.stage("analyse", 0.05 + base, f"tracing dependency groups (round {step}/{steps})"):
-            analysis = analyse(net, example, spec.protect)
+            analysis = _analyse(net, example, spec, loaded)
             if step == 1:  # net is still the original: its MACs were counted in the analysing forward
                 base_total = analysis.macs if kind == "macs" else _measure(net, example, kind)
                 extra["protected_layers"] = analysis.protected
@@ -170,14 +170,19 @@ def prune(
     net = net.cpu().eval()
     example = example.cpu()
     with run.stage("export", 0.85, "exporting ONNX"):
-        after_onnx = onnx_tools.export(
-            net, example, input_name=loaded.input_name, output_names=loaded.output_names,
-            dynamic_axes=_dynamic_axes(loaded, spec), opset=max(spec.export.opset, loaded.opset),
-        )
+        part_onnx, after_onnx = _export(net, example, loaded, spec)
         after = onnx_tools.stats(after_onnx, loaded.input_shape)
     with run.stage("verify", 0.9, "checking ONNX Runtime against PyTorch"):
         probe = _probe_inputs(loaded, calibration)
-        max_abs_diff = onnx_tools.verify(after_onnx, net, probe, before.output_shapes, fixed_batch=fixed_batch)
+        axes = _dynamic_axes(loaded, spec)
+        expected = None if loaded.frozen is not None else [
+            [axes.get(name, {}).get(i, d) for i, d in enumerate(shape)]
+            for name, shape in zip(loaded.output_names, before.output_shapes, strict=False)]
+        max_abs_diff = onnx_tools.verify(part_onnx, net, probe, expected, fixed_batch=fixed_batch,
+                                         batch_name=axes.get(loaded.input_name, {}).get(0))
+        if loaded.frozen is not None:  # the joined graph answers as the sent one did, output for output
+            onnx_tools.same_output_shapes(before_onnx, after_onnx, loaded.input_shape,
+                                          (fixed_batch,) if fixed_batch else (1, 4))
         lat_before, lat_after = onnx_tools.latency(
             before_onnx, after_onnx, loaded.input_shape,
             batch=latency_batch, threads=spec.measure.threads, repeats=spec.measure.repeats,
@@ -210,8 +215,15 @@ def prune(
             "device": dev.type,
             **extra,
         }
+        if loaded.frozen is not None:
+            region = loaded.frozen.describe()
+            region["macs"] = sum(after.per_node.get(n.name or n.output[0], 0) for n in loaded.frozen.nodes)
+            report["frozen"] = region
+            # the target applies to the part that can be pruned; the frozen nodes keep what they cost
+            report["prunable_kept"] = total / base_total if base_total else 1.0
         if spec.target.kind in ("macs", "params"):
-            report["target_met"] = report[f"{kind}_kept"] <= goal + 1e-9
+            kept = report["prunable_kept"] if loaded.frozen is not None else report[f"{kind}_kept"]
+            report["target_met"] = kept <= goal + 1e-9
         elif spec.target.kind == "latency_ms":
             report["latency_target_ms"] = spec.target.value
             report["target_met"] = lat_after <= spec.target.value * 1.05
@@ -226,6 +238,16 @@ def prune(
 
 
 # ------------------------------------------------------------------------------------------- the stages
+
+
+def _analyse(net: nn.Module, example: torch.Tensor, spec: PruneSpec, loaded: LoadedModel) -> Analysis:
+    try:
+        return analyse(net, example, spec.protect)
+    except UnsupportedModelError as e:
+        if loaded.frozen is None:
+            raise
+        node, why = next(iter(loaded.frozen.reasons.items()))
+        raise UnsupportedModelError(f"{e}; node {node!r} ({why}) and what follows it are kept as they are") from None
 
 
 def _score(ctx: ScoringContext, spec: PruneSpec) -> dict[int, np.ndarray]:
@@ -371,11 +393,7 @@ def _latency_plan(
     for _ in range(8):
         run.check()
         candidate = _plan_and_apply(copies, scores, spec, "macs", frac, base_total, run, ctx)
-        data = onnx_tools.export(
-            copy.deepcopy(candidate[0]).cpu().eval(), example.cpu(), input_name=loaded.input_name,
-            output_names=loaded.output_names, dynamic_axes=_dynamic_axes(loaded, spec),
-            opset=max(spec.export.opset, loaded.opset),
-        )
+        data = _export(copy.deepcopy(candidate[0]).cpu().eval(), example.cpu(), loaded, spec)[1]
         orig_ms, cand_ms = onnx_tools.latency(before_onnx, data, loaded.input_shape,
                                               batch=_fixed_batch(loaded, spec) or m.batch,
                                               threads=m.threads, repeats=m.repeats)
@@ -515,6 +533,22 @@ def _cut_mask(channels: int, kept: np.ndarray | None) -> str:
         bits[np.asarray(kept, dtype=np.int64)] = 0
     bits = np.concatenate([bits, np.zeros(-channels % 4, dtype=np.uint8)]).reshape(-1, 4)
     return "".join("0123456789abcdef"[int(v)] for v in bits @ np.array([8, 4, 2, 1]))
+
+
+def _export(net: nn.Module, example: torch.Tensor, loaded: LoadedModel, spec: PruneSpec) -> tuple[bytes, bytes]:
+    """The pruned module's ONNX, and the model to hand out: the same, or joined with the frozen nodes (exported
+    at the opset the frozen nodes were written for)."""
+    opset = loaded.part_opset if loaded.frozen is not None and loaded.part_opset else max(spec.export.opset,
+                                                                                          loaded.opset)
+    part = onnx_tools.export(net, example, input_name=loaded.input_name, output_names=loaded.output_names,
+                             dynamic_axes=_dynamic_axes(loaded, spec), opset=opset)
+    if loaded.frozen is None:
+        return part, part
+    try:
+        return part, frozen.join(part, loaded.frozen)
+    except Exception as e:
+        raise PruningError(f"the pruned part cannot be joined with the frozen nodes: {type(e).__name__}: "
+                           f"{str(e)[:200]}") from None
 
 
 def _dynamic_axes(loaded: LoadedModel, spec: PruneSpec) -> dict[str, dict[int, str]]:

@@ -169,3 +169,119 @@ def ultralytics_onnx(cfg: str, folder: str, size: int = 64) -> bytes:
         return Path(path).read_bytes()
     finally:
         os.chdir(cwd)
+
+
+class CRNN(nn.Module):
+    """A CRNN-style text recognizer: a conv stack squeezed into a sequence, a 3-D BatchNorm over it, transposed
+    to (T, N, C), optionally a bidirectional LSTM, and per-step log-probabilities over an alphabet of 11."""
+
+    def __init__(self, lstm: bool = False) -> None:
+        super().__init__()
+        self.cnn = nn.Sequential(
+            nn.Conv2d(1, 16, 3, 1, 1), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(16, 32, 3, 1, 1), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d((2, 1)),
+            nn.Conv2d(32, 48, 3, 1, 1), nn.BatchNorm2d(48), nn.ReLU(), nn.MaxPool2d((8, 1)),
+        )
+        self.seq, self.bn = nn.Conv1d(48, 64, 3, 1, 1), nn.BatchNorm1d(64)
+        self.lstm = nn.LSTM(64, 32, bidirectional=True) if lstm else None
+        self.fc = nn.Linear(64, 11)
+        with torch.no_grad():  # statistics of a trained network, not the identity
+            for m in self.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.running_mean.uniform_(-0.2, 0.2)
+                    m.running_var.uniform_(0.5, 1.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = torch.relu(self.bn(self.seq(self.cnn(x).squeeze(2))))  # N, C, T
+        f = f.permute(2, 0, 1)  # T, N, C
+        if self.lstm is not None:
+            f, _ = self.lstm(f)
+        return self.fc(f).log_softmax(-1)
+
+
+def crnn_onnx(lstm: bool = False) -> bytes:
+    """Exported with BatchNorm kept (no constant folding), the batch on axis 1 of the output as CTC wants it."""
+    import warnings
+
+    torch.manual_seed(0)
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(CRNN(lstm).eval(), torch.randn(1, 1, 32, 64), buf, dynamo=False, opset_version=17,
+                          input_names=["x"], output_names=["logp"],
+                          dynamic_axes={"x": {0: "N"}, "logp": {1: "N"}}, do_constant_folding=False)
+    return buf.getvalue()
+
+
+def dynamically_quantized(proto: onnx.ModelProto, ops: tuple[str, ...]) -> bytes:
+    """`proto` through ONNX Runtime's dynamic quantization of `ops` (weights int8, activations at run time)."""
+    import logging
+    import tempfile
+    from pathlib import Path
+
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    logging.getLogger().setLevel(logging.ERROR)
+    with tempfile.TemporaryDirectory() as d:
+        src, dst = Path(d) / "fp32.onnx", Path(d) / "int8.onnx"
+        onnx.save(proto, src)
+        quantize_dynamic(src, dst, op_types_to_quantize=list(ops), weight_type=QuantType.QInt8)
+        return dst.read_bytes()
+
+
+def _cbr(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU())
+
+
+class DBNet(nn.Module):
+    """A DBNet-style text detector: a strided backbone, an FPN that upsamples and concatenates its levels, and a
+    head that upsamples back to the input's size into one sigmoid probability map."""
+
+    def __init__(self, width: int = 16) -> None:
+        super().__init__()
+        w = width
+        self.stages = nn.ModuleList([nn.Sequential(_cbr(3, w, 2), _cbr(w, w)), nn.Sequential(_cbr(w, 2 * w, 2)),
+                                     nn.Sequential(_cbr(2 * w, 4 * w, 2)), nn.Sequential(_cbr(4 * w, 8 * w, 2))])
+        self.lateral = nn.ModuleList([nn.Conv2d(c, 4 * w, 1, bias=False) for c in (w, 2 * w, 4 * w, 8 * w)])
+        self.smooth = nn.ModuleList([nn.Conv2d(4 * w, w, 3, 1, 1, bias=False) for _ in range(4)])
+        self.head = nn.Sequential(_cbr(4 * w, w), nn.ConvTranspose2d(w, w, 2, 2), nn.BatchNorm2d(w), nn.ReLU(),
+                                  nn.ConvTranspose2d(w, 1, 2, 2), nn.Sigmoid())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        feats = []
+        for stage in self.stages:
+            x = stage(x)
+            feats.append(x)
+        laterals = [lat(f) for lat, f in zip(self.lateral, feats, strict=True)]
+        for i in range(len(laterals) - 1, 0, -1):  # top-down
+            laterals[i - 1] = laterals[i - 1] + F.interpolate(laterals[i], scale_factor=2.0, mode="nearest")
+        size = laterals[0].shape[2:]
+        maps = [F.interpolate(s(lat), size=size, mode="nearest") for s, lat in zip(self.smooth, laterals, strict=True)]
+        return self.head(torch.cat(maps, 1))
+
+
+class YOLOXHead(nn.Module):
+    """A YOLOX-style detector: a small backbone and, per level, a decoupled head (class, box and objectness convs)
+    whose outputs are concatenated and flattened into [N, 4 + 1 + classes, anchors]."""
+
+    def __init__(self, classes: int = 3, width: int = 16) -> None:
+        super().__init__()
+        w = width
+        self.stem = nn.Sequential(_cbr(3, w, 2), _cbr(w, 2 * w, 2))
+        self.levels = nn.ModuleList([_cbr(2 * w, 4 * w, 2), _cbr(4 * w, 4 * w, 2)])
+        self.stems = nn.ModuleList([nn.Conv2d(4 * w, 2 * w, 1) for _ in range(2)])
+        self.cls = nn.ModuleList([nn.Sequential(_cbr(2 * w, 2 * w), nn.Conv2d(2 * w, classes, 1)) for _ in range(2)])
+        self.reg = nn.ModuleList([_cbr(2 * w, 2 * w) for _ in range(2)])
+        self.box = nn.ModuleList([nn.Conv2d(2 * w, 4, 1) for _ in range(2)])
+        self.obj = nn.ModuleList([nn.Conv2d(2 * w, 1, 1) for _ in range(2)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        outs = []
+        for i, level in enumerate(self.levels):
+            x = level(x)
+            s = self.stems[i](x)
+            r = self.reg[i](s)
+            out = torch.cat([self.box[i](r), self.obj[i](r).sigmoid(), self.cls[i](s).sigmoid()], 1)
+            outs.append(out.flatten(2))
+        return torch.cat(outs, 2)

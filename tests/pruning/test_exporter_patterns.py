@@ -130,3 +130,52 @@ def test_a_non_float_input_is_unsupported_and_says_so():
     onnx.checker.check_model(proto, full_check=True)
     with pytest.raises(UnsupportedModelError, match="input 'ids' is int64"):
         load_model(proto.SerializeToString())
+
+
+def test_a_recognizer_with_3d_batchnorm_keeps_its_sequence_output():
+    from tests.pruning.exporters import crnn_onnx
+
+    data = crnn_onnx()
+    result = prune(data, SPEC)
+    assert result.report["macs_after"] <= 0.6 * result.report["macs_before"]
+    assert _interface(result.onnx) == _interface(data)
+    x = np.random.default_rng(0).standard_normal([3, 1, 32, 64]).astype(np.float32)
+    assert _run(result.onnx, x)[0].shape == _run(data, x)[0].shape == (32, 3, 11)
+
+
+def test_an_lstm_head_is_frozen_and_the_convolutions_before_it_are_pruned():
+    from tests.pruning.exporters import crnn_onnx
+
+    data = crnn_onnx(lstm=True)
+    result = prune(data, SPEC)
+    r = result.report
+    assert r["frozen"]["ops"]["LSTM"] == 1 and "LSTM" in next(iter(r["frozen"]["because"].values()))
+    assert r["frozen"]["macs"] > 0 and r["target_met"]
+    assert r["prunable_kept"] <= 0.6 and r["macs_after"] < r["macs_before"]
+    assert "seq/Conv" in r["protected_layers"], "the LSTM gets the channels it was trained on"
+    assert _interface(result.onnx) == _interface(data)
+    for batch in (1, 3):
+        x = np.random.default_rng(batch).standard_normal([batch, 1, 32, 64]).astype(np.float32)
+        assert _run(result.onnx, x)[0].shape == _run(data, x)[0].shape == (32, batch, 11)
+
+
+def test_a_dynamically_quantized_head_is_frozen_and_counted():
+    from tests.pruning.exporters import dynamically_quantized
+
+    data = dynamically_quantized(torch_onnx(small_classifier(), (1, 3, 32, 32), outputs=("prob",)), ("MatMul", "Gemm"))
+    result = prune(data, SPEC)
+    r = result.report
+    assert {"DynamicQuantizeLinear", "MatMulInteger"} <= set(r["frozen"]["ops"])
+    assert r["frozen"]["macs"] == 32 * 4  # the quantized Gemm, counted as the MatMul it is
+    assert r["prunable_kept"] <= 0.6
+    assert _interface(result.onnx) == _interface(data)
+    x = np.random.default_rng(0).standard_normal([2, 3, 32, 32]).astype(np.float32)
+    assert np.allclose(_run(result.onnx, x)[0].sum(1), 1.0, atol=1e-5)
+
+
+def test_a_model_quantized_from_its_first_conv_is_refused_naming_the_node():
+    from tests.pruning.exporters import dynamically_quantized
+
+    data = dynamically_quantized(torch_onnx(small_classifier(), (1, 3, 32, 32)), ("Conv", "MatMul", "Gemm"))
+    with pytest.raises(UnsupportedModelError, match=r"nothing prunable is left .* node '.+' \(.*not pruned through\)"):
+        prune(data, SPEC)

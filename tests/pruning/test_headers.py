@@ -74,7 +74,6 @@ def test_safetensors_header_matches_the_importer(tmp_path):
     (_onnx(external=True), BadModelError, "external"),
     (_onnx(opset=6), BadModelError, "opset"),
     (_onnx(inputs=2), UnsupportedModelError, "2 inputs"),
-    (_onnx(subgraph=True), UnsupportedModelError, "control flow"),
     (_onnx(dims=("N", 3, "H", "W")), InputError, "dynamic"),
     (_onnx(weight_elements=3000)[:-200], BadModelError, "ONNX"),
 ])
