@@ -83,7 +83,7 @@ def recover_copy(pruned: torch.nn.Module, original: torch.nn.Module, kept: dict[
     net = copy.deepcopy(pruned)
     rspec = spec.model_copy(update={"recovery": spec.recovery.model_copy(update={"method": method})})
     torch.manual_seed(0)
-    info = pipeline._recover(net, original, kept, calib, rspec, torch.device("cpu"), pipeline._Run(None, None), {})
+    info = pipeline._recover(net, original, kept, calib, rspec, torch.device("cpu"), pipeline._Run(None, None, rspec), {})
     net = net.cpu().eval()
     example = torch.zeros(loaded.input_shape)
     data = onnx_tools.export(net, example, input_name=loaded.input_name, output_names=loaded.output_names,

@@ -59,6 +59,8 @@ QUICK = [
                           "--recoveries", "none,bn_recalibrate,distill", "--calib", "1000", "--distill-epochs", "1",
                           "--bandit-calib", "2000", "--bandit-slices", "1", "--missing-reason",
                           "The quick run leaves out reconstruct (the full run measures it)."], ""),
+    ("coverage.py", ["--only", "ResNet-18,ResNet-18, opset 11,YOLOv8n,DBNet-style,CRNN + LSTM,ViT-Tiny",
+                     "--repeats", "10"], ""),
     ("gpu.py", ["--quick"], GPU_NOTE),
 ]
 # ResNet-56 recovery within 30 minutes: the recipe that met the goal (unnormalised group L2 + BN
@@ -77,6 +79,7 @@ FULL = [
     ("cifar_vs_torch_pruning.py", ["--sweep", "0.95,0.9,0.85,0.8,0.75,0.7,0.6,0.5"], ""),
     ("cost_of_pruning.py", [], ""),
     ("latency_target.py", [], ""),
+    ("coverage.py", [], ""),
     ("jobs_per_hour.py", [], ""),
     ("service_load.py", [], ""),
     # the committed table's budget (512 calibration images, half an epoch of distillation per cell)

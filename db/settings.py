@@ -20,6 +20,9 @@ class Settings(BaseSettings):
     max_upload_bytes: int = 2 * 1024**3
     job_soft_time_limit: int = Field(6 * 3600, ge=1)
     job_time_limit: int | None = Field(None, ge=1)  # default: the soft limit + 300 s
+    # address space one job may add to the process running it (GiB) when its spec's limits.memory_gb is null;
+    # null: 60% of the machine's memory (pruning/limits.py)
+    job_memory_gb: float | None = Field(None, gt=0)
     webhook_allow_private: bool = False
     job_lease_seconds: int = 60  # a running job whose heartbeat is older than this is taken back
     job_max_attempts: int = 3

@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from .errors import InputError, PruningError, UnsupportedModelError
+from .errors import FidelityError, InputError, PruningError, UnsupportedModelError
 from .flags import FlagError, add_spec_flags, describe, spec_from_flags
 from .spec import PruneSpec
 
@@ -67,14 +67,22 @@ def run(args: argparse.Namespace) -> int:
     with warnings.catch_warnings():
         if not os.environ.get("SECATEURS_DEBUG"):  # our dependencies' warnings are not the user's to read
             warnings.simplefilter("ignore")
-        result = prune(
-            data, spec, arch=args.arch, num_classes=args.num_classes,
-            calibration=calib, evaluation=evaluation, progress=progress,
-        )
+        try:
+            result = prune(
+                data, spec, arch=args.arch, num_classes=args.num_classes,
+                calibration=calib, evaluation=evaluation, progress=progress,
+            )
+        except FidelityError as e:  # the model is not written; the report is, to show what was lost
+            if args.report:
+                write_atomic(Path(args.report), json.dumps(e.report, indent=2).encode())
+            raise
     write_atomic(out, result.onnx)
     if args.report:
         write_atomic(Path(args.report), json.dumps(result.report, indent=2).encode())
     print(summary(result.report, out))
+    f = result.report.get("fidelity", {})
+    if not f.get("measured"):
+        print(f"secateurs: fidelity not measured: {f.get('reason', 'no data')}", file=sys.stderr)
     return 0
 
 
@@ -86,11 +94,17 @@ def summary(r: dict[str, Any], out: Path) -> str:
         f"(ONNX Runtime, batch {r['latency_batch']}, {r['latency_threads']} thread(s))",
         f"verified max |ONNX - PyTorch| = {r['max_abs_diff']:.2e}",
     ]
-    if "agreement" in r:
-        line = f"top-1 agreement with the original {r['agreement'] * 100:.2f}%"
-        if "accuracy_after" in r:
-            line += f", accuracy {r['accuracy_before'] * 100:.2f}% -> {r['accuracy_after'] * 100:.2f}%"
+    f = r.get("fidelity", {})
+    for o in f.get("outputs", []):
+        line = f"fidelity {o['output']}: {o['metric']} {o['value']:.4f} against the original ({o['kind']}, " \
+               f"{o['samples']} {f['data']} samples)"
+        if "accuracy_after" in o:
+            line += f", accuracy {o['accuracy_before'] * 100:.2f}% -> {o['accuracy_after'] * 100:.2f}%"
         lines.append(line)
+    if f.get("max_drop") is not None and "held" in f:
+        lines.append(f"fidelity budget {f['max_drop']:g} points: {'held' if f['held'] else 'missed'}")
+    if f and not f.get("measured"):
+        lines.append("fidelity not measured")
     lines.append(f"wrote {out}")
     return "\n".join(lines)
 
@@ -117,6 +131,9 @@ def write_atomic(path: Path, data: bytes) -> None:
 def handle_errors(exc: BaseException) -> int | None:
     """One line and an exit code for the engine's own errors; None for anything else. A valid model that uses
     something the engine cannot prune (6) is told apart from a bad input (2)."""
+    if isinstance(exc, FidelityError):
+        print(f"secateurs: fidelity budget missed: {exc}", file=sys.stderr)
+        return 3
     if isinstance(exc, UnsupportedModelError):
         print(f"secateurs: unsupported: {exc}", file=sys.stderr)
         return 6

@@ -7,6 +7,8 @@ input and output channels are pruned independently, like a 1x1 convolution with 
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 import torch_pruning as tp
@@ -62,6 +64,28 @@ class ChannelSelectPruner(tp.pruner.function.BasePruningFunc):
 
     def get_in_channels(self, layer: ChannelSelect) -> int:
         return layer.in_channels
+
+
+class SizedResize(nn.Module):
+    """ONNX `Resize` to sizes computed in the graph (an FPN or segmentation head upsampling to another tensor's
+    size). onnx2torch's own module reads the sizes with `.tolist()`, so a re-export traces them as constants and
+    the pruned model would run at the traced size only; here they stay traced values while exporting."""
+
+    def __init__(self, mode: str, align_corners: bool | None) -> None:
+        super().__init__()
+        self.onnx_mode = mode
+        self.align_corners = align_corners
+
+    def forward(self, x: torch.Tensor, roi: torch.Tensor | None = None, scales: torch.Tensor | None = None,
+                sizes: torch.Tensor | None = None) -> torch.Tensor:
+        from onnx2torch.node_converters.resize import _onnx_mode_to_torch_mode
+
+        assert sizes is not None
+        size: list[Any] = [sizes[i] for i in range(2, int(sizes.numel()))]
+        if not torch.jit.is_tracing():
+            size = [int(v) for v in size]
+        mode = _onnx_mode_to_torch_mode(self.onnx_mode, x.dim() - 2)
+        return F.interpolate(x, size=size, mode=mode, align_corners=self.align_corners)
 
 
 CUSTOM_PRUNERS: dict[type, tp.pruner.function.BasePruningFunc] = {ChannelSelect: ChannelSelectPruner()}

@@ -56,3 +56,14 @@ class VerificationError(PruningError):
     """The exported ONNX disagrees with the pruned PyTorch model: never hand out a silently wrong model."""
 
     code = "verification-failed"
+
+
+class FidelityError(PruningError):
+    """The pruned model lost more against the original than the spec's fidelity.max_drop allows. It carries the
+    full report, which is still written."""
+
+    code = "fidelity-budget"
+
+    def __init__(self, message: str, report: dict) -> None:  # type: ignore[type-arg]
+        super().__init__(message)
+        self.report = report

@@ -31,6 +31,8 @@ def add_spec_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--calib", help="calibration data .npz (x, optional y)")
     p.add_argument("--eval", dest="evaluation", help="evaluation data .npz (x, y)")
     p.add_argument("--recover", help="recovery method: none, bn_recalibrate, reconstruct, distill, finetune")
+    p.add_argument("--max-drop", type=float, help="most fidelity against the original may drop, in points of its "
+                   "metric (e.g. 1 = one point of top-1 agreement); past it the job fails")
     p.add_argument("--spec", help="job spec JSON file; flags override its fields")
 
 
@@ -52,7 +54,8 @@ def spec_from_flags(args: argparse.Namespace) -> dict[str, Any]:
         except ValueError as e:  # pydantic's ValidationError is a ValueError too
             raise FlagError(f"--target: {describe(e)}") from None
     spec.update({k: getattr(args, k) for k in ("scope", "round_to", "protect") if getattr(args, k) is not None})
-    for section, key, value in (("schedule", "steps", args.steps), ("recovery", "method", args.recover or None)):
+    for section, key, value in (("schedule", "steps", args.steps), ("recovery", "method", args.recover or None),
+                                ("fidelity", "max_drop", getattr(args, "max_drop", None))):
         if value is not None:
             spec[section] = {**spec.get(section, {}), key: value}
     if args.input_shape:

@@ -231,6 +231,27 @@ def channel_splits(gm: fx.GraphModule, example: torch.Tensor) -> int:
     return changed
 
 
+def sized_resizes(gm: fx.GraphModule) -> int:
+    """onnx2torch's `Resize` to computed sizes becomes `SizedResize`, which keeps the sizes symbolic in a
+    re-export (see custom_ops.SizedResize); a resize by constant scales is left as it is."""
+    from .custom_ops import SizedResize
+
+    changed = 0
+    for node in gm.graph.nodes:
+        m = _module(gm, node)
+        if _kind(m) != "OnnxResize" or not isinstance(node.kwargs.get("sizes", node.args[3] if len(node.args) > 3
+                                                                         else None), fx.Node):
+            continue
+        if getattr(m, "ignore_bs_ch_size", False) or not getattr(m, "ignore_roi", True):
+            continue
+        parent, _, name = str(node.target).rpartition(".")
+        setattr(gm.get_submodule(parent) if parent else gm, name, SizedResize(m.onnx_mode, m.align_corners))
+        changed += 1
+    if changed:
+        gm.recompile()
+    return changed
+
+
 def _finish(gm: fx.GraphModule) -> None:
     gm.graph.eliminate_dead_code()
     gm.graph.lint()
@@ -240,6 +261,7 @@ def _finish(gm: fx.GraphModule) -> None:
 
 def run_all(gm: nn.Module, example: torch.Tensor) -> nn.Module:
     if isinstance(gm, fx.GraphModule):
+        sized_resizes(gm)
         channel_splits(gm, example)
         channel_routes(gm, example)
         linearize_matmuls(gm)

@@ -368,9 +368,9 @@ def _read_onnx(f: BinaryIO, size: int) -> ModelHeader:
     shape = [d if isinstance(d, int) and d > 0 else -1 for d in dims]
     if not shape:
         raise UnsupportedModelError("the model's input has no shape: re-export it with its input shape")
-    if any(s == -1 for s in shape[1:]):
-        raise InputError(f"the model's input {shape} has dynamic dimensions besides batch: give input_shape")
-    if math.prod(shape[1:]) > MAX_TENSOR_ELEMENTS:  # the worker would allocate it to trace the model
+    # symbolic dimensions besides the batch (-1 here) are chosen where the job runs: from its data, the spec's
+    # input_shape, or sizes the model runs at (loading.trace_shape)
+    if math.prod(abs(s) for s in shape[1:]) > MAX_TENSOR_ELEMENTS:  # the worker would allocate it to trace the model
         raise BadModelError(f"the model's input {shape} is over the limit of {MAX_TENSOR_ELEMENTS} elements a sample")
     return ModelHeader("onnx", [1, *shape[1:]], opset)
 

@@ -41,6 +41,7 @@ class LoadedModel:
     notes: list[str] = field(default_factory=list)
     fixed_batch: int | None = None  # the batch size the model declares, when it is not symbolic
     prepasses: list[dict[str, Any]] = field(default_factory=list)  # import passes that ran, with what they did
+    symbolic_dims: list[int] = field(default_factory=list)  # input axes besides the batch the model leaves free
     # the part of the graph kept as it is (frozen.py); `module` is then the prunable part only, and its outputs
     # (`output_names`) are what it hands the frozen nodes
     frozen: FrozenRegion | None = None
@@ -62,7 +63,10 @@ def load_model(
     arch: str | None = None,
     num_classes: int | None = None,
     input_shape: list[int] | None = None,
+    data_shape: list[int] | None = None,
 ) -> LoadedModel:
+    """`data_shape`, the shape of the calibration or evaluation samples (batch first), sizes an ONNX input's
+    symbolic dimensions when `input_shape` does not."""
     kind = sniff(data)
     if kind == "safetensors":
         if arch is None:
@@ -70,7 +74,7 @@ def load_model(
         return _load_safetensors(data, arch, num_classes, input_shape)
     if arch is not None:
         raise InputError("--arch goes with safetensors weights; this file is not safetensors")
-    return _load_onnx(data, input_shape)
+    return _load_onnx(data, input_shape, data_shape)
 
 
 # ---------------------------------------------------------------------------------------------- safetensors
@@ -130,7 +134,7 @@ def _guess_num_classes(state: dict[str, torch.Tensor]) -> int:
 # --------------------------------------------------------------------------------------------------- ONNX
 
 
-def _load_onnx(data: bytes, input_shape: list[int] | None) -> LoadedModel:
+def _load_onnx(data: bytes, input_shape: list[int] | None, data_shape: list[int] | None = None) -> LoadedModel:
     try:
         proto = onnx.load_model_from_string(data)
     except Exception as e:  # protobuf raises its own DecodeError, or RuntimeError, depending on version
@@ -171,14 +175,17 @@ def _load_onnx(data: bytes, input_shape: list[int] | None) -> LoadedModel:
             shape.append(-1)
     if not shape:
         raise UnsupportedModelError("the model's input has no shape: re-export it with its input shape")
+    symbolic = [i for i, s in enumerate(shape) if s == -1 and i > 0]
     if input_shape is not None:
         if len(input_shape) != len(shape) or any(s not in (-1, g) for s, g in zip(shape[1:], input_shape[1:], strict=True)):
             raise InputError(f"input_shape {input_shape} does not fit the model's input {shape}")
         shape = [shape[0], *input_shape[1:]]
-    elif any(s == -1 for s in shape[1:]):
-        raise InputError(f"the model's input {shape} has dynamic dimensions besides batch: give input_shape")
+    elif data_shape is not None and len(data_shape) == len(shape):
+        shape = [d if i and s == -1 else s for i, (s, d) in enumerate(zip(shape, data_shape, strict=True))]
     fixed_batch = shape[0] if shape[0] > 0 else None
     shape[0] = fixed_batch or 1  # a fixed batch stays what the model declares; a symbolic one is probed at 1
+    if any(s == -1 for s in shape):
+        shape = trace_shape(data, graph_input.name, shape)
     for out in proto.graph.output:
         for i, d in enumerate(out.type.tensor_type.shape.dim):
             if not d.HasField("dim_value"):
@@ -207,9 +214,38 @@ def _load_onnx(data: bytes, input_shape: list[int] | None) -> LoadedModel:
         onnx_bytes=data,
         fixed_batch=fixed_batch,
         prepasses=prepared.passes,
+        symbolic_dims=symbolic,
         frozen=region,
         part_opset=prepasses.default_opset(prepared.proto) if region is not None else None,
     )
+
+
+TRACE_SIZES = (224, 256, 320, 384, 448, 512, 640)  # multiples of 32, as detectors' strides want
+
+
+def trace_shape(data: bytes, input_name: str, shape: list[int]) -> list[int]:
+    """Sizes for the input's symbolic dimensions (height, width, sequence) when neither the data nor the spec
+    gives them: the first of TRACE_SIZES the sent model runs at in ONNX Runtime."""
+    import numpy as np
+
+    for size in TRACE_SIZES:
+        candidate = [size if s == -1 else s for s in shape]
+        if _elements(candidate[1:]) > MAX_TENSOR_ELEMENTS:
+            break
+        try:
+            prepasses.run_ort(data, {input_name: np.zeros(candidate, dtype=np.float32)})
+        except Exception:
+            continue
+        return candidate
+    raise InputError(f"the model's input {shape} has symbolic dimensions and it runs at none of the sizes "
+                     f"{list(TRACE_SIZES)}: give input_shape (--input-shape) or calibration data of the size it takes")
+
+
+def second_shape(shape: list[int], symbolic: list[int]) -> list[int] | None:
+    """A second input shape to check a model with symbolic dimensions at: each one 32 larger."""
+    if not symbolic:
+        return None
+    return [s + 32 if i in symbolic else s for i, s in enumerate(shape)]
 
 
 def _elements(dims: Iterable[int]) -> int:
@@ -292,7 +328,35 @@ def _prepare(proto: onnx.ModelProto) -> onnx.ModelProto:
     graph_outputs = {o.name for o in graph.output}
     if graph_outputs & set(inits):
         raise UnsupportedModelError("a model whose output is a constant has nothing to prune")
+    _layernorm_shapes(graph, inits)
     return proto_copy
+
+
+def _layernorm_shapes(graph: onnx.GraphProto, inits: dict[str, onnx.TensorProto]) -> None:
+    """onnx2torch sizes a LayerNorm from its input's value_info, which shape inference leaves without dimensions
+    after the reshapes and transposes of window attention (Swin, MobileViT): normalized_shape came out [0]. The
+    normalized dimensions are the scale's, so they are written into the input's value_info from it."""
+    infos = {v.name: v for v in graph.value_info}
+    for node in graph.node:
+        if node.op_type != "LayerNormalization" or len(node.input) < 2 or node.input[1] not in inits:
+            continue
+        axis = next((a.i for a in node.attribute if a.name == "axis"), -1)
+        scale = list(inits[node.input[1]].dims)
+        info = infos.get(node.input[0])
+        dims = list(info.type.tensor_type.shape.dim) if info is not None else []
+        if axis >= 0 and len(dims) != axis + len(scale):
+            continue  # the rank is unknown: nothing to anchor a positive axis to
+        lead = max(len(dims) - len(scale), 0) if dims else 1
+        if dims and all(d.HasField("dim_value") and d.dim_value > 0 for d in dims[lead:]):
+            continue
+        elem = info.type.tensor_type.elem_type if info is not None else onnx.TensorProto.FLOAT
+        shape: list[int | str] = [f"d{i}" for i in range(lead)] + scale
+        fixed = onnx.helper.make_tensor_value_info(node.input[0], elem or onnx.TensorProto.FLOAT, shape)
+        if info is not None:
+            info.CopyFrom(fixed)
+        else:
+            graph.value_info.append(fixed)
+            infos[node.input[0]] = graph.value_info[-1]
 
 
 def _to_torch(proto: onnx.ModelProto, example: torch.Tensor) -> nn.Module:

@@ -55,7 +55,7 @@ def session(data: bytes, threads: int = 1, spin: bool = True) -> ort.InferenceSe
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
+    opts.log_severity_level = 4  # failures come back as exceptions, said once in the engine's words
     if not spin:
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
@@ -69,6 +69,17 @@ def run(sess: ort.InferenceSession, x: np.ndarray) -> np.ndarray:
 def run_outputs(sess: ort.InferenceSession, x: np.ndarray) -> list[np.ndarray]:
     name = sess.get_inputs()[0].name
     return [np.asarray(v) for v in sess.run(None, {name: x})]
+
+
+def _checked_run(sess: ort.InferenceSession, x: np.ndarray, what: str) -> list[np.ndarray]:
+    """run_outputs, where a model that does not run is a failed check of the pruned model, said in one line."""
+    try:
+        return run_outputs(sess, x)
+    except Exception as e:
+        text = str(e).strip().splitlines()
+        first = text[0] if text else type(e).__name__
+        raise VerificationError(f"{what} does not run in ONNX Runtime on an input of shape {list(x.shape)} "
+                                f"({first[:300]}); no model was produced") from None
 
 
 def verify(
@@ -86,7 +97,7 @@ def verify(
     diff = 0.0
     for start in range(0, len(inputs) - step + 1, step):
         chunk = inputs[start : start + step]
-        got = run_outputs(sess, chunk)
+        got = _checked_run(sess, chunk, "the pruned model")
         with torch.no_grad():
             ref = [t.detach().cpu().numpy() for t in outputs_of(model(torch.from_numpy(chunk)))]
         if len(got) != len(ref):
@@ -107,7 +118,7 @@ def verify(
             diff = max(diff, d)
     if expected_shapes is not None:
         for batch in (fixed_batch,) if fixed_batch else (1, 4):
-            outs = run_outputs(sess, np.repeat(inputs[:1], batch, axis=0))
+            outs = _checked_run(sess, np.repeat(inputs[:1], batch, axis=0), "the pruned model")
             for out, shape in zip(outs, expected_shapes, strict=False):
                 # the batch's own name takes the batch; other names (a sequence length, say) are free
                 want = [batch if d == batch_name else d for d in shape]
@@ -216,7 +227,8 @@ def same_output_shapes(before: bytes, after: bytes, input_shape: list[int], batc
         raise VerificationError(f"the pruned model's outputs are {names[1]}, the original's {names[0]}")
     for batch in batches:
         x = np.random.default_rng(batch).standard_normal([batch, *input_shape[1:]]).astype(np.float32)
-        shapes = [[o.shape for o in run_outputs(s, x)] for s in sessions]
+        shapes = [[o.shape for o in _checked_run(s, x, what)] for s, what in zip(
+            sessions, ("the original model", "the pruned model"), strict=True)]
         if shapes[0] != shapes[1]:
             raise VerificationError(f"at batch {batch} the pruned model's outputs have shapes {shapes[1]}, the "
                                     f"original's {shapes[0]}")

@@ -10,16 +10,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import onnx
 import torch
 import torch_pruning as tp
 from torch import nn
 
-from . import frozen, onnx_tools, recovery
+from . import fidelity, frozen, limits, onnx_tools, recovery
 from .analysis import COUNTED, Analysis, analyse
 from .custom_ops import CUSTOM_PRUNERS, ChannelSelect
 from .data import Dataset
-from .errors import BadDataError, Cancelled, PruningError, SpecError, UnsupportedModelError
-from .loading import LoadedModel, load_model
+from .errors import BadDataError, Cancelled, FidelityError, PruningError, SpecError, UnsupportedModelError
+from .loading import LoadedModel, load_model, second_shape
 from .planner import Planner
 from .signals import ScoringContext, make_scorer
 from .signals.compose import composed
@@ -28,7 +29,7 @@ from .spec import PruneSpec
 Progress = Callable[[str, float, str, dict[str, Any]], None]
 CancelCheck = Callable[[], bool]
 
-STAGES = ("import", "analyse", "score", "plan", "apply", "recover", "export", "verify", "report")
+STAGES = ("import", "analyse", "score", "plan", "apply", "recover", "export", "verify", "report", "fidelity")
 
 
 @dataclass
@@ -39,16 +40,32 @@ class PruneResult:
 
 
 class _Run:
-    """Progress, cancellation and stage timing for one call of `prune`."""
+    """Progress, cancellation, limits and stage timing for one call of `prune`."""
 
-    def __init__(self, progress: Progress | None, should_cancel: CancelCheck | None) -> None:
+    def __init__(self, progress: Progress | None, should_cancel: CancelCheck | None, spec: PruneSpec) -> None:
         self.progress = progress
         self.should_cancel = should_cancel
         self.seconds: dict[str, float] = {}
+        self.deadline = limits.Deadline(spec.limits.minutes)
+        self.memory_gb = spec.limits.memory_gb or limits.default_memory_gb()
+        self.cap: limits.MemoryCap | None = None
+        self.current = "import"
 
     def check(self) -> None:
         if self.should_cancel is not None and self.should_cancel():
             raise Cancelled("the job was cancelled")
+        self.deadline.check(self.current)
+
+    def memory_ran_out(self, e: BaseException) -> bool:
+        if isinstance(e, (limits.ResourceLimitError, Cancelled)):
+            return False
+        return limits.out_of_memory(e) or (self.cap is not None and self.cap.hit())
+
+    def out_of_memory(self, stage: str) -> limits.ResourceLimitError:
+        hint = limits.HINTS.get(stage)
+        return limits.ResourceLimitError(
+            f"stage {stage} needed more memory than the job's limit of {self.memory_gb:g} GiB"
+            + (f": {hint}" if hint else ""))
 
     def tell(self, stage: str, fraction: float, message: str, **metrics: Any) -> None:
         if self.progress is not None:
@@ -56,10 +73,16 @@ class _Run:
 
     @contextmanager
     def stage(self, name: str, fraction: float, message: str):  # type: ignore[no-untyped-def]
+        self.current = name
         self.check()
         self.tell(name, fraction, message)
         t0 = time.perf_counter()
-        yield
+        try:
+            yield
+        except Exception as e:
+            if self.memory_ran_out(e):
+                raise self.out_of_memory(name) from None
+            raise
         self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
 
 
@@ -75,13 +98,37 @@ def prune(
     should_cancel: CancelCheck | None = None,
     device: str | None = None,
 ) -> PruneResult:
-    """Prune a model to the spec's target and return the verified ONNX bytes with their report."""
-    run = _Run(progress, should_cancel)
+    """Prune a model to the spec's target and return the verified ONNX bytes with their report, within the
+    spec's limits (memory and wall time: pruning/limits.py)."""
+    run = _Run(progress, should_cancel, spec)
+    with limits.memory_cap(run.memory_gb) as run.cap:
+        try:
+            return _prune(run, model, spec, arch=arch, num_classes=num_classes, calibration=calibration,
+                          evaluation=evaluation, device=device)
+        except Exception as e:
+            if run.memory_ran_out(e):
+                raise run.out_of_memory(run.current) from None
+            raise
+
+
+def _prune(
+    run: _Run,
+    model: bytes | LoadedModel,
+    spec: PruneSpec,
+    *,
+    arch: str | None,
+    num_classes: int | None,
+    calibration: Dataset | None,
+    evaluation: Dataset | None,
+    device: str | None,
+) -> PruneResult:
     torch.manual_seed(0)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     with run.stage("import", 0.0, "reading the model"):
+        data = calibration if calibration is not None else evaluation
         loaded = model if isinstance(model, LoadedModel) else load_model(
-            model, arch=arch, num_classes=num_classes, input_shape=spec.input_shape
+            model, arch=arch, num_classes=num_classes, input_shape=spec.input_shape,
+            data_shape=None if data is None else list(data.x.shape),
         )
         _check_data_fits(loaded, calibration, "calibration")
         _check_data_fits(loaded, evaluation, "evaluation")
@@ -92,6 +139,20 @@ def prune(
             )
         if spec.needs_labels and (calibration is None or calibration.y is None):
             raise SpecError("recovery finetune needs labels: calibration data with a y array")
+        if spec.fidelity.max_drop is not None and calibration is None and evaluation is None:
+            raise SpecError("fidelity.max_drop needs data to measure the pruned model against the original on: "
+                            "calibration or evaluation data (--calib or --eval)")
+        # Fidelity is measured on data no signal or recovery step sees: the evaluation set, or a held-out part
+        # of the calibration data, which from here on is only the rest.
+        held_out: Dataset | None = None
+        unmeasured = "no data: give evaluation data (--eval), or calibration data (--calib) to hold some out"
+        if evaluation is None and calibration is not None:
+            calibration, held_out = fidelity.split(calibration)
+            unmeasured = (f"only {len(calibration)} calibration samples, too few to hold some out "
+                          f"(at least {fidelity.MIN_TO_SPLIT}), and no evaluation data")
+            if held_out is None and spec.fidelity.max_drop is not None:
+                raise SpecError(f"fidelity.max_drop needs evaluation data or at least {fidelity.MIN_TO_SPLIT} "
+                                f"calibration samples (a fifth is held out to measure on); got {len(calibration)}")
         # the engine prunes the module it loaded in place: a caller's own LoadedModel keeps its module
         net = loaded.module if loaded is not model else copy.deepcopy(loaded.module)
         example = torch.zeros(loaded.input_shape)
@@ -180,9 +241,12 @@ def prune(
             for name, shape in zip(loaded.output_names, before.output_shapes, strict=False)]
         max_abs_diff = onnx_tools.verify(part_onnx, net, probe, expected, fixed_batch=fixed_batch,
                                          batch_name=axes.get(loaded.input_name, {}).get(0))
+        batches = (fixed_batch,) if fixed_batch else (1, 4)
         if loaded.frozen is not None:  # the joined graph answers as the sent one did, output for output
-            onnx_tools.same_output_shapes(before_onnx, after_onnx, loaded.input_shape,
-                                          (fixed_batch,) if fixed_batch else (1, 4))
+            onnx_tools.same_output_shapes(before_onnx, after_onnx, loaded.input_shape, batches)
+        other = second_shape(loaded.input_shape, loaded.symbolic_dims)
+        if other is not None:  # symbolic height, width or length: checked at a second size too
+            onnx_tools.same_output_shapes(before_onnx, after_onnx, other, batches[:1])
         lat_before, lat_after = onnx_tools.latency(
             before_onnx, after_onnx, loaded.input_shape,
             batch=latency_batch, threads=spec.measure.threads, repeats=spec.measure.repeats,
@@ -196,6 +260,8 @@ def prune(
             "source": loaded.source,
             "arch": loaded.arch,
             "input_shape": loaded.input_shape,
+            # with symbolic dimensions, the returned model was also run at the second shape
+            "input_shapes_checked": [loaded.input_shape, *([other] if other is not None else [])],
             "prepasses": loaded.prepasses,
             "macs_before": before.macs,
             "macs_after": after.macs,
@@ -227,12 +293,20 @@ def prune(
         elif spec.target.kind == "latency_ms":
             report["latency_target_ms"] = spec.target.value
             report["target_met"] = lat_after <= spec.target.value * 1.05
-        data = evaluation or calibration
-        if data is not None:
-            limit = spec.evaluation.samples if evaluation is not None else spec.calibration.samples
-            report.update(_compare(before_onnx, after_onnx, data, limit, fixed_batch))
-            report["evaluated_on"] = "evaluation" if evaluation is not None else "calibration"
+    with run.stage("fidelity", 0.97, "checking the pruned model against the original"):
+        check = evaluation if evaluation is not None else held_out
+        source = "evaluation" if evaluation is not None else "held-out calibration"
+        report["fidelity"] = _fidelity(before_onnx, after_onnx, loaded, spec, check, source, fixed_batch,
+                                       unmeasured)
+        report.update(_legacy_fidelity(report["fidelity"], source))
     report["stage_seconds"] = {k: round(v, 4) for k, v in run.seconds.items()}
+    budget = report["fidelity"].get("held")
+    if budget is False:
+        worst = max(report["fidelity"]["outputs"], key=lambda o: o["drop_points"])
+        raise FidelityError(
+            f"the pruned model lost {worst['drop_points']:.2f} points of {worst['metric']} on output "
+            f"{worst['output']!r} against the original ({worst['value']:.4f} on {worst['samples']} "
+            f"{report['fidelity']['data']} samples), over the budget of {spec.fidelity.max_drop:g}", report)
     run.tell("done", 1.0, "finished", macs_kept=report["macs_kept"])
     return PruneResult(after_onnx, report, net)
 
@@ -590,23 +664,56 @@ def _probe_inputs(loaded: LoadedModel, data: Dataset | None) -> np.ndarray:
     return rng.standard_normal([n, *loaded.input_shape[1:]]).astype(np.float32)
 
 
-def _compare(before: bytes, after: bytes, data: Dataset, limit: int, fixed_batch: int | None) -> dict[str, Any]:
-    sessions = [onnx_tools.session(before, 2), onnx_tools.session(after, 2)]
-    d = data.head(limit)
+def _fidelity(before: bytes, after: bytes, loaded: LoadedModel, spec: PruneSpec, data: Dataset | None, source: str,
+              fixed_batch: int | None, unmeasured: str) -> dict[str, Any]:
+    """Every output of the pruned model against the original's, in the terms of its kind (fidelity.py)."""
+    if data is None:
+        return {"measured": False, "reason": unmeasured, "max_drop": spec.fidelity.max_drop}
+    d = data.head(spec.evaluation.samples)
     step = fixed_batch or 64
     if fixed_batch:  # a model with a fixed batch takes whole batches only
         d = d.head(len(d) // fixed_batch * fixed_batch)
     if not len(d):
-        return {}
-    preds: list[list[np.ndarray]] = [[], []]
+        return {"measured": False, "reason": f"fewer samples than the model's fixed batch of {fixed_batch}",
+                "max_drop": spec.fidelity.max_drop}
+    sessions = [onnx_tools.session(before, 2), onnx_tools.session(after, 2)]
+    outs: list[list[list[np.ndarray]]] = [[], []]
     for start in range(0, len(d), step):
-        chunk = d.x[start : start + 64]
+        chunk = d.x[start : start + step]
         for i, sess in enumerate(sessions):
-            out = onnx_tools.run(sess, chunk)
-            preds[i].append(out.reshape(out.shape[0], -1).argmax(axis=1))
-    p0, p1 = np.concatenate(preds[0]), np.concatenate(preds[1])
-    result: dict[str, Any] = {"agreement": float((p0 == p1).mean()), "evaluated_samples": len(d)}
-    if d.y is not None:
-        result["accuracy_before"] = float((p0 == d.y).mean())
-        result["accuracy_after"] = float((p1 == d.y).mean())
-    return result
+            outs[i].append(onnx_tools.run_outputs(sess, chunk))
+    proto = onnx.load_model_from_string(before)
+    batch_name = loaded.dynamic_axes.get(loaded.input_name, {}).get(0)
+    axes = []
+    for o in proto.graph.output:
+        names = [dim.dim_param for dim in o.type.tensor_type.shape.dim]
+        axes.append(names.index(batch_name) if batch_name and batch_name in names else 0)
+    first = outs[0][0]
+    kinds = fidelity.infer_kinds(proto, [tuple(v.shape) for v in first], axes)
+    if spec.fidelity.metric != "auto":
+        forced = {"top1_agreement": "classes", "iou": "map", "miou": "segmentation", "exact_match": "sequence",
+                  "cosine": "values"}[spec.fidelity.metric]
+        kinds = [fidelity.OutputKind(k.name, forced, k.activation, k.batch_axis) for k in kinds]
+    results = []
+    for i, kind in enumerate(kinds):
+        b = np.concatenate([chunk[i] for chunk in outs[0]], axis=kind.batch_axis)
+        a = np.concatenate([chunk[i] for chunk in outs[1]], axis=kind.batch_axis)
+        results.append(fidelity.compare(kind, b, a, d.y))
+    report: dict[str, Any] = {"measured": True, "data": source, "samples": len(d), "outputs": results,
+                              "max_drop": spec.fidelity.max_drop}
+    if spec.fidelity.max_drop is not None:
+        report["held"] = all(r["drop_points"] <= spec.fidelity.max_drop + 1e-9 for r in results)
+    return report
+
+
+def _legacy_fidelity(f: dict[str, Any], source: str) -> dict[str, Any]:
+    """The first class-scores output's figures under the report's older keys (the dashboard and the examples
+    read them)."""
+    if not f.get("measured"):
+        return {}
+    classes = next((o for o in f["outputs"] if o["kind"] == "classes"), None)
+    if classes is None:
+        return {"evaluated_samples": f["samples"], "evaluated_on": source}
+    out = {"agreement": classes["value"], "evaluated_samples": f["samples"], "evaluated_on": source}
+    out.update({k: classes[k] for k in ("accuracy_before", "accuracy_after") if k in classes})
+    return out

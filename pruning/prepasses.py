@@ -78,7 +78,7 @@ def run_ort(data: bytes, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
-    opts.log_severity_level = 3
+    opts.log_severity_level = 4
     opts.intra_op_num_threads = 1
     sess = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
     return [np.asarray(v) for v in sess.run(None, feed)]

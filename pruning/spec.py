@@ -137,6 +137,28 @@ class EvalRef(_Strict):
     samples: int = Field(10_000, ge=1, le=1_000_000, description="Evaluate on at most this many examples.")
 
 
+class Fidelity(_Strict):
+    """How the pruned model is checked against the original (pruning/fidelity.py)."""
+
+    metric: Literal["auto", "top1_agreement", "iou", "miou", "exact_match", "cosine"] = Field(
+        "auto", description="auto: per output from its shape and last op; a metric name: that metric for every "
+        "output.")
+    max_drop: float | None = Field(
+        None, ge=0, le=100, description="The most the model may lose against the original, in points of each "
+        "output's metric (1 = one point of top-1 agreement, or IoU 0.99); past it the job fails with the report.")
+
+
+class Limits(_Strict):
+    """What one job may use; past either it fails with the stage and the figure reached (pruning/limits.py)."""
+
+    memory_gb: float | None = Field(
+        None, gt=0, le=4096,
+        description="Address space the job may add to its process, in GiB; null: the configured default "
+        "(SECATEURS_JOB_MEMORY_GB), else 60% of the machine's memory.")
+    minutes: float | None = Field(None, gt=0, le=7 * 24 * 60, description="Wall time for the whole job; null: "
+                                  "no limit of its own (the service's job time limit still applies).")
+
+
 class Export(_Strict):
     opset: int = Field(17, ge=13, le=21)
     # None keeps the original's batch dimension as it was (fixed or symbolic); True makes a fixed one symbolic,
@@ -174,6 +196,8 @@ class PruneSpec(_Strict):
     signal_options: SignalOptions = Field(default_factory=SignalOptions)
     export: Export = Field(default_factory=Export)
     measure: Measure = Field(default_factory=Measure)
+    limits: Limits = Field(default_factory=Limits)
+    fidelity: Fidelity = Field(default_factory=Fidelity)
     input_shape: list[int] | None = Field(
         None,
         min_length=2,

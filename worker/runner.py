@@ -349,6 +349,8 @@ def _prune(job: Job, settings: Settings, storage: Any, progress: Any, should_can
     from secateurs.pruning.spec import PruneSpec
 
     spec = PruneSpec.model_validate(job.spec)
+    if spec.limits.memory_gb is None and settings.job_memory_gb is not None:  # the service's default cap
+        spec = spec.model_copy(update={"limits": spec.limits.model_copy(update={"memory_gb": settings.job_memory_gb})})
     keys: dict[str, str] = {}
     with sessions(settings)() as s:
         model = s.get(Model, job.model_id)
@@ -371,7 +373,7 @@ def _prune(job: Job, settings: Settings, storage: Any, progress: Any, should_can
 def _fail(settings: Settings, job_id: str, attempt: int, exc: Exception) -> bool:
     """End the attempt's job as failed (or cancelled) saying why; True when it did. A job whose attempt failed
     because the database did is left running, for its lease to hand it to a new attempt: not the job's fault."""
-    from secateurs.pruning.errors import Cancelled, PruningError
+    from secateurs.pruning.errors import Cancelled, FidelityError, PruningError
 
     if database_unavailable(exc):
         log.warning("job %s: attempt %s stopped, the database is unavailable (%s); the lease will take it back",
@@ -393,9 +395,12 @@ def _fail(settings: Settings, job_id: str, attempt: int, exc: Exception) -> bool
         with sessions(settings)() as s:
             # queued with this attempt's number: its lease was lost meanwhile and nobody claimed it since, so the
             # outcome is still this attempt's to say (rather than a new attempt running into the same end)
+            # a model that missed its fidelity budget fails with its full report, to show what was lost
+            extra = {"metrics": exc.report} if isinstance(exc, FidelityError) else {}
             n = s.execute(update(Job).where(Job.id == job_id, Job.status.in_(("running", "queued")),
                                             Job.attempts == attempt).values(
-                status=status, error=None if status == "cancelled" else message, finished_at=now(), stage=kind)).rowcount
+                status=status, error=None if status == "cancelled" else message, finished_at=now(), stage=kind,
+                **extra)).rowcount
             if n:
                 s.add(JobEvent(job_id=job_id, type=kind, stage=kind, message=message))
             s.commit()

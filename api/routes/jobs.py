@@ -61,7 +61,9 @@ def _check(body: JobCreate, tenant_id: str, session: SessionDep, settings: Any) 
         ds = session.execute(select(Dataset).where(Dataset.id == ref, Dataset.tenant_id == tenant_id)).scalar_one_or_none()
         if ds is None:
             raise _invalid(f"spec.{name}.dataset_id", f"no dataset {ref!r}")
-        if shape and list(ds.sample_shape.get("shape") or []) != list(shape[1:]):
+        sample = list(ds.sample_shape.get("shape") or [])
+        if shape and (len(sample) != len(shape) - 1
+                      or any(want not in (-1, got) for want, got in zip(shape[1:], sample, strict=False))):
             raise _invalid(f"spec.{name}.dataset_id", f"samples of shape {ds.sample_shape.get('shape')} do not fit "
                            f"the model's input {shape}")
         if name == "calibration" and spec.needs_labels and not ds.labelled:

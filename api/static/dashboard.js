@@ -7,7 +7,7 @@
 import {barChart, channelMap, fmt, layerChart, scatter} from "./charts.js";
 
 const KEY = "secateurs.key";
-const STAGES = ["import", "analyse", "score", "plan", "apply", "recover", "export", "verify", "report"];
+const STAGES = ["import", "analyse", "score", "plan", "apply", "recover", "export", "verify", "report", "fidelity"];
 const ACTIVE = ["queued", "running"];
 const TERMINAL = ["succeeded", "failed", "cancelled"];
 const state = {key: sessionStorage.getItem(KEY) || "", jobs: new Map(), models: [], datasets: [], signals: [],
@@ -493,7 +493,8 @@ function validateJob(f) {
   for (const field of ["calibration", "evaluation"]) {
     const ds = state.datasets.find((d) => d.id === f[field].value);
     const want = model?.input_shape?.slice(1);
-    if (ds && want && want.length && JSON.stringify(ds.sample_shape) !== JSON.stringify(want)) {
+    const fits = (got) => got.length === want.length && want.every((w, i) => w === -1 || w === got[i]);  // -1: free
+    if (ds && want && want.length && !fits(ds.sample_shape)) {
       errors[field] = `Samples of shape [${ds.sample_shape}] do not fit the model's input [${model.input_shape}].`;
     }
   }

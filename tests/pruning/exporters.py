@@ -245,7 +245,7 @@ class DBNet(nn.Module):
         self.lateral = nn.ModuleList([nn.Conv2d(c, 4 * w, 1, bias=False) for c in (w, 2 * w, 4 * w, 8 * w)])
         self.smooth = nn.ModuleList([nn.Conv2d(4 * w, w, 3, 1, 1, bias=False) for _ in range(4)])
         self.head = nn.Sequential(_cbr(4 * w, w), nn.ConvTranspose2d(w, w, 2, 2), nn.BatchNorm2d(w), nn.ReLU(),
-                                  nn.ConvTranspose2d(w, 1, 2, 2), nn.Sigmoid())
+                                  nn.Conv2d(w, 1, 1), nn.Sigmoid())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         feats = []

@@ -179,3 +179,47 @@ def test_a_model_quantized_from_its_first_conv_is_refused_naming_the_node():
     data = dynamically_quantized(torch_onnx(small_classifier(), (1, 3, 32, 32)), ("Conv", "MatMul", "Gemm"))
     with pytest.raises(UnsupportedModelError, match=r"nothing prunable is left .* node '.+' \(.*not pruned through\)"):
         prune(data, SPEC)
+
+
+def _dynamic_hw(proto: onnx.ModelProto) -> bytes:
+    for v in [proto.graph.input[0], proto.graph.output[0]]:
+        dims = v.type.tensor_type.shape.dim
+        for i, name in ((2, "H"), (3, "W")):
+            if len(dims) > i:
+                dims[i].Clear()
+                dims[i].dim_param = name
+    return proto.SerializeToString()
+
+
+def test_symbolic_height_and_width_are_traced_at_a_size_the_model_runs_and_checked_at_a_second():
+    import torch
+
+    from tests.pruning.exporters import DBNet
+
+    model = DBNet()
+    buf = __import__("io").BytesIO()
+    torch.onnx.export(model.eval(), torch.randn(1, 3, 64, 64), buf, dynamo=False, opset_version=17,
+                      input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "N", 2: "H", 3: "W"},
+                                                                          "y": {0: "N", 2: "H", 3: "W"}})
+    data = buf.getvalue()
+    result = prune(data, SPEC)
+    r = result.report
+    assert r["input_shape"] == [1, 3, 224, 224] and r["input_shapes_checked"][1] == [1, 3, 256, 256]
+    assert r["macs_after"] <= 0.6 * r["macs_before"]
+    assert _interface(result.onnx) == _interface(data)
+    for h, w in ((96, 160), (256, 64)):
+        x = np.random.default_rng(h).standard_normal([2, 3, h, w]).astype(np.float32)
+        assert _run(result.onnx, x)[0].shape == _run(data, x)[0].shape == (2, 1, h, w)
+
+
+def test_symbolic_dimensions_take_the_size_of_the_calibration_data():
+    import torch
+    from secateurs.pruning.data import Dataset
+
+    buf = __import__("io").BytesIO()
+    torch.onnx.export(small_classifier(), torch.randn(1, 3, 32, 32), buf, dynamo=False, opset_version=17,
+                      input_names=["x"], output_names=["p"], dynamic_axes={"x": {0: "N", 2: "H", 3: "W"}})
+    x = np.random.default_rng(0).standard_normal([8, 3, 48, 96]).astype(np.float32)
+    result = prune(buf.getvalue(), SPEC, calibration=Dataset(x, None))
+    assert result.report["input_shape"] == [1, 3, 48, 96]
+    assert result.report["input_shapes_checked"][1] == [1, 3, 80, 128]

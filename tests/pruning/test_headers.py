@@ -74,7 +74,6 @@ def test_safetensors_header_matches_the_importer(tmp_path):
     (_onnx(external=True), BadModelError, "external"),
     (_onnx(opset=6), BadModelError, "opset"),
     (_onnx(inputs=2), UnsupportedModelError, "2 inputs"),
-    (_onnx(dims=("N", 3, "H", "W")), InputError, "dynamic"),
     (_onnx(weight_elements=3000)[:-200], BadModelError, "ONNX"),
 ])
 def test_refusals_say_what_is_wrong(tmp_path, data, error, needle):
@@ -130,3 +129,12 @@ def test_npz_header_matches_load_npz_and_refuses_what_it_refuses(tmp_path):
     for needle, data in bad.items():
         with pytest.raises(BadDataError, match=needle if needle != "nan" else "NaN"):
             read_npz_header(_file(tmp_path, data, "bad.npz"))
+
+
+def test_symbolic_height_and_width_pass_the_header_check_as_free_dimensions(tmp_path):
+    header = read_model_header(_file(tmp_path, _onnx(dims=("N", 3, "H", "W"))))
+    assert header.input_shape == [1, 3, -1, -1]
+
+
+def test_control_flow_passes_the_header_check_and_its_subgraphs_are_still_searched(tmp_path):
+    assert read_model_header(_file(tmp_path, _onnx(subgraph=True))).format == "onnx"

@@ -152,8 +152,10 @@ def test_an_unexpected_crash_fails_the_job_and_the_worker_lives_on(settings, ten
 def test_a_job_past_the_soft_time_limit_fails_saying_so_even_in_a_solo_pool(settings, tenant_id, weights):
     """`secateurs up` runs a solo pool, where Celery's soft time limit never fires: the runner enforces it."""
     limited = settings.model_copy(update={"job_soft_time_limit": 1})
+    # 50 rounds of reports: past the 1 s limit however fast the machine (8 rounds took 0.5 s on some), before the
+    # latency measurement of 4000 runs, which reports nothing
     job_id = add_job(settings, tenant_id, add_model(settings, tenant_id, weights),
-                     {**SPEC, "schedule": {"steps": 8}, "measure": {"repeats": 4000}})
+                     {**SPEC, "schedule": {"steps": 50}, "measure": {"repeats": 4000}})
     t0 = time.monotonic()
     assert run_job(job_id, limited) == "failed"
     job, events, arts = load(settings, job_id)

@@ -1,0 +1,137 @@
+"""The pruned model is checked against the ORIGINAL on data no signal or recovery step saw, in the terms of what
+each output is, and a model that lost more than the budget is never handed back."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from secateurs.pruning import PruneSpec, prune
+from secateurs.pruning import fidelity as fid
+from secateurs.pruning.data import Dataset
+from secateurs.pruning.errors import FidelityError
+
+from tests.conftest import cifar_inputs, npz_bytes, shared, torchvision_onnx
+from tests.pruning.exporters import DBNet, crnn_onnx, torch_onnx
+
+QUICK = {"signal": "l2_norm", "target": {"macs": 0.6}, "measure": {"repeats": 3}}
+
+
+def _spec(**extra) -> PruneSpec:  # type: ignore[no-untyped-def]
+    return PruneSpec.model_validate({**QUICK, **extra})
+
+
+def _images(n: int, shape: tuple[int, ...], seed: int = 0) -> Dataset:
+    return Dataset(np.random.default_rng(seed).standard_normal([n, *shape]).astype(np.float32), None)
+
+
+def test_a_classifier_is_measured_on_held_out_calibration_data_the_recovery_never_saw(monkeypatch):
+    from secateurs.pruning import recovery
+
+    seen: list[int] = []
+    real = recovery.bn_recalibrate
+
+    def spy(net, data, **kw):  # type: ignore[no-untyped-def]
+        seen.append(len(data))
+        return real(net, data, **kw)
+
+    monkeypatch.setattr(recovery, "bn_recalibrate", spy)
+    x, y = cifar_inputs(100, split="train")
+    r = prune(shared("resnet20_cifar10.safetensors").read_bytes(), _spec(recovery={"method": "bn_recalibrate"}),
+              arch="resnet20_cifar", num_classes=10, calibration=Dataset(x, y)).report
+    f = r["fidelity"]
+    assert f["measured"] and f["data"] == "held-out calibration" and f["samples"] == 20
+    assert seen and set(seen) == {80}, "recovery saw only the 80 samples not held out"
+    (out,) = f["outputs"]
+    assert out["kind"] == "classes" and out["metric"] == "top1_agreement" and out["samples"] == 20
+    assert 0 <= out["value"] <= 1 and out["kl"] >= 0 and out["accuracy_before"] > 0.8
+    assert r["agreement"] == out["value"] and r["evaluated_on"] == "held-out calibration"
+
+
+def test_the_split_is_seeded_disjoint_and_leaves_small_sets_whole():
+    data = _images(50, (3, 4, 4))
+    keep, held = fid.split(data)
+    assert held is not None and len(held) == 10 and len(keep) == 40
+    rows = {tuple(v.ravel()[:3]) for v in keep.x} & {tuple(v.ravel()[:3]) for v in held.x}
+    assert not rows
+    assert fid.split(_images(9, (3, 4, 4)))[1] is None
+
+
+def test_a_probability_map_is_judged_by_iou_and_a_blank_one_fails_the_budget(monkeypatch):
+    from secateurs.pruning import pipeline
+
+    data = torch_onnx(DBNet(), (1, 3, 64, 64), fold=False).SerializeToString()
+    calib = _images(40, (3, 64, 64))
+    ok = prune(data, _spec(target={"macs": 0.9}), calibration=calib).report["fidelity"]
+    (out,) = ok["outputs"]
+    assert out["kind"] == "map" and out["metric"] == "iou" and "psnr" in out and out["samples"] == 8
+
+    real = pipeline._export
+
+    def blank(net, example, loaded, spec):  # type: ignore[no-untyped-def]
+        import torch
+
+        with torch.no_grad():  # a head that lost its way: every pixel the same
+            last = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)][-1]
+            last.weight.zero_()
+            last.bias.fill_(-5.0)
+        return real(net, example, loaded, spec)
+
+    monkeypatch.setattr(pipeline, "_export", blank)
+    with pytest.raises(FidelityError, match=r"lost 100.00 points of iou on output 'y'") as caught:
+        prune(data, _spec(target={"macs": 0.9}, fidelity={"max_drop": 10}), calibration=calib)
+    f = caught.value.report["fidelity"]
+    assert f["held"] is False and f["outputs"][0]["value"] == 0.0
+
+
+def test_a_ctc_recognizer_is_judged_by_exact_decodes():
+    data = crnn_onnx()
+    r = prune(data, _spec(target={"macs": 0.95}), calibration=_images(20, (1, 32, 64))).report
+    (out,) = r["fidelity"]["outputs"]
+    assert out["kind"] == "sequence" and out["metric"] == "exact_match" and out["samples"] == 4
+    assert 0 <= out["step_agreement"] <= 1 and 0 <= out["value"] <= 1
+
+
+def test_ctc_decoding_collapses_repeats_and_drops_blanks():
+    assert fid._ctc_decode(np.array([0, 3, 3, 0, 3, 5, 5, 0])) == (3, 3, 5)
+
+
+def test_segmentation_maps_are_judged_by_mean_iou():
+    kind = fid.OutputKind("out", "segmentation", None)
+    before = np.zeros([2, 3, 4, 4])
+    before[:, 1, :2] = 1.0  # class 1 on the top half, class 0 below
+    after = before.copy()
+    after[:, 1, 1] = 0.0  # one row of class 1 lost to class 0
+    r = fid.compare(kind, before, after, None)
+    assert r["value"] == pytest.approx((4 / 8 + 8 / 12) / 2) and r["pixel_agreement"] == pytest.approx(0.75)
+
+
+def test_no_data_says_fidelity_was_not_measured_and_a_budget_without_data_is_refused(tmp_path):
+    src = tmp_path / "m.onnx"
+    src.write_bytes(torchvision_onnx("resnet18", size=32))
+    proc = subprocess.run([sys.executable, "-m", "secateurs.cli", "prune", str(src), "-o", str(tmp_path / "o.onnx"),
+                           "--target", "macs=0.6", "--quiet"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "fidelity not measured: no data" in proc.stderr and "fidelity not measured" in proc.stdout
+    refused = subprocess.run([sys.executable, "-m", "secateurs.cli", "prune", str(src), "-o", str(tmp_path / "p.onnx"),
+                              "--max-drop", "1", "--quiet"], capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2 and "fidelity.max_drop needs data" in refused.stderr
+
+
+def test_max_drop_missed_exits_3_writes_the_report_and_not_the_model(tmp_path):
+    calib = tmp_path / "c.npz"
+    x, y = cifar_inputs(50, split="train")
+    calib.write_bytes(npz_bytes(x=x, y=y))
+    out, report = tmp_path / "o.onnx", tmp_path / "r.json"
+    proc = subprocess.run([sys.executable, "-m", "secateurs.cli", "prune", "--arch", "resnet20_cifar", "--weights",
+                           str(shared("resnet20_cifar10.safetensors")), "-o", str(out), "--calib", str(calib),
+                           "--target", "macs=0.3", "--max-drop", "1", "--report", str(report), "--quiet"],
+                          capture_output=True, text=True, timeout=300)
+    r = json.loads(report.read_text())
+    assert r["fidelity"]["outputs"][0]["drop_points"] > 1, "ResNet-20 at 30% of its MACs without recovery"
+    assert proc.returncode == 3, proc.stderr
+    assert "fidelity budget missed" in proc.stderr and not out.exists()
+    assert r["fidelity"]["held"] is False and r["fidelity"]["max_drop"] == 1
