@@ -128,19 +128,20 @@ def write_atomic(path: Path, data: bytes) -> None:
         raise
 
 
+# Most specific first: the word the line starts with, and the exit code (SPEC.md).
+_ERROR_KINDS: tuple[tuple[type[PruningError], str, int], ...] = (
+    (FidelityError, "fidelity budget missed", 3),
+    (UnsupportedModelError, "unsupported", 6),
+    (InputError, "error", 2),
+    (PruningError, "failed", 1),
+)
+
+
 def handle_errors(exc: BaseException) -> int | None:
     """One line and an exit code for the engine's own errors; None for anything else. A valid model that uses
     something the engine cannot prune (6) is told apart from a bad input (2)."""
-    if isinstance(exc, FidelityError):
-        print(f"secateurs: fidelity budget missed: {exc}", file=sys.stderr)
-        return 3
-    if isinstance(exc, UnsupportedModelError):
-        print(f"secateurs: unsupported: {exc}", file=sys.stderr)
-        return 6
-    if isinstance(exc, InputError):
-        print(f"secateurs: error: {exc}", file=sys.stderr)
-        return 2
-    if isinstance(exc, PruningError):
-        print(f"secateurs: failed: {exc}", file=sys.stderr)
-        return 1
+    for kind, word, code in _ERROR_KINDS:
+        if isinstance(exc, kind):
+            print(f"secateurs: {word}: {exc}", file=sys.stderr)
+            return code
     return None
