@@ -8,6 +8,9 @@ says the tensor holds probabilities or log-probabilities):
 - `segmentation` [N, C, H, W], C >= 2: mean IoU of the argmax maps over the classes the original finds, and PSNR;
 - `sequence` [T, N, C] or [N, T, C] (CTC recognizers): exact match of the greedy CTC decodes (the headline) and
   per-step agreement;
+- `detection` [N, 4 + C (+ extra), anchors], a YOLO-style head before NMS (boxes as cx, cy, w, h, then sigmoid
+  class scores, recognised by the concatenation that makes it): mAP@0.5 of the pruned model's boxes after NMS
+  against the original's boxes after NMS;
 - anything else (`values`: detection heads before NMS, embeddings, regressions): cosine similarity.
 
 Each headline metric is 1.0 for the original against itself; its drop, in points, is 100 x (1 - value), the unit
@@ -17,6 +20,7 @@ held-out part of the calibration data (`split`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,14 +37,15 @@ MIN_TO_SPLIT = 10  # fewer calibration samples than this are all used for calibr
 @dataclass
 class OutputKind:
     name: str
-    kind: str  # classes | map | segmentation | sequence | values
+    kind: str  # classes | map | segmentation | sequence | detection | values
     activation: str | None  # softmax | sigmoid | log_softmax | None: what the output already is
     batch_axis: int = 0
+    classes: tuple[int, int] | None = None  # detection: the rows holding class scores
 
     @property
     def metric(self) -> str:
         return {"classes": "top1_agreement", "map": "iou", "segmentation": "miou", "sequence": "exact_match",
-                "values": "cosine"}[self.kind]
+                "detection": "map50", "values": "cosine"}[self.kind]
 
 
 def split(calibration: Dataset) -> tuple[Dataset, Dataset | None]:
@@ -76,12 +81,46 @@ def _activation(proto: onnx.ModelProto, name: str) -> str | None:
     return {"Softmax": "softmax", "Sigmoid": "sigmoid", "LogSoftmax": "log_softmax"}.get(node.op_type)
 
 
-def infer_kinds(proto: onnx.ModelProto, shapes: list[tuple[int, ...]], batch_axes: list[int]) -> list[OutputKind]:
-    """Each output's kind from its shape at the probe (batch on `batch_axes[i]`) and its producing op."""
+Shapes = Callable[[list[str]], list[tuple[int, ...]]]  # tensor names -> their shapes on the data
+
+
+def _detection_rows(proto: onnx.ModelProto, name: str, rows: int, shapes_of: Shapes | None) -> tuple[int, int] | None:
+    """The class-score rows of a YOLO-style head: its output is a concatenation along axis 1 of the boxes (4 rows),
+    the sigmoid class scores and possibly more (mask coefficients, keypoints). None when it is not one."""
+    by_output = _producers(proto)
+    node = by_output.get(name)
+    if node is None or node.op_type != "Concat" or next((a.i for a in node.attribute if a.name == "axis"), 0) != 1:
+        return None
+    if not any(_activation(proto, t) == "sigmoid" for t in node.input):
+        return None
+    if shapes_of is None:
+        return None
+    try:
+        sizes = [s[1] if len(s) == 3 else 0 for s in shapes_of(list(node.input))]
+    except Exception:
+        return None
+    if not all(sizes) or sum(sizes) != rows or sizes[0] != 4:
+        return None
+    start = 0
+    for t, size in zip(node.input, sizes, strict=True):
+        if _activation(proto, t) == "sigmoid" and start >= 4:
+            return start, start + size
+        start += size
+    return None
+
+
+def infer_kinds(proto: onnx.ModelProto, shapes: list[tuple[int, ...]], batch_axes: list[int],
+                shapes_of: Shapes | None = None) -> list[OutputKind]:
+    """Each output's kind from its shape at the probe (batch on `batch_axes[i]`) and its producing op;
+    `shapes_of` gives intermediate tensors' shapes (a detection head's parts)."""
     kinds = []
     for out, shape, b in zip(proto.graph.output, shapes, batch_axes, strict=True):
         act = _activation(proto, out.name)
         rank = len(shape)
+        rows = _detection_rows(proto, out.name, shape[1], shapes_of) if rank == 3 and b == 0 else None
+        if rows is not None:
+            kinds.append(OutputKind(out.name, "detection", None, b, rows))
+            continue
         if rank == 2 and b == 0 and shape[1] >= 2:
             kind = "classes"
         elif rank == 4 and b == 0:
@@ -159,6 +198,12 @@ def compare(kind: OutputKind, before: np.ndarray, after: np.ndarray, labels: np.
             pass
         exact = [_ctc_decode(x) == _ctc_decode(y) for x, y in zip(a, b, strict=True)]
         result.update(value=float(np.mean(exact)), step_agreement=float((a == b).mean()))
+    elif kind.kind == "detection":
+        assert kind.classes is not None
+        truth = [detect(before[i], kind.classes) for i in range(n)]
+        found = [detect(after[i], kind.classes) for i in range(n)]
+        result.update(value=map50(truth, found), boxes_before=int(sum(len(t[0]) for t in truth)),
+                      boxes_after=int(sum(len(f[0]) for f in found)))
     else:
         fa = np.moveaxis(before, kind.batch_axis, 0).reshape(n, -1).astype(np.float64)
         fb = np.moveaxis(after, kind.batch_axis, 0).reshape(n, -1).astype(np.float64)
@@ -167,3 +212,82 @@ def compare(kind: OutputKind, before: np.ndarray, after: np.ndarray, labels: np.
         result.update(value=float(cos.mean()), max_abs_diff=float(np.max(np.abs(fa - fb))) if fa.size else 0.0)
     result["drop_points"] = round(100.0 * (1.0 - result["value"]), 4)
     return result
+
+
+CONFIDENCE = 0.25  # Ultralytics' defaults for prediction
+NMS_IOU = 0.45
+MAX_CANDIDATES = 1000  # the best-scored anchors that go into NMS
+MAX_DETECTIONS = 300
+
+
+def _iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """IoU of one xyxy box with each of `boxes`."""
+    x1, y1 = np.maximum(box[0], boxes[:, 0]), np.maximum(box[1], boxes[:, 1])
+    x2, y2 = np.minimum(box[2], boxes[:, 2]), np.minimum(box[3], boxes[:, 3])
+    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+    area = lambda b: np.clip(b[..., 2] - b[..., 0], 0, None) * np.clip(b[..., 3] - b[..., 1], 0, None)  # noqa: E731
+    union = area(box) + area(boxes) - inter
+    return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
+
+
+def detect(head: np.ndarray, classes: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One image's YOLO head [4 + C (+ extra), anchors] -> (xyxy boxes, scores, labels) after per-class NMS."""
+    scores_all = head[classes[0] : classes[1]].astype(np.float64)
+    scores, labels = scores_all.max(0), scores_all.argmax(0)
+    keep = np.nonzero(scores >= CONFIDENCE)[0]
+    keep = keep[np.argsort(-scores[keep])][:MAX_CANDIDATES]
+    cx, cy, w, h = (head[i, keep].astype(np.float64) for i in range(4))
+    boxes = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], 1) if len(keep) else np.zeros((0, 4))
+    scores, labels = scores[keep], labels[keep]
+    chosen: list[int] = []
+    for c in np.unique(labels):
+        idx = list(np.nonzero(labels == c)[0])  # already by descending score
+        while idx:
+            best, idx = idx[0], idx[1:]
+            chosen.append(best)
+            if idx:
+                overlap = _iou(boxes[best], boxes[idx])
+                idx = [i for i, o in zip(idx, overlap, strict=True) if o <= NMS_IOU]
+    chosen = sorted(chosen, key=lambda i: -scores[i])[:MAX_DETECTIONS]
+    return boxes[chosen], scores[chosen], labels[chosen]
+
+
+def map50(truth: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
+          found: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> float:
+    """Mean over the classes the truth has of the average precision at IoU 0.5 (all-point interpolation), each
+    true box matched at most once, the found boxes taken by descending score. 1.0 when neither side finds
+    anything, 0.0 when only the found side does."""
+    labels = sorted({int(c) for t in truth for c in t[2]})
+    if not labels:
+        return 1.0 if not any(len(f[0]) for f in found) else 0.0
+    aps = []
+    for c in labels:
+        entries: list[tuple[float, int, int]] = []  # score, image, index
+        for i, f in enumerate(found):
+            entries += [(float(s), i, j) for j, (s, lab) in enumerate(zip(f[1], f[2], strict=True)) if lab == c]
+        entries.sort(key=lambda e: -e[0])
+        gt = {i: t[0][t[2] == c] for i, t in enumerate(truth)}
+        used = {i: np.zeros(len(b), dtype=bool) for i, b in gt.items()}
+        total = sum(len(b) for b in gt.values())
+        hits = []
+        for _, i, j in entries:
+            boxes = gt[i]
+            if not len(boxes):
+                hits.append(False)
+                continue
+            overlap = _iou(found[i][0][j], boxes)
+            k = int(np.argmax(np.where(used[i], -1.0, overlap)))
+            if overlap[k] >= 0.5 and not used[i][k]:
+                used[i][k] = True
+                hits.append(True)
+            else:
+                hits.append(False)
+        tp = np.cumsum(hits)
+        recall = tp / max(total, 1) if hits else np.zeros(0)
+        precision = tp / np.arange(1, len(hits) + 1) if hits else np.zeros(0)
+        mrec = np.concatenate([[0.0], recall, [1.0]])
+        mpre = np.concatenate([[1.0], precision, [0.0]])
+        mpre = np.maximum.accumulate(mpre[::-1])[::-1]
+        steps = np.nonzero(mrec[1:] != mrec[:-1])[0]
+        aps.append(float(np.sum((mrec[steps + 1] - mrec[steps]) * mpre[steps + 1])))
+    return float(np.mean(aps))

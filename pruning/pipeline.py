@@ -689,11 +689,21 @@ def _fidelity(before: bytes, after: bytes, loaded: LoadedModel, spec: PruneSpec,
         names = [dim.dim_param for dim in o.type.tensor_type.shape.dim]
         axes.append(names.index(batch_name) if batch_name and batch_name in names else 0)
     first = outs[0][0]
-    kinds = fidelity.infer_kinds(proto, [tuple(v.shape) for v in first], axes)
+
+    def shapes_of(names: list[str]) -> list[tuple[int, ...]]:
+        probe = onnx.ModelProto()
+        probe.CopyFrom(proto)
+        del probe.graph.output[:]
+        probe.graph.output.extend([onnx.ValueInfoProto(name=n) for n in names])
+        return [tuple(v.shape) for v in onnx_tools.run_outputs(onnx_tools.session(probe.SerializeToString()),
+                                                                 d.x[:step])]
+
+    kinds = fidelity.infer_kinds(proto, [tuple(v.shape) for v in first], axes, shapes_of)
     if spec.fidelity.metric != "auto":
         forced = {"top1_agreement": "classes", "iou": "map", "miou": "segmentation", "exact_match": "sequence",
-                  "cosine": "values"}[spec.fidelity.metric]
-        kinds = [fidelity.OutputKind(k.name, forced, k.activation, k.batch_axis) for k in kinds]
+                  "map50": "detection", "cosine": "values"}[spec.fidelity.metric]
+        kinds = [fidelity.OutputKind(k.name, forced if forced != "detection" or k.classes else k.kind, k.activation,
+                                     k.batch_axis, k.classes) for k in kinds]
     results = []
     for i, kind in enumerate(kinds):
         b = np.concatenate([chunk[i] for chunk in outs[0]], axis=kind.batch_axis)

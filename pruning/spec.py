@@ -140,7 +140,7 @@ class EvalRef(_Strict):
 class Fidelity(_Strict):
     """How the pruned model is checked against the original (pruning/fidelity.py)."""
 
-    metric: Literal["auto", "top1_agreement", "iou", "miou", "exact_match", "cosine"] = Field(
+    metric: Literal["auto", "top1_agreement", "iou", "miou", "exact_match", "map50", "cosine"] = Field(
         "auto", description="auto: per output from its shape and last op; a metric name: that metric for every "
         "output.")
     max_drop: float | None = Field(

@@ -285,3 +285,26 @@ class YOLOXHead(nn.Module):
             out = torch.cat([self.box[i](r), self.obj[i](r).sigmoid(), self.cls[i](s).sigmoid()], 1)
             outs.append(out.flatten(2))
         return torch.cat(outs, 2)
+
+
+class AnchorHead(nn.Module):
+    """A head as Ultralytics' exporter leaves it before NMS: per anchor, a box (cx, cy, w, h) and sigmoid class
+    scores, concatenated along axis 1 into [N, 4 + classes, anchors]."""
+
+    def __init__(self, classes: int = 3) -> None:
+        super().__init__()
+        self.body = nn.Sequential(_cbr(3, 16, 2), _cbr(16, 32, 2), _cbr(32, 32))
+        self.box = nn.Conv2d(32, 4, 1)
+        self.cls = nn.Conv2d(32, classes, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.body(x)
+        t = self.box(f)
+        h, w = t.shape[2], t.shape[3]
+        stride = x.shape[2] // h
+        gy, gx = torch.meshgrid(torch.arange(h, dtype=t.dtype), torch.arange(w, dtype=t.dtype), indexing="ij")
+        cx = (gx + t[:, 0].sigmoid()) * stride  # each anchor's box around its own cell, as YOLO decodes them
+        cy = (gy + t[:, 1].sigmoid()) * stride
+        size = F.softplus(t[:, 2:4]) * stride + stride
+        box = torch.cat([cx[:, None], cy[:, None], size], 1).flatten(2)
+        return torch.cat([box, (3.0 * self.cls(f)).flatten(2).sigmoid()], 1)

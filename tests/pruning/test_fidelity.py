@@ -135,3 +135,52 @@ def test_max_drop_missed_exits_3_writes_the_report_and_not_the_model(tmp_path):
     assert proc.returncode == 3, proc.stderr
     assert "fidelity budget missed" in proc.stderr and not out.exists()
     assert r["fidelity"]["held"] is False and r["fidelity"]["max_drop"] == 1
+
+
+def _boxes(*rows):  # type: ignore[no-untyped-def]
+    return np.asarray(rows, dtype=np.float64).reshape(-1, 4)
+
+
+def test_map50_is_one_for_the_same_boxes_and_falls_when_a_box_moves_or_is_lost():
+    truth = [(_boxes([0, 0, 10, 10], [20, 20, 30, 30]), np.array([0.9, 0.8]), np.array([0, 1]))]
+    assert fid.map50(truth, truth) == 1.0
+    moved = [(_boxes([0, 0, 10, 10], [26, 26, 36, 36]), np.array([0.9, 0.8]), np.array([0, 1]))]
+    assert fid.map50(truth, moved) == pytest.approx(0.5)  # class 1's box overlaps its truth by IoU 0.09
+    lost = [(_boxes([0, 0, 10, 10]), np.array([0.9]), np.array([0]))]
+    assert fid.map50(truth, lost) == pytest.approx(0.5)
+    assert fid.map50([(_boxes(), np.zeros(0), np.zeros(0))], [(_boxes(), np.zeros(0), np.zeros(0))]) == 1.0
+
+
+def test_nms_keeps_one_of_two_overlapping_boxes_of_a_class_and_both_of_two_classes():
+    # rows: cx, cy, w, h, then two class scores; three anchors
+    head = np.array([[5, 5.5, 50], [5, 5, 50], [10, 10, 10], [10, 10, 10],
+                     [0.9, 0.8, 0.1], [0.0, 0.0, 0.7]])
+    boxes, scores, labels = fid.detect(head, (4, 6))
+    assert sorted(zip(labels.tolist(), scores.tolist(), strict=True)) == [(0, 0.9), (1, 0.7)]
+
+
+def test_a_yolo_style_head_is_judged_by_map50_and_a_detector_that_finds_nothing_fails(monkeypatch):
+    from secateurs.pruning import pipeline
+
+    from tests.pruning.exporters import AnchorHead
+
+    data = torch_onnx(AnchorHead(), (1, 3, 64, 64), fold=False).SerializeToString()
+    calib = Dataset(np.random.default_rng(0).uniform(0, 1, [20, 3, 64, 64]).astype(np.float32), None)
+    (near,) = prune(data, _spec(target={"macs": 0.9}), calibration=calib).report["fidelity"]["outputs"]
+    assert near["kind"] == "detection" and near["metric"] == "map50" and near["boxes_before"] > 0
+    assert near["value"] >= 0.9
+
+    real = pipeline._export
+
+    def blind(net, example, loaded, spec):  # type: ignore[no-untyped-def]
+        import torch
+
+        with torch.no_grad():  # every class score far under the confidence threshold
+            net.get_submodule(next(n for n, m in net.named_modules() if n.startswith("cls"))).bias.fill_(-10.0)
+        return real(net, example, loaded, spec)
+
+    monkeypatch.setattr(pipeline, "_export", blind)
+    with pytest.raises(FidelityError, match=r"lost 100.00 points of map50") as caught:
+        prune(data, _spec(target={"macs": 0.9}, fidelity={"max_drop": 5}), calibration=calib)
+    (out,) = caught.value.report["fidelity"]["outputs"]
+    assert out["boxes_after"] == 0 and out["value"] == 0.0

@@ -27,8 +27,8 @@ def _input_dims(data: bytes) -> list[int | str]:
     return [d.dim_value if d.HasField("dim_value") else d.dim_param for d in m.graph.input[0].type.tensor_type.shape.dim]
 
 
-def _check(data: bytes) -> dict:
-    result = prune(data, SPEC)
+def _check(data: bytes, calibration=None) -> dict:  # type: ignore[no-untyped-def]
+    result = prune(data, SPEC, calibration=calibration)
     r = result.report
     assert r["macs_after"] <= 0.6 * r["macs_before"]
     assert r["macs_after"] >= 0.45 * r["macs_before"], "far under the target"
@@ -53,7 +53,12 @@ def test_a_segmenter_whose_graph_keeps_shape_ops_prunes(name):
 @pytest.mark.slow
 @pytest.mark.parametrize("cfg", ["yolov8n.yaml", "yolov8n-seg.yaml", "yolov8n-pose.yaml"])
 def test_an_ultralytics_model_from_its_own_exporter_prunes_with_its_heads_kept(tmp_path, cfg):
-    r = _check(ultralytics_onnx(cfg, str(tmp_path)))
+    from secateurs.pruning.data import Dataset
+
+    images = np.random.default_rng(0).uniform(0, 1, [10, 3, 64, 64]).astype(np.float32)
+    r = _check(ultralytics_onnx(cfg, str(tmp_path)), Dataset(images, None))
+    head = r["fidelity"]["outputs"][0]  # boxes and class scores before NMS: judged by mAP@0.5 of the boxes after it
+    assert head["output"] == "output0" and head["kind"] == "detection" and head["metric"] == "map50"
     # every class/mask/keypoint head's last conv and the DFL conv reach an output: their channels are kept
     protected = set(r["protected_layers"])
     assert "model/22/dfl/conv/Conv" in protected
