@@ -130,6 +130,13 @@ def infer_kinds(proto: onnx.ModelProto, shapes: list[tuple[int, ...]], batch_axe
         else:
             kind = "values"
         kinds.append(OutputKind(out.name, kind, act, b))
+    # A YOLO-seg head's rows past the class scores are mask coefficients for a [N, k, H, W] output of prototypes:
+    # judged by cosine, not as a k-class segmentation
+    extra = {k.classes and shape[1] - k.classes[1] for k, shape in zip(kinds, shapes, strict=True)
+             if k.kind == "detection"}
+    for i, (k, shape) in enumerate(zip(kinds, shapes, strict=True)):
+        if k.kind == "segmentation" and shape[1] in extra:
+            kinds[i] = OutputKind(k.name, "values", k.activation, k.batch_axis)
     return kinds
 
 

@@ -390,7 +390,9 @@ def _fail(settings: Settings, job_id: str, attempt: int, exc: Exception) -> bool
         status, message, kind = "failed", str(down), "failed"
     else:
         log.exception("job %s crashed", job_id)
-        status, message, kind = "failed", f"internal error: {type(exc).__name__}: {str(exc)[:300]}", "failed"
+        status, kind = "failed", "failed"
+        message = (f"internal error: {type(exc).__name__}: {str(exc)[:300]} (an engine bug: the traceback is in the "
+                   f"worker's log under job {job_id})")
     try:
         with sessions(settings)() as s:
             # queued with this attempt's number: its lease was lost meanwhile and nobody claimed it since, so the

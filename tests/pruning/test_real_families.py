@@ -59,6 +59,8 @@ def test_an_ultralytics_model_from_its_own_exporter_prunes_with_its_heads_kept(t
     r = _check(ultralytics_onnx(cfg, str(tmp_path)), Dataset(images, None))
     head = r["fidelity"]["outputs"][0]  # boxes and class scores before NMS: judged by mAP@0.5 of the boxes after it
     assert head["output"] == "output0" and head["kind"] == "detection" and head["metric"] == "map50"
+    if cfg == "yolov8n-seg.yaml":  # 32 mask prototypes, not a 32-class segmentation
+        assert r["fidelity"]["outputs"][1]["kind"] == "values"
     # every class/mask/keypoint head's last conv and the DFL conv reach an output: their channels are kept
     protected = set(r["protected_layers"])
     assert "model/22/dfl/conv/Conv" in protected
