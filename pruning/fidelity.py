@@ -123,7 +123,8 @@ def infer_kinds(proto: onnx.ModelProto, shapes: list[tuple[int, ...]], batch_axe
             continue
         if rank == 2 and b == 0 and shape[1] >= 2:
             kind = "classes"
-        elif rank == 4 and b == 0:
+        elif rank == 4 and b == 0 and (shape[1] >= 2 or act == "sigmoid"):
+            # one channel is a probability map only behind a sigmoid (a depth or image output is not)
             kind = "map" if shape[1] == 1 else "segmentation"
         elif rank == 3 and act in ("softmax", "log_softmax") and b in (0, 1):
             kind = "sequence"
@@ -156,11 +157,11 @@ def _map_probs(x: np.ndarray, activation: str | None) -> np.ndarray:
     return x if activation == "sigmoid" else 1.0 / (1.0 + np.exp(-x))
 
 
-def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+def _psnr(a: np.ndarray, b: np.ndarray) -> float | None:
     """PSNR (dB) of `b` against `a`, with the range of `a` as the peak."""
     mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
     peak = float(a.max() - a.min()) or 1.0
-    return float("inf") if mse == 0 else 10.0 * np.log10(peak * peak / mse)
+    return 10.0 * np.log10(peak * peak / mse) if mse > 0 else None  # identical: no figure (JSON has no inf)
 
 
 def _ctc_decode(steps: np.ndarray) -> tuple[int, ...]:

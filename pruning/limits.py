@@ -19,6 +19,7 @@ from collections.abc import Iterator
 
 from .errors import PruningError
 
+_CAP_HELD = threading.Lock()
 DEFAULT_FRACTION = 0.6  # of the machine's memory, when neither the spec nor the configuration says
 GIB = 1 << 30
 
@@ -79,10 +80,16 @@ class MemoryCap:
 
     @contextlib.contextmanager
     def applied(self) -> Iterator[MemoryCap]:
+        # RLIMIT_AS is the whole process's: one job at a time sets it (a second job in another thread of the same
+        # process runs uncapped rather than restore a limit that is not its own)
+        if not _CAP_HELD.acquire(blocking=False):
+            yield self
+            return
         try:
             soft, hard = resource.getrlimit(resource.RLIMIT_AS)
             _status("VmSize")
         except (OSError, ValueError):  # no /proc (not Linux): no cap
+            _CAP_HELD.release()
             yield self
             return
         sampler = threading.Thread(target=self._sample, name="secateurs-memory-cap", daemon=True)
@@ -100,6 +107,7 @@ class MemoryCap:
             resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
             self._stop.set()
             sampler.join()
+            _CAP_HELD.release()
 
 
 def memory_cap(gb: float) -> contextlib.AbstractContextManager[MemoryCap]:
@@ -115,8 +123,9 @@ def out_of_memory(exc: BaseException) -> bool:
         if isinstance(e, MemoryError):
             return True
         text = str(e)
-        if isinstance(e, RuntimeError) and ("can't allocate memory" in text or "bad_alloc" in text
-                                            or "std::bad_alloc" in text or "out of memory" in text):
+        # torch's RuntimeError, ONNX Runtime's own exception types (not RuntimeError), a C++ bad_alloc
+        if any(words in text for words in ("can't allocate memory", "bad_alloc", "out of memory",
+                                           "Failed to allocate memory")):
             return True
         e = e.__cause__ or e.__context__
         seen += 1

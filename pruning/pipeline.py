@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
 from collections.abc import Callable
@@ -57,7 +58,8 @@ class _Run:
         self.deadline.check(self.current)
 
     def memory_ran_out(self, e: BaseException) -> bool:
-        if isinstance(e, (limits.ResourceLimitError, Cancelled)):
+        # the engine's own verdicts stand: a missed budget, a spec or data the user can fix, a cancel
+        if isinstance(e, (limits.ResourceLimitError, Cancelled, FidelityError, SpecError, BadDataError)):
             return False
         return limits.out_of_memory(e) or (self.cap is not None and self.cap.hit())
 
@@ -101,7 +103,10 @@ def prune(
     """Prune a model to the spec's target and return the verified ONNX bytes with their report, within the
     spec's limits (memory and wall time: pruning/limits.py)."""
     run = _Run(progress, should_cancel, spec)
-    with limits.memory_cap(run.memory_gb) as run.cap:
+    on_gpu = (device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
+    # a CUDA context reserves far more address space than it uses: there the cap would stop every job
+    cap = contextlib.nullcontext(None) if on_gpu else limits.memory_cap(run.memory_gb)
+    with cap as run.cap:
         try:
             return _prune(run, model, spec, arch=arch, num_classes=num_classes, calibration=calibration,
                           evaluation=evaluation, device=device)
@@ -245,8 +250,10 @@ def _prune(
         if loaded.frozen is not None:  # the joined graph answers as the sent one did, output for output
             onnx_tools.same_output_shapes(before_onnx, after_onnx, loaded.input_shape, batches)
         other = second_shape(loaded.input_shape, loaded.symbolic_dims)
-        if other is not None:  # symbolic height, width or length: checked at a second size too
-            onnx_tools.same_output_shapes(before_onnx, after_onnx, other, batches[:1])
+        # symbolic height, width or length: checked at a second size too, where the original runs at all
+        if other is not None and not onnx_tools.same_output_shapes(before_onnx, after_onnx, other, batches[:1],
+                                                                   original_may_fail=True):
+            other = None
         lat_before, lat_after = onnx_tools.latency(
             before_onnx, after_onnx, loaded.input_shape,
             batch=latency_batch, threads=spec.measure.threads, repeats=spec.measure.repeats,
@@ -300,6 +307,8 @@ def _prune(
                                        unmeasured)
         report.update(_legacy_fidelity(report["fidelity"], source))
     report["stage_seconds"] = {k: round(v, 4) for k, v in run.seconds.items()}
+    if spec.fidelity.max_drop is not None and not report["fidelity"].get("measured"):
+        raise SpecError(f"fidelity.max_drop could not be checked: {report['fidelity'].get('reason')}")
     budget = report["fidelity"].get("held")
     if budget is False:
         worst = max(report["fidelity"]["outputs"], key=lambda o: o["drop_points"])
@@ -702,8 +711,12 @@ def _fidelity(before: bytes, after: bytes, loaded: LoadedModel, spec: PruneSpec,
     if spec.fidelity.metric != "auto":
         forced = {"top1_agreement": "classes", "iou": "map", "miou": "segmentation", "exact_match": "sequence",
                   "map50": "detection", "cosine": "values"}[spec.fidelity.metric]
-        kinds = [fidelity.OutputKind(k.name, forced if forced != "detection" or k.classes else k.kind, k.activation,
-                                     k.batch_axis, k.classes) for k in kinds]
+        rank = {"classes": 2, "map": 4, "segmentation": 4, "sequence": 3}.get(forced)
+        for k, v in zip(kinds, first, strict=True):
+            if (rank is not None and v.ndim != rank) or (forced == "detection" and k.classes is None):
+                raise SpecError(f"fidelity.metric {spec.fidelity.metric!r} does not fit output {k.name!r} of shape "
+                                f"{list(v.shape)}; use auto")
+        kinds = [fidelity.OutputKind(k.name, forced, k.activation, k.batch_axis, k.classes) for k in kinds]
     results = []
     for i, kind in enumerate(kinds):
         b = np.concatenate([chunk[i] for chunk in outs[0]], axis=kind.batch_axis)

@@ -15,7 +15,7 @@ from secateurs.pruning.data import Dataset
 from secateurs.pruning.errors import FidelityError
 
 from tests.conftest import cifar_inputs, npz_bytes, shared, torchvision_onnx
-from tests.pruning.exporters import DBNet, crnn_onnx, torch_onnx
+from tests.pruning.exporters import DBNet, crnn_onnx, small_classifier, torch_onnx
 
 QUICK = {"signal": "l2_norm", "target": {"macs": 0.6}, "measure": {"repeats": 3}}
 
@@ -184,3 +184,45 @@ def test_a_yolo_style_head_is_judged_by_map50_and_a_detector_that_finds_nothing_
         prune(data, _spec(target={"macs": 0.9}, fidelity={"max_drop": 5}), calibration=calib)
     (out,) = caught.value.report["fidelity"]["outputs"]
     assert out["boxes_after"] == 0 and out["value"] == 0.0
+
+
+def test_a_budget_that_could_not_be_checked_fails_instead_of_passing():
+    from secateurs.pruning.errors import SpecError
+
+    from tests.pruning.exporters import fix_batch
+
+    data = fix_batch(torch_onnx(small_classifier(), (8, 3, 32, 32), outputs=("prob",)), 8).SerializeToString()
+    # 10 samples: 2 held out, fewer than the model's fixed batch of 8, so nothing can be measured
+    with pytest.raises(SpecError, match="fidelity.max_drop could not be checked: fewer samples than"):
+        prune(data, _spec(fidelity={"max_drop": 1}), calibration=_images(10, (3, 32, 32)))
+
+
+def test_a_forced_metric_that_does_not_fit_the_output_is_refused():
+    from secateurs.pruning.errors import SpecError
+
+    data = torch_onnx(small_classifier(), (1, 3, 32, 32), outputs=("prob",)).SerializeToString()
+    with pytest.raises(SpecError, match="fidelity.metric 'exact_match' does not fit output 'prob'"):
+        prune(data, _spec(fidelity={"metric": "exact_match"}), calibration=_images(20, (3, 32, 32)))
+
+
+def test_identical_maps_have_no_psnr_figure_rather_than_infinity():
+    kind = fid.OutputKind("y", "map", "sigmoid")
+    same = np.random.default_rng(0).uniform(0, 1, [2, 1, 4, 4])
+    r = fid.compare(kind, same, same, None)
+    assert r["value"] == 1.0 and r["psnr"] is None
+    json.dumps(r, allow_nan=False)
+
+
+def test_the_engines_own_verdicts_are_never_relabelled_as_the_memory_limit():
+    from secateurs.pruning.errors import SpecError
+    from secateurs.pruning.pipeline import _Run
+
+    class Hit:
+        def hit(self) -> bool:
+            return True
+
+    run = _Run(None, None, PruneSpec.model_validate({}))
+    run.cap = Hit()  # type: ignore[assignment]
+    assert not run.memory_ran_out(FidelityError("missed", {}))
+    assert not run.memory_ran_out(SpecError("bad"))
+    assert run.memory_ran_out(RuntimeError("Failed to serialize proto"))
