@@ -162,7 +162,7 @@ def analyse(model: nn.Module, example: torch.Tensor, protect: list[str]) -> Anal
     heads = output_layers(graph)
     patterns = [re.compile(p) for p in protect]
     last = list(costs)[-1]
-    protected = [n for n in costs if n == last or _by_name(model, n) in heads
+    protected = [n for n in costs if n == last or model.get_submodule(n) in heads
                  or any(p.search(n) for p in patterns)]
     ignored = [m for m, n in names.items() if n in protected or (m in heads and n not in costs)]
 
@@ -197,10 +197,6 @@ def analyse(model: nn.Module, example: torch.Tensor, protect: list[str]) -> Anal
 
 
 MIXING = (nn.modules.conv._ConvNd, nn.Linear)
-
-
-def _by_name(model: nn.Module, name: str) -> nn.Module:
-    return model.get_submodule(name)
 
 
 def output_layers(graph: tp.DependencyGraph) -> set[nn.Module]:

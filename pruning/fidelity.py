@@ -199,11 +199,9 @@ def compare(kind: OutputKind, before: np.ndarray, after: np.ndarray, labels: np.
             ious.append(np.logical_and(a == c, b == c).sum() / union)
         result.update(value=float(np.mean(ious)), pixel_agreement=float((a == b).mean()), psnr=_psnr(before, after))
     elif kind.kind == "sequence":
-        # to [N, T, C]
+        # the batch first ([T, N, C] or [N, T, C] -> [N, T, C]), then the class at each step: [N, T]
         a = np.moveaxis(before, kind.batch_axis, 0).argmax(-1)
         b = np.moveaxis(after, kind.batch_axis, 0).argmax(-1)
-        if kind.batch_axis == 1:  # [T, N, C] -> argmax gives [N, T] after the move
-            pass
         exact = [_ctc_decode(x) == _ctc_decode(y) for x, y in zip(a, b, strict=True)]
         result.update(value=float(np.mean(exact)), step_agreement=float((a == b).mean()))
     elif kind.kind == "detection":

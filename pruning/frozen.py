@@ -39,11 +39,11 @@ class FrozenRegion:
     outputs: list[onnx.ValueInfoProto]  # the model's outputs, in the sent order
     opset_imports: list[onnx.OperatorSetIdProto]
     reasons: dict[str, str] = field(default_factory=dict)  # node -> why it is frozen (the nodes that started it)
-    macs: int = 0
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self, macs: int) -> dict[str, Any]:
+        """For the report; `macs`, what the frozen nodes cost, is counted on the joined graph."""
         return {"nodes": len(self.nodes), "ops": dict(sorted(Counter(n.op_type for n in self.nodes).items())),
-                "because": self.reasons, "macs": self.macs, "boundary": self.boundary}
+                "because": self.reasons, "macs": macs, "boundary": self.boundary}
 
 
 def _convertible(node: onnx.NodeProto, opset: int) -> str | None:
@@ -144,7 +144,7 @@ def split(proto: onnx.ModelProto, opset: int) -> tuple[onnx.ModelProto, FrozenRe
     region = FrozenRegion(
         nodes=frozen_nodes, initializers=[inits[t] for t in inits if t in used_by_frozen],
         boundary=boundary, outputs=list(proto.graph.output), opset_imports=list(proto.opset_import),
-        reasons={k: v for k, v in reasons.items()},
+        reasons=reasons,
     )
     return model, region
 

@@ -194,15 +194,15 @@ def _load_onnx(data: bytes, input_shape: list[int] | None, data_shape: list[int]
     prepared = prepasses.prepare(proto, {graph_input.name: shape})
     part, region = frozen.split(prepared.proto, prepasses.default_opset(prepared.proto))
     output_names = [o.name for o in proto.graph.output]
-    reference = data  # what the converted module must reproduce in ONNX Runtime
+    expected: list[Any] | None = prepared.expected  # what the converted module must reproduce
     if region is not None:
         # the prunable part is a model of its own: its outputs are what it hands the frozen nodes
         output_names = [o.name for o in part.graph.output]
         dynamic_axes = {graph_input.name: dynamic_axes.get(graph_input.name, {}),
                         **frozen.batch_axes(part, shape, fixed_batch)}
-        reference = part.SerializeToString()
+        expected = None
     module = _to_torch(_prepare(part), torch.zeros(shape))
-    _check_conversion(reference, module, input_name=graph_input.name, shape=shape)
+    _check_conversion(part.SerializeToString() if expected is None else data, module, prepared.feed, expected)
     return LoadedModel(
         module=module,
         input_name=graph_input.name,
@@ -386,16 +386,15 @@ def _to_torch(proto: onnx.ModelProto, example: torch.Tensor) -> nn.Module:
         ) from None
 
 
-def _check_conversion(data: bytes, module: nn.Module, *, input_name: str, shape: list[int]) -> None:
-    """The editable graph must compute what the sent graph computes, every output of it, or every later check is
-    moot."""
-    import numpy as np
-
-    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-    try:
-        expected = prepasses.run_ort(data, {input_name: x})
-    except Exception as e:
-        raise BadModelError(f"ONNX Runtime cannot run the model: {str(e).splitlines()[0][:200]}") from None
+def _check_conversion(data: bytes, module: nn.Module, feed: dict[str, Any], expected: list[Any] | None) -> None:
+    """The editable graph must compute what `data` computes on the probe `feed`, every output of it, or every
+    later check is moot. `expected`: data's outputs on it, when already known."""
+    if expected is None:
+        try:
+            expected = prepasses.run_ort(data, feed)
+        except Exception as e:
+            raise BadModelError(f"ONNX Runtime cannot run the model: {str(e).splitlines()[0][:200]}") from None
+    (x,) = feed.values()
     with torch.no_grad():
         got = outputs_of(module(torch.from_numpy(x)))
     why = prepasses.same_outputs(expected, [t.detach().numpy() for t in got])

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .errors import PruningError, VerificationError
-from .prepasses import constant_parameters
+from .prepasses import constant_parameters, disagreement
 
 
 def export(
@@ -107,10 +107,8 @@ def verify(
                 raise VerificationError(f"ONNX output {i} has shape {g.shape}, PyTorch's {r.shape}")
             if not g.size:
                 continue
-            d = float(np.max(np.abs(g.astype(np.float64) - r.astype(np.float64))))
-            scale = float(np.max(np.abs(r)))
-            tolerance = 1e-3 * max(scale, 1e-3) + 1e-5
-            if not np.isfinite(d) or d > tolerance:
+            d, tolerance, scale = disagreement(r, g)
+            if not d <= tolerance:
                 raise VerificationError(
                     f"the exported ONNX disagrees with the pruned model: output {i} max abs diff {d:.3g} "
                     f"> tolerance {tolerance:.3g} (output magnitude {scale:.3g}); no model was produced"
@@ -143,7 +141,6 @@ def stats(data: bytes, input_shape: list[int]) -> OnnxStats:
     initializers and `Constant` nodes."""
     proto = onnx.load_model_from_string(data)
     inits = {i.name: i for i in proto.graph.initializer}
-    graph_input = next(i for i in proto.graph.input if i.name not in inits)
     output_shapes: list[list[int | str]] = [
         [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in out.type.tensor_type.shape.dim]
         for out in proto.graph.output
@@ -159,13 +156,9 @@ def stats(data: bytes, input_shape: list[int]) -> OnnxStats:
             wanted += [n for n in node.input[:3] if n and n not in inits]
     shapes: dict[str, list[int]] = {name: list(t.dims) for name, t in inits.items()}
     if wanted:
-        probe = onnx.ModelProto()
-        probe.CopyFrom(proto)
-        del probe.graph.output[:]
-        probe.graph.output.extend([onnx.ValueInfoProto(name=n) for n in dict.fromkeys(wanted)])
-        x = np.zeros(input_shape, dtype=np.float32)
-        values = session(probe.SerializeToString()).run(None, {graph_input.name: x})
-        shapes.update({n: list(v.shape) for n, v in zip(dict.fromkeys(wanted), values, strict=True)})
+        names = list(dict.fromkeys(wanted))
+        values = intermediates(proto, names, np.zeros(input_shape, dtype=np.float32))
+        shapes.update({n: list(v.shape) for n, v in zip(names, values, strict=True)})
 
     def known(name: str) -> list[int] | None:
         return shapes.get(name)
@@ -207,6 +200,16 @@ _WEIGHT_AT = {"Conv": 1, "ConvTranspose": 1, "Gemm": 1, "MatMul": 1, "ConvIntege
 _KIND = {"ConvInteger": "Conv", "QLinearConv": "Conv", "MatMulInteger": "MatMul", "QLinearMatMul": "MatMul"}
 
 
+def intermediates(proto: onnx.ModelProto, names: list[str], x: np.ndarray) -> list[np.ndarray]:
+    """The values of tensors inside the graph (`names`, in order) on input `x`: the graph run with them as its
+    outputs."""
+    probe = onnx.ModelProto()
+    probe.CopyFrom(proto)
+    del probe.graph.output[:]
+    probe.graph.output.extend([onnx.ValueInfoProto(name=n) for n in names])
+    return run_outputs(session(probe.SerializeToString()), x)
+
+
 def recurrent_macs(node: onnx.NodeProto, known: Any) -> int:
     """An LSTM/GRU/RNN's MACs: per step, batch element and direction, (gates x hidden) x (input + hidden),
     from its W [dirs, gates*hidden, input] and R [dirs, gates*hidden, hidden]."""
@@ -229,16 +232,17 @@ def same_output_shapes(before: bytes, after: bytes, input_shape: list[int], batc
         raise VerificationError(f"the pruned model's outputs are {names[1]}, the original's {names[0]}")
     for batch in batches:
         x = np.random.default_rng(batch).standard_normal([batch, *input_shape[1:]]).astype(np.float32)
-        if original_may_fail:
-            try:
-                run_outputs(sessions[0], x)
-            except Exception:
+        try:
+            original = [o.shape for o in run_outputs(sessions[0], x)]
+        except Exception:
+            if original_may_fail:
                 return False
-        shapes = [[o.shape for o in _checked_run(s, x, what)] for s, what in zip(
-            sessions, ("the original model", "the pruned model"), strict=True)]
-        if shapes[0] != shapes[1]:
-            raise VerificationError(f"at batch {batch} the pruned model's outputs have shapes {shapes[1]}, the "
-                                    f"original's {shapes[0]}")
+            _checked_run(sessions[0], x, "the original model")  # says why, in one line
+            raise
+        pruned = [o.shape for o in _checked_run(sessions[1], x, "the pruned model")]
+        if original != pruned:
+            raise VerificationError(f"at batch {batch} the pruned model's outputs have shapes {pruned}, the "
+                                    f"original's {original}")
     return True
 
 

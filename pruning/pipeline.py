@@ -289,9 +289,8 @@ def _prune(
             **extra,
         }
         if loaded.frozen is not None:
-            region = loaded.frozen.describe()
-            region["macs"] = sum(after.per_node.get(n.name or n.output[0], 0) for n in loaded.frozen.nodes)
-            report["frozen"] = region
+            report["frozen"] = loaded.frozen.describe(
+                sum(after.per_node.get(n.name or n.output[0], 0) for n in loaded.frozen.nodes))
             # the target applies to the part that can be pruned; the frozen nodes keep what they cost
             report["prunable_kept"] = total / base_total if base_total else 1.0
         if spec.target.kind in ("macs", "params"):
@@ -700,12 +699,7 @@ def _fidelity(before: bytes, after: bytes, loaded: LoadedModel, spec: PruneSpec,
     first = outs[0][0]
 
     def shapes_of(names: list[str]) -> list[tuple[int, ...]]:
-        probe = onnx.ModelProto()
-        probe.CopyFrom(proto)
-        del probe.graph.output[:]
-        probe.graph.output.extend([onnx.ValueInfoProto(name=n) for n in names])
-        return [tuple(v.shape) for v in onnx_tools.run_outputs(onnx_tools.session(probe.SerializeToString()),
-                                                                 d.x[:step])]
+        return [tuple(v.shape) for v in onnx_tools.intermediates(proto, names, d.x[:step])]
 
     kinds = fidelity.infer_kinds(proto, [tuple(v.shape) for v in first], axes, shapes_of)
     if spec.fidelity.metric != "auto":

@@ -6,8 +6,8 @@ each checked in ONNX Runtime against the file the user sent.
 - The graph is simplified with onnxslim: constant folding (shape sub-graphs, `Reshape(Constant)` biases),
   `Constant` nodes to initializers, bias `Add`s folded into the Conv before them, Identity chains removed.
   BatchNorm is kept, not fused: BatchNorm-based signals and recovery need it.
-  Chosen by measurement (tests/pruning/test_prepasses.py builds the patterns; the figures are in BENCHMARKS.md):
-  onnxsim folds the bias but, told to keep BatchNorm, leaves `Constant`+`Squeeze` chains in place of weights;
+  Chosen by trying the four candidates on the Paddle2ONNX-style graph of tests/pruning/exporters.py (opset 11,
+  `Constant` weights, `Add(Conv, Reshape(bias))`), 2026-12-07: onnxsim folds the bias but, told to keep BatchNorm, leaves `Constant`+`Squeeze` chains in place of weights;
   onnxoptimizer does not fold a bias that reaches the Add through `Reshape(Constant)`; ONNX Runtime's offline
   optimizer fuses BatchNorm and writes its own contrib ops at higher levels. onnxslim leaves plain Conv, BatchNorm and
   Gemm with initializers, keeps input and output names and dimensions, and is pure Python.
@@ -42,6 +42,8 @@ _NP = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.FLOAT16: np.float16,
 @dataclass
 class Prepared:
     proto: onnx.ModelProto
+    feed: dict[str, np.ndarray]  # the probe inputs every pass was checked on
+    expected: list[np.ndarray]  # the sent model's outputs on them
     passes: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -84,6 +86,16 @@ def run_ort(data: bytes, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
     return [np.asarray(v) for v in sess.run(None, feed)]
 
 
+def disagreement(expected: np.ndarray, got: np.ndarray) -> tuple[float, float, float]:
+    """max |expected - got|, the tolerance it is held to (~1e-3 of the expected output's magnitude) and that
+    magnitude; NaN or inf differences are over any tolerance."""
+    if not expected.size:
+        return 0.0, 1e-5, 0.0
+    diff = float(np.max(np.abs(expected.astype(np.float64) - got.astype(np.float64))))
+    scale = float(np.max(np.abs(expected)))
+    return diff, 1e-3 * max(scale, 1e-3) + 1e-5, scale
+
+
 def same_outputs(expected: list[np.ndarray], got: list[np.ndarray]) -> str | None:
     """None when `got` matches `expected` output by output (~1e-3 of each output's magnitude), else why not."""
     if len(expected) != len(got):
@@ -97,9 +109,8 @@ def same_outputs(expected: list[np.ndarray], got: list[np.ndarray]) -> str | Non
             if not np.array_equal(e, g):
                 return f"output {i} differs"
             continue
-        diff = float(np.max(np.abs(e.astype(np.float64) - g.astype(np.float64))))
-        scale = float(np.max(np.abs(e)))
-        if not diff <= 1e-3 * max(scale, 1e-3) + 1e-5:
+        diff, tolerance, scale = disagreement(e, g)
+        if not diff <= tolerance:
             return f"output {i} differs by up to {diff:.3g} (magnitude {scale:.3g})"
     return None
 
@@ -113,7 +124,7 @@ def prepare(proto: onnx.ModelProto, shapes: dict[str, list[int]]) -> Prepared:
         expected = run_ort(sent, feed)
     except Exception as e:
         raise BadModelError(f"ONNX Runtime cannot run the model: {_first_line(e)}") from None
-    result = Prepared(proto)
+    result = Prepared(proto, feed, expected)
     opset = default_opset(proto)
     if opset < MIN_OPSET:
         raise BadModelError(f"ONNX opset {opset} is too old (the oldest taken is {MIN_OPSET}): re-export with opset 13 "
