@@ -55,7 +55,9 @@ def install(app: FastAPI) -> None:
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         errors = [{"field": _field(tuple(e["loc"])), "message": e["msg"]} for e in exc.errors()]
         first = errors[0] if errors else {"field": "body", "message": "invalid request"}
-        return problem(422, f"{first['field']}: {first['message']}", code="validation", errors=errors)
+        # a job's spec the engine would refuse is `invalid-spec`, as the CLI's; any other field `validation`
+        code = "invalid-spec" if first["field"].split(".")[0] == "spec" else "validation"
+        return problem(422, f"{first['field']}: {first['message']}", code=code, errors=errors)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
-from secateurs.db.models import Dataset, Job, JobEvent, Model
+from secateurs.db.models import Dataset, Job, JobEvent, Model, job_error
 from secateurs.pruning.spec import PruneSpec
 from sqlalchemy import Row
 from starlette.responses import Response
@@ -40,7 +40,7 @@ TERMINAL = ("succeeded", "failed", "cancelled")
 
 def job_out(j: Job | Row[Any]) -> dict[str, Any]:  # a Row of the jobs table has the same names
     out = {"id": j.id, "object": "job", "model_id": j.model_id, "status": j.status, "stage": j.stage,
-           "progress": j.progress, "error": j.error, "metrics": j.metrics, "spec": j.spec,
+           "progress": j.progress, "error": job_error(j), "metrics": j.metrics, "spec": j.spec,
            "attempts": j.attempts, "webhook_url": j.webhook_url, "created_at": _ts(j.created_at),
            "started_at": _ts(j.started_at), "finished_at": _ts(j.finished_at)}
     if j.status == "succeeded":

@@ -1,7 +1,9 @@
 """`secateurs submit` and `secateurs jobs`: the service from a terminal or a pipeline, over HTTP only.
 
 Exit codes: 0 succeeded (and every file asked for was saved), 2 bad input (refused before or at
-submission), 3 the job failed, 4 the job was cancelled, 5 the service is unreachable or not ready.
+submission), 3 the job failed (its `error.type` says why), 4 the job was cancelled, 5 the service is unreachable
+or not ready, 6 the model is valid but uses something the engine cannot prune (refused at upload, or a job that
+failed `unsupported-model`).
 """
 
 from __future__ import annotations
@@ -27,8 +29,14 @@ from . import convert
 from .config import ConfigError, config_path
 from .sdk import APIError, Client, Job
 
-BAD_INPUT, FAILED, CANCELLED, UNREACHABLE, INTERRUPTED = 2, 3, 4, 5, 130
+BAD_INPUT, FAILED, CANCELLED, UNREACHABLE, UNSUPPORTED, INTERRUPTED = 2, 3, 4, 5, 6, 130
 OUTCOME = {"succeeded": 0, "failed": FAILED, "cancelled": CANCELLED}
+
+
+def _exit_code(status: str, error: dict[str, Any] | None) -> int:
+    if status == "failed" and (error or {}).get("type") == "unsupported-model":
+        return UNSUPPORTED
+    return OUTCOME.get(status, 1)
 
 
 class Refused(Exception):
@@ -150,7 +158,7 @@ def _submit(args: argparse.Namespace, scratch: Path) -> int:
         for path in saved.values():
             print(f"wrote {path}")
     _outcome_line(job.data)
-    return OUTCOME.get(job.status, 1)
+    return _exit_code(job.status, job.data.get("error"))
 
 
 def run_list(args: argparse.Namespace) -> int:
@@ -175,9 +183,11 @@ def run_show(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(job))
         return 0
-    for key in ("id", "status", "stage", "progress", "model_id", "created_at", "started_at", "finished_at", "error"):
+    for key in ("id", "status", "stage", "progress", "model_id", "created_at", "started_at", "finished_at"):
         if job.get(key) is not None:
             print(f"{key:<12} {job[key]}")
+    if job.get("error"):
+        print(f"{'error':<12} {job['error']['type']}: {job['error']['message']}")
     print(f"{'spec':<12} {_spec_line(job.get('spec') or {})}")
     if job.get("metrics"):
         print(f"{'result':<12} {_summary(job)}")
@@ -215,7 +225,9 @@ def run_events(args: argparse.Namespace) -> int:
         for event in job.events() if args.follow else job.history():
             print(json.dumps(event) if args.json else _event_line(event), flush=True)
             last = event
-    return OUTCOME.get(last.get("type", ""), 0) if args.follow else 0
+    if not args.follow:
+        return 0
+    return _exit_code(last.get("type", ""), {"type": (last.get("data") or {}).get("error_type")})
 
 
 # -- output ------------------------------------------------------------------------------------------
@@ -305,7 +317,8 @@ def _event_line(e: dict[str, Any]) -> str:
 
 def _outcome_line(job: dict[str, Any]) -> None:
     if job["status"] == "failed":
-        _say(f"job {job['id']} failed: {job.get('error') or 'no error given'}")
+        error = job.get("error") or {"type": "internal-error", "message": "no error given"}
+        _say(f"job {job['id']} failed ({error['type']}): {error['message']}")
     elif job["status"] == "cancelled":
         _say(f"job {job['id']} was cancelled")
 
@@ -392,5 +405,5 @@ def _api_error(e: APIError, args: argparse.Namespace) -> int:
     if e.status == 401:
         hint = f" (the key comes from --api-key, $SECATEURS_API_KEY or {config_path()})"
     _say(f"error: refused ({e.status} {title}): {detail}{hint}")
-    return BAD_INPUT
+    return UNSUPPORTED if str(e.problem.get("type", "")).endswith("/unsupported-model") else BAD_INPUT
 

@@ -40,9 +40,9 @@ def take_back_expired(session: Session, lease_seconds: int, max_attempts: int) -
                    f"{attempts} attempts lost their lease ({alive} of them alive but starved or cut off)")
             n = session.execute(update(Job).where(Job.id == job_id, Job.status == "running", Job.attempts == attempts)
                                 .values(status="failed", finished_at=now(), stage="failed",
-                                        error=f"{why}; giving up")).rowcount
+                                        error=f"{why}; giving up", error_type="worker-lost")).rowcount
             if n:
-                session.add(JobEvent(job_id=job_id, type="failed", stage="failed",
+                session.add(JobEvent(job_id=job_id, type="failed", stage="failed", data={"error_type": "worker-lost"},
                                      message=f"no heartbeat for {lease_seconds} s during attempt {attempts}: {why}; "
                                              "giving up"))
             continue

@@ -87,6 +87,8 @@ class Job(Base):
     stage: Mapped[str | None] = mapped_column(String(40), nullable=True)
     progress: Mapped[float] = mapped_column(Float, default=0.0)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # why it failed, as a stable word (migration 0005); `error` says it in a sentence
+    error_type: Mapped[str | None] = mapped_column(String(40), nullable=True)
     metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
@@ -129,3 +131,11 @@ class IdempotencyRecord(Base):
     status_code: Mapped[int] = mapped_column(Integer)
     response: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(default=now)
+
+
+def job_error(j: Any) -> dict[str, str] | None:
+    """Why a job failed: `type`, a stable word (`invalid-model`, `unsupported-model`, `fidelity-budget`,
+    `resource-limit`, `internal-error`, ...: SPEC.md), and `message`, the sentence. None unless it failed."""
+    if j.error is None:
+        return None
+    return {"type": j.error_type or "internal-error", "message": j.error}

@@ -17,7 +17,7 @@ import torch_pruning as tp
 from torch import nn
 
 from .custom_ops import CUSTOM_PRUNERS, ChannelSelect
-from .errors import UnsupportedModelError
+from .errors import SpecError, UnsupportedModelError
 
 COUNTED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
@@ -190,6 +190,10 @@ def analyse(model: nn.Module, example: torch.Tensor, protect: list[str]) -> Anal
         blocks = _blocks(group, channels)
         groups.append(GroupInfo(root, channels, group, touches, blocks))
     if not groups:
+        by_spec = [n for n in protected if any(p.search(n) for p in patterns)]
+        if by_spec and not frozen:  # the user's protect patterns took what the model would have let go
+            raise SpecError(f"nothing is prunable: the spec's protect patterns cover {len(by_spec)} of the "
+                            f"{len(costs)} layers, and the others feed an output directly")
         raise UnsupportedModelError(
             "nothing is prunable: every layer is protected or feeds the output directly"
         )

@@ -6,14 +6,15 @@ from __future__ import annotations
 class PruningError(Exception):
     """Base of everything the engine raises on purpose."""
 
-    #: A short machine-readable code, used as the problem type suffix by the API.
-    code = "pruning-error"
+    #: A short machine-readable code: the problem type's suffix in the API, a failed job's `error.type`. Raised
+    #: as itself (not a subclass), it is an engine check that failed where the user can do nothing about it.
+    code = "internal-error"
 
 
 class InputError(PruningError):
     """The user's input is at fault: they can fix it by sending something else."""
 
-    code = "bad-input"
+    code = "invalid-input"
 
 
 class UnsafeFormatError(InputError):
@@ -25,7 +26,7 @@ class UnsafeFormatError(InputError):
 class BadModelError(InputError):
     """Not a model we can read: truncated, random, external data, inconsistent."""
 
-    code = "bad-model"
+    code = "invalid-model"
 
 
 class UnsupportedModelError(InputError):
@@ -37,13 +38,13 @@ class UnsupportedModelError(InputError):
 class BadDataError(InputError):
     """Calibration or evaluation data that cannot be used."""
 
-    code = "bad-data"
+    code = "invalid-data"
 
 
 class SpecError(InputError):
     """A spec that cannot be satisfied for this model (e.g. a signal that needs data it does not have)."""
 
-    code = "bad-spec"
+    code = "invalid-spec"
 
 
 class Cancelled(PruningError):

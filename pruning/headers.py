@@ -21,7 +21,7 @@ from typing import BinaryIO
 import numpy as np
 
 from .archs import check_arch, default_input_shape
-from .errors import BadDataError, BadModelError, InputError, UnsafeFormatError, UnsupportedModelError
+from .errors import BadDataError, BadModelError, UnsafeFormatError, UnsupportedModelError
 
 MIN_OPSET = 7  # the oldest opset ONNX Runtime runs; older than 13 is upgraded on import (prepasses.py)
 SEND_INSTEAD = (
@@ -91,12 +91,12 @@ def read_model_header(path: str | Path, *, arch: str | None = None, num_classes:
         kind = sniff(f, size)
         if kind == "safetensors":
             if arch is None:
-                raise InputError("safetensors weights need an architecture: give --arch (and --num-classes)")
+                raise BadModelError("safetensors weights need an architecture: give --arch (and --num-classes)")
             check_arch(arch, num_classes)
             _check_safetensors(f, size)
             return ModelHeader("safetensors", [1, *default_input_shape(arch)[1:]])
         if arch is not None:
-            raise InputError("--arch goes with safetensors weights; this file is not safetensors")
+            raise BadModelError("--arch goes with safetensors weights; this file is not safetensors")
         try:
             return _read_onnx(f, size)
         except _Malformed as e:
@@ -357,8 +357,8 @@ def _read_onnx(f: BinaryIO, size: int) -> ModelHeader:
     if opset is None:
         raise BadModelError("the ONNX model declares no default-domain opset")
     if opset < MIN_OPSET:
-        raise BadModelError(f"ONNX opset {opset} is too old (the oldest taken is {MIN_OPSET}): re-export with opset "
-                            "13 or newer")
+        raise UnsupportedModelError(f"ONNX opset {opset} is too old (the oldest taken is {MIN_OPSET}): re-export "
+                                    "with opset 13 or newer")
     if not outputs:
         raise BadModelError("the ONNX graph has no outputs")
     graph_inputs = [(name, dims) for name, dims in inputs if name not in initializers]

@@ -21,7 +21,7 @@ from google.protobuf.message import Message
 from torch import nn
 
 from . import frozen, prepasses, zoo
-from .errors import BadModelError, InputError, UnsupportedModelError
+from .errors import BadModelError, InputError, SpecError, UnsupportedModelError
 from .frozen import FrozenRegion
 from .headers import MAX_TENSOR_ELEMENTS, MIN_OPSET, SEND_INSTEAD
 from .headers import sniff as _sniff_file
@@ -70,10 +70,10 @@ def load_model(
     kind = sniff(data)
     if kind == "safetensors":
         if arch is None:
-            raise InputError("safetensors weights need an architecture: give --arch (and --num-classes)")
+            raise BadModelError("safetensors weights need an architecture: give --arch (and --num-classes)")
         return _load_safetensors(data, arch, num_classes, input_shape)
     if arch is not None:
-        raise InputError("--arch goes with safetensors weights; this file is not safetensors")
+        raise BadModelError("--arch goes with safetensors weights; this file is not safetensors")
     return _load_onnx(data, input_shape, data_shape)
 
 
@@ -146,8 +146,8 @@ def _load_onnx(data: bytes, input_shape: list[int] | None, data_shape: list[int]
     _refuse_external_data(proto)
     opset = prepasses.default_opset(proto)
     if opset < MIN_OPSET:
-        raise BadModelError(f"ONNX opset {opset} is too old (the oldest taken is {MIN_OPSET}): re-export with opset "
-                            "13 or newer")
+        raise UnsupportedModelError(f"ONNX opset {opset} is too old (the oldest taken is {MIN_OPSET}): re-export "
+                                    "with opset 13 or newer")
     try:
         onnx.checker.check_model(proto, full_check=True)
     except Exception as e:
@@ -178,7 +178,7 @@ def _load_onnx(data: bytes, input_shape: list[int] | None, data_shape: list[int]
     symbolic = [i for i, s in enumerate(shape) if s == -1 and i > 0]
     if input_shape is not None:
         if len(input_shape) != len(shape) or any(s not in (-1, g) for s, g in zip(shape[1:], input_shape[1:], strict=True)):
-            raise InputError(f"input_shape {input_shape} does not fit the model's input {shape}")
+            raise SpecError(f"input_shape {input_shape} does not fit the model's input {shape}")
         shape = [shape[0], *input_shape[1:]]
     elif data_shape is not None and len(data_shape) == len(shape):
         shape = [d if i and s == -1 else s for i, (s, d) in enumerate(zip(shape, data_shape, strict=True))]

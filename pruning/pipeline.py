@@ -47,7 +47,8 @@ class _Run:
         self.progress = progress
         self.should_cancel = should_cancel
         self.seconds: dict[str, float] = {}
-        self.deadline = limits.Deadline(spec.limits.minutes)
+        caps = spec.limits.stage_minutes
+        self.watchdog = limits.Watchdog(spec.limits.minutes, limits.default_stage_minutes() if caps is None else caps)
         self.memory_gb = spec.limits.memory_gb or limits.default_memory_gb()
         self.cap: limits.MemoryCap | None = None
         self.current = "import"
@@ -55,7 +56,7 @@ class _Run:
     def check(self) -> None:
         if self.should_cancel is not None and self.should_cancel():
             raise Cancelled("the job was cancelled")
-        self.deadline.check(self.current)
+        self.watchdog.check(self.current)
 
     def memory_ran_out(self, e: BaseException) -> bool:
         # the engine's own verdicts stand: a missed budget, a spec or data the user can fix, a cancel
@@ -80,7 +81,8 @@ class _Run:
         self.tell(name, fraction, message)
         t0 = time.perf_counter()
         try:
-            yield
+            with self.watchdog.stage(name):
+                yield
         except Exception as e:
             if self.memory_ran_out(e):
                 raise self.out_of_memory(name) from None
@@ -106,14 +108,21 @@ def prune(
     on_gpu = (device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
     # a CUDA context reserves far more address space than it uses: there the cap would stop every job
     cap = contextlib.nullcontext(None) if on_gpu else limits.memory_cap(run.memory_gb)
-    with cap as run.cap:
-        try:
-            return _prune(run, model, spec, arch=arch, num_classes=num_classes, calibration=calibration,
-                          evaluation=evaluation, device=device)
-        except Exception as e:
-            if run.memory_ran_out(e):
-                raise run.out_of_memory(run.current) from None
-            raise
+    run.watchdog.start()  # before the cap, as its thread is
+    try:
+        with cap as run.cap:
+            try:
+                with run.watchdog.job(lambda: run.current):
+                    return _prune(run, model, spec, arch=arch, num_classes=num_classes, calibration=calibration,
+                                  evaluation=evaluation, device=device)
+            except Exception as e:
+                if run.memory_ran_out(e):
+                    raise run.out_of_memory(run.current) from None
+                raise
+    except limits.PastLimit:  # delivered just as the job's block ended, after its own handler
+        raise run.watchdog.error() from None
+    finally:
+        run.watchdog.stop()
 
 
 def _prune(

@@ -157,6 +157,18 @@ class Limits(_Strict):
         "(SECATEURS_JOB_MEMORY_GB), else 60% of the machine's memory.")
     minutes: float | None = Field(None, gt=0, le=7 * 24 * 60, description="Wall time for the whole job; null: "
                                   "no limit of its own (the service's job time limit still applies).")
+    stage_minutes: dict[Literal["import", "plan", "analyse", "score", "recover", "export", "verify", "report",
+                                "fidelity"], float] | None = Field(
+        None, description="Wall time of each pass through a stage, e.g. {\"analyse\": 5}; null: the configured "
+        "caps (SECATEURS_STAGE_MINUTES), else 20 minutes for analyse (dependency tracing) and none for the others.")
+
+    @field_validator("stage_minutes")
+    @classmethod
+    def _positive(cls, v: dict[str, float] | None) -> dict[str, float] | None:
+        for stage, minutes in (v or {}).items():
+            if not 0 < minutes <= 7 * 24 * 60:
+                raise ValueError(f"stage_minutes.{stage} must be more than 0 and at most {7 * 24 * 60}")
+        return v
 
 
 class Export(_Strict):

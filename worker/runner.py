@@ -380,17 +380,17 @@ def _fail(settings: Settings, job_id: str, attempt: int, exc: Exception) -> bool
                     job_id, attempt, exc)
         return False
     if _past_time_limit(exc):
-        status, kind = "failed", "failed"
+        status, kind, why = "failed", "failed", "resource-limit"
         message = f"the job ran past its time limit ({settings.job_soft_time_limit} s)"
     elif isinstance(exc, Cancelled):
-        status, message, kind = "cancelled", "cancelled while running", "cancelled"
-    elif isinstance(exc, PruningError):
-        status, message, kind = "failed", str(exc), "failed"
+        status, message, kind, why = "cancelled", "cancelled while running", "cancelled", None
+    elif isinstance(exc, PruningError):  # its code: invalid-*, unsupported-model, fidelity-budget, resource-limit...
+        status, message, kind, why = "failed", str(exc), "failed", exc.code
     elif down := next((e for e in _chain(exc) if isinstance(e, StorageDown)), None):
-        status, message, kind = "failed", str(down), "failed"
+        status, message, kind, why = "failed", str(down), "failed", "storage-unavailable"
     else:
         log.exception("job %s crashed", job_id)
-        status, kind = "failed", "failed"
+        status, kind, why = "failed", "failed", "internal-error"
         message = (f"internal error: {type(exc).__name__}: {str(exc)[:300]} (an engine bug: the traceback is in the "
                    f"worker's log under job {job_id})")
     try:
@@ -401,10 +401,11 @@ def _fail(settings: Settings, job_id: str, attempt: int, exc: Exception) -> bool
             extra = {"metrics": exc.report} if isinstance(exc, FidelityError) else {}
             n = s.execute(update(Job).where(Job.id == job_id, Job.status.in_(("running", "queued")),
                                             Job.attempts == attempt).values(
-                status=status, error=None if status == "cancelled" else message, finished_at=now(), stage=kind,
-                **extra)).rowcount
+                status=status, error=None if status == "cancelled" else message, error_type=why, finished_at=now(),
+                stage=kind, **extra)).rowcount
             if n:
-                s.add(JobEvent(job_id=job_id, type=kind, stage=kind, message=message))
+                s.add(JobEvent(job_id=job_id, type=kind, stage=kind, message=message,
+                               data={"error_type": why} if why else None))
             s.commit()
     except Exception as e:
         if not database_unavailable(e):
@@ -428,9 +429,11 @@ def fail_killed_at_hard_limit(settings: Settings, job_id: str) -> bool:
     cutoff = now() - timedelta(seconds=settings.hard_time_limit - margin)
     with sessions(settings)() as s:
         n = s.execute(update(Job).where(Job.id == job_id, Job.status == "running", Job.started_at <= cutoff)
-                      .values(status="failed", error=message, finished_at=now(), stage="failed")).rowcount
+                      .values(status="failed", error=message, error_type="resource-limit", finished_at=now(),
+                              stage="failed")).rowcount
         if n:
-            s.add(JobEvent(job_id=job_id, type="failed", stage="failed", message=message))
+            s.add(JobEvent(job_id=job_id, type="failed", stage="failed", message=message,
+                           data={"error_type": "resource-limit"}))
         s.commit()
     if n:
         notify(settings, job_id, "job.failed")

@@ -20,7 +20,7 @@ import uuid
 from typing import Any
 from urllib.parse import urlparse
 
-from secateurs.db.models import Job, Tenant, now
+from secateurs.db.models import Job, Tenant, job_error, now
 from secateurs.db.session import sessions
 from secateurs.db.settings import Settings
 
@@ -80,7 +80,7 @@ def notify(settings: Settings, job_id: str, event_type: str, data: dict[str, Any
             secret = tenant_secret(s, tenant)
             payload = {"type": event_type, "timestamp": now().isoformat(), "data": {
                 "id": job.id, "object": "job", "model_id": job.model_id, "status": job.status, "stage": job.stage,
-                "progress": job.progress, "error": job.error, "attempts": job.attempts, **(data or {})}}
+                "progress": job.progress, "error": job_error(job), "attempts": job.attempts, **(data or {})}}
             if event_type == "job.succeeded":
                 payload["data"]["metrics"] = job.metrics
             url = job.webhook_url

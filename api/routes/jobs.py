@@ -45,7 +45,8 @@ ARTIFACTS = ("model.onnx", "report.json")
 
 
 def _invalid(field: str, message: str) -> Problem:
-    return Problem(422, f"{field}: {message}", code="validation", errors=[{"field": field, "message": message}])
+    code = "invalid-spec" if field.split(".")[0] == "spec" else "validation"
+    return Problem(422, f"{field}: {message}", code=code, errors=[{"field": field, "message": message}])
 
 
 def _check(body: JobCreate, tenant_id: str, session: SessionDep, settings: Any) -> None:

@@ -303,7 +303,7 @@ async function jobsView(out) {
 
 function result(j) {
   const m = j.metrics;
-  if (j.status === "failed") return (j.error || "").slice(0, 60);
+  if (j.status === "failed") return j.error ? `${j.error.type}: ${j.error.message}`.slice(0, 60) : "";
   if (!m) return "";
   const quality = m.accuracy_after !== undefined ? `, accuracy ${pct(m.accuracy_after)}`
     : m.agreement !== undefined ? `, agreement ${pct(m.agreement)}` : "";
@@ -347,7 +347,7 @@ async function jobView(out, id) {
     h("h1", {}, `Job ${job.id}`), head, bar,
     h("p", {}, "Model ", h("a", {href: `#/compare?model=${job.model_id}&a=${job.id}`}, modelName(job.model_id)),
       ` · signal ${signalOf(job)} · target ${targetOf(job)} · recovery ${job.spec.recovery?.method || "none"}`),
-    job.error ? h("p", {class: "bad"}, `Error: ${job.error}`) : null, actions,
+    job.error ? h("p", {class: "bad"}, h("strong", {}, job.error.type), `: ${job.error.message}`) : null, actions,
     h("h2", {}, "Stages"), stageList));
   if (out.isConnected) state.onEvent = (j, ev) => {
     if (j.id !== id) return;

@@ -1,4 +1,4 @@
-"""A job past its memory or time limit fails saying which, with the stage, and the worker that ran it then runs
+"""A job past its memory, time or stage limit fails saying which, with the stage, and the worker that ran it then runs
 the next job to success: on the embedded stack and on PostgreSQL + Redis with separate API and worker."""
 
 from __future__ import annotations
@@ -34,12 +34,17 @@ def test_past_its_limits_a_job_fails_saying_so_and_the_worker_runs_the_next(requ
         assert up.status_code == 201, up.text
         model_id = up.json()["id"]
         jobs = {}
-        for name, limits in (("memory", {"memory_gb": 0.05}), ("time", {"minutes": 0.0001}), ("none", {})):
+        for name, limits in (("memory", {"memory_gb": 0.05}), ("time", {"minutes": 0.0001}),
+                             ("stage", {"stage_minutes": {"analyse": 0.0001}}), ("none", {})):
             r = c.post("/v1/jobs", json={"model_id": model_id, "spec": {**QUICK, "limits": limits}})
             assert r.status_code == 201, r.text
             jobs[name] = r.json()["id"]
-        memory, past, ok = (_finish(c, jobs[n]) for n in ("memory", "time", "none"))
-    assert memory["status"] == "failed" and "needed more memory than the job's limit of 0.05 GiB" in memory["error"]
-    assert memory["error"].startswith("stage "), memory["error"]
-    assert past["status"] == "failed" and "ran past its limit of 0.0001 minutes (in stage" in past["error"]
+        memory, past, stage, ok = (_finish(c, jobs[n]) for n in ("memory", "time", "stage", "none"))
+    assert memory["status"] == "failed" and memory["error"]["type"] == "resource-limit", memory
+    assert "needed more memory than the job's limit of 0.05 GiB" in memory["error"]["message"]
+    assert memory["error"]["message"].startswith("stage "), memory["error"]
+    assert past["status"] == "failed" and past["error"]["type"] == "resource-limit", past
+    assert "ran past its limit of 0.0001 minutes (in stage" in past["error"]["message"]
+    assert stage["status"] == "failed" and stage["error"]["type"] == "resource-limit", stage
+    assert stage["error"]["message"].startswith("stage analyse ran past its limit of 0.0001 minutes: "), stage
     assert ok["status"] == "succeeded", ok

@@ -59,3 +59,22 @@ def test_every_request_body_is_described_with_examples(doc):
 
 def test_the_cancel_operation_takes_no_body(doc):
     assert "requestBody" not in doc["paths"]["/v1/jobs/{job_id}/cancel"]["post"]
+
+
+def test_failures_are_documented_with_their_types(doc):
+    from secateurs.api.openapi import JOB_ERROR_TYPES
+    from secateurs.pruning import errors
+
+    ops = {op["operationId"]: op for _, _, op in operations(doc)}
+    upload = ops["upload_model"]["responses"]
+    kinds = {example["value"]["type"].rsplit("/", 1)[1]
+             for status in ("415", "422") for example in upload[status]["content"]["application/problem+json"]
+             ["examples"].values()}
+    assert kinds == {"unsafe-format", "invalid-model", "unsupported-model"}
+    failed = ops["get_job"]["responses"]["200"]["content"]["application/json"]["examples"]["failed"]["value"]
+    assert failed["error"]["type"] in JOB_ERROR_TYPES
+    # every code the engine raises is a documented job error type
+    codes = {cls.code for cls in vars(errors).values() if isinstance(cls, type) and issubclass(cls, Exception)}
+    assert codes - {"cancelled"} <= set(JOB_ERROR_TYPES), codes - set(JOB_ERROR_TYPES)
+    from secateurs.pruning.limits import ResourceLimitError
+    assert ResourceLimitError.code in JOB_ERROR_TYPES

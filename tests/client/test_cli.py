@@ -146,8 +146,9 @@ def test_a_job_that_fails_in_the_worker_exits_3(tiny_onnx, env, tmp_path):
     proc = secateurs("submit", str(tiny_onnx), "--protect", ".*", "--wait", "-o", str(out), "--json", env=env)
     assert proc.returncode == 3, proc.stderr
     job = json.loads(proc.stdout)
-    assert job["status"] == "failed" and "prunable" in job["error"]
-    assert f"job {job['id']} failed: " in proc.stderr.splitlines()[-1]
+    assert job["status"] == "failed" and "prunable" in job["error"]["message"], job
+    assert job["error"]["type"] == "invalid-spec", job  # the spec's protect patterns took every layer
+    assert f"job {job['id']} failed (invalid-spec): " in proc.stderr.splitlines()[-1]
     assert not out.exists()
     follow = secateurs("jobs", "events", job["id"], "--follow", env=env)
     assert follow.returncode == 3 and "failed" in follow.stdout

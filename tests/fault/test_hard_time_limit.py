@@ -40,8 +40,9 @@ def test_a_job_stuck_past_the_hard_time_limit_is_killed_failed_and_its_process_r
             failed = _finished(c, job_id)
             seen_after = time.monotonic() - stopped_at
             assert failed["status"] == "failed", failed
-            assert failed["error"] == (f"the job ran past its hard time limit ({HARD} s) and its process was killed: "
-                                       f"it was stuck where the soft limit ({SOFT} s) could not stop it"), failed
+            assert failed["error"] == {"type": "resource-limit", "message": (
+                f"the job ran past its hard time limit ({HARD} s) and its process was killed: "
+                f"it was stuck where the soft limit ({SOFT} s) could not stop it")}, failed
             ran = _seconds(failed)
             # the pool times the task from its start, a moment before the job row says it started
             assert HARD - 1 <= ran < HARD + 15, f"failed {ran:.1f} s after it started (hard limit {HARD} s)"

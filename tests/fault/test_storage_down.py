@@ -147,9 +147,10 @@ def test_s3_down_past_the_retry_window_fails_the_job_saying_so_and_keeps_nothing
         with _s3_down_under_a_job(s3, c) as job_id:
             job = _ended(c, job_id)
         assert job["status"] == "failed", job
-        assert job["error"].startswith(f"object storage was unavailable while storing the job's model.onnx (tried for "
-                                       f"{RETRY} s): EndpointConnectionError"), job["error"]
+        assert job["error"]["type"] == "storage-unavailable", job
+        assert job["error"]["message"].startswith(f"object storage was unavailable while storing the job's model.onnx "
+                                                  f"(tried for {RETRY} s): EndpointConnectionError"), job["error"]
         assert _objects(s3, job_id) == []
         assert [c.get(f"/v1/jobs/{job_id}/artifacts/{name}").status_code for name in ("model.onnx", "report.json")] == [
             404, 404]
-        print(f"S3 kept down: the job failed saying {job['error'][:90]!r}...; no artifact row, no object")
+        print(f"S3 kept down: the job failed saying {job['error']['message'][:90]!r}...; no artifact row, no object")

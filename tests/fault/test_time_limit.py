@@ -56,7 +56,8 @@ def test_a_job_past_the_soft_time_limit_fails_saying_so_and_the_worker_runs_the_
 
         failed = _finished(c, slow.json()["id"])
         assert failed["status"] == "failed", failed
-        assert failed["error"] == f"the job ran past its time limit ({SOFT_LIMIT} s)", failed
+        assert failed["error"] == {"type": "resource-limit",
+                                   "message": f"the job ran past its time limit ({SOFT_LIMIT} s)"}, failed
         ran = _seconds(failed)
         assert ran < SOFT_LIMIT + 10, f"the job was stopped {ran:.1f} s after it started"
         kinds = [e["type"] for e in c.get(f"/v1/jobs/{failed['id']}/events").json()["data"]]

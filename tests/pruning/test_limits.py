@@ -84,3 +84,64 @@ def test_the_cli_says_it_in_one_line(tmp_path):
     lines = [line for line in proc.stderr.splitlines() if not line.startswith("[")]
     assert len(lines) == 1 and "needed more memory than the job's limit of 0.05 GiB" in lines[0], proc.stderr
     assert not (tmp_path / "o.onnx").exists()
+
+
+def test_a_stage_past_its_cap_is_stopped_where_it_is_even_in_code_that_reports_nothing():
+    import threading
+    import time
+
+    from secateurs.pruning.limits import Watchdog
+
+    dog = Watchdog(None, {"analyse": 0.002})  # 0.12 s
+    dog.start()
+    t0 = time.monotonic()
+    with pytest.raises(ResourceLimitError, match=r"^stage analyse ran past its limit of 0.002 minutes: protect"):
+        with dog.job(lambda: "analyse"), dog.stage("analyse"):
+            n = 0
+            while True:  # a library's loop that never returns to the engine
+                n += 1
+    assert time.monotonic() - t0 < 5
+    assert not any(t.name == "secateurs-watchdog" for t in threading.enumerate()), "the watching thread ended"
+    time.sleep(0.2)  # and nothing is left pending for this thread: no stray exception arrives later
+    assert sum(range(1000)) == 499500
+
+
+def test_a_stage_within_its_cap_and_an_uncapped_stage_run_to_their_end():
+    import time
+
+    from secateurs.pruning.limits import Watchdog
+
+    dog = Watchdog(None, {"score": 0.01})
+    dog.start()
+    with dog.job(lambda: "score"):
+        with dog.stage("score"):
+            time.sleep(0.05)
+        with dog.stage("recover"):  # no cap of its own
+            time.sleep(0.7)  # past score's 0.6 s, which was disarmed when its stage ended
+
+
+def test_a_job_whose_tracing_runs_past_its_stage_cap_fails_saying_so_and_the_next_prunes():
+    spec = PruneSpec.model_validate({**QUICK, "limits": {"stage_minutes": {"analyse": 0.0001}}})
+    with pytest.raises(ResourceLimitError, match=r"^stage analyse ran past its limit of 0.0001 minutes"):
+        prune(torchvision_onnx("resnet18", size=64), spec)  # tracing ResNet-18 takes longer than 6 ms
+    r = prune(tiny_cnn_onnx(), PruneSpec.model_validate(QUICK)).report
+    assert r["macs_after"] <= 0.6 * r["macs_before"]
+
+
+def test_the_job_cap_interrupts_a_stage_in_the_middle():
+    spec = PruneSpec.model_validate({**QUICK, "limits": {"minutes": 0.005}})  # 0.3 s: inside import or analyse
+    with pytest.raises(ResourceLimitError, match=r"^the job ran past its limit of 0.005 minutes \(in stage \w+\)$"):
+        prune(torchvision_onnx("resnet18", size=64), spec)
+
+
+def test_stage_caps_come_from_the_configuration(monkeypatch):
+    from secateurs.pruning.limits import default_stage_minutes
+
+    assert default_stage_minutes() == {"analyse": 20.0}
+    monkeypatch.setenv("SECATEURS_STAGE_MINUTES", "analyse=5, recover=90")
+    assert default_stage_minutes() == {"analyse": 5.0, "recover": 90.0}
+    monkeypatch.setenv("SECATEURS_STAGE_MINUTES", "")
+    assert default_stage_minutes() == {}
+    monkeypatch.setenv("SECATEURS_STAGE_MINUTES", "tracing=5")
+    with pytest.raises(ValueError, match="unknown stage 'tracing'"):
+        default_stage_minutes()

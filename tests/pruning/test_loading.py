@@ -81,7 +81,7 @@ def test_external_data_is_refused_and_never_read():
 
 
 def test_an_opset_older_than_onnx_runtime_runs_is_refused():
-    with pytest.raises(BadModelError, match="opset 6 is too old"):
+    with pytest.raises(UnsupportedModelError, match="opset 6 is too old"):
         load_model(_tiny_onnx(opset=6))
 
 

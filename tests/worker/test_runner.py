@@ -139,6 +139,7 @@ def test_bad_input_fails_the_job_with_the_engines_message(settings, tenant_id):
     job, events, arts = load(settings, job_id)
     assert job.status == "failed" and arts == []
     assert job.error and "internal error" not in job.error  # the engine's user-facing message, as it said it
+    assert job.error_type == "invalid-model", job.error_type
     assert events[-1].type == "failed" and events[-1].message == job.error
 
 
@@ -146,7 +147,7 @@ def test_an_unexpected_crash_fails_the_job_and_the_worker_lives_on(settings, ten
     job_id = add_job(settings, tenant_id, add_model(settings, tenant_id, None))  # its file vanished
     assert run_job(job_id, settings) == "failed"
     job, _, _ = load(settings, job_id)
-    assert job.status == "failed" and job.error.startswith("internal error:")
+    assert job.status == "failed" and job.error.startswith("internal error:") and job.error_type == "internal-error"
 
 
 def test_a_job_past_the_soft_time_limit_fails_saying_so_even_in_a_solo_pool(settings, tenant_id, weights):
@@ -159,7 +160,7 @@ def test_a_job_past_the_soft_time_limit_fails_saying_so_even_in_a_solo_pool(sett
     t0 = time.monotonic()
     assert run_job(job_id, limited) == "failed"
     job, events, arts = load(settings, job_id)
-    assert job.error == "the job ran past its time limit (1 s)" and arts == []
+    assert job.error == "the job ran past its time limit (1 s)" and arts == [] and job.error_type == "resource-limit"
     assert events[-1].type == "failed" and events[-1].message == job.error
     assert time.monotonic() - t0 < 6, "stopped at the first progress report past the limit"
     assert not [p for p in (settings.home / "storage" / tenant_id).glob(f"jobs/{job_id}/**/*") if p.is_file()]
@@ -348,6 +349,7 @@ def test_only_attempts_never_heard_from_again_count_as_lost_workers(settings, te
     assert load(settings, starved)[0].status == "queued"
     failed = load(settings, dead)[0]
     assert failed.status == "failed" and failed.error == f"the worker was lost {max_attempts} times; giving up"
+    assert failed.error_type == "worker-lost"
     assert load(settings, endless)[0].error == (f"{2 * max_attempts} attempts lost their lease "
                                                 f"({2 * max_attempts - 1} of them alive but starved or cut off); "
                                                 "giving up")
@@ -403,6 +405,7 @@ def test_storage_down_past_the_retry_window_fails_the_job_saying_so_and_keeps_no
     assert job.status == "failed" and arts == [] and flaky.puts == 1, (job.error, flaky.puts)
     assert job.error.startswith("object storage was unavailable while storing the job's report.json (tried for 2 s): "
                                 "EndpointConnectionError"), job.error
+    assert job.error_type == "storage-unavailable"
     assert events[-1].type == "failed" and _job_files(settings, tenant_id, job_id) == []
 
 

@@ -98,4 +98,5 @@ def test_only_the_asked_for_event_types_are_sent(tmp_path, receiver):
         time.sleep(0.1)
     time.sleep(0.5)
     assert [json.loads(b)["type"] for _, b in Receiver.received] == ["job.failed"]
-    assert json.loads(Receiver.received[0][1])["data"]["error"]
+    error = json.loads(Receiver.received[0][1])["data"]["error"]
+    assert error["type"] == "invalid-model" and error["message"], error  # the bytes are no ONNX file
