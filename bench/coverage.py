@@ -61,6 +61,7 @@ ZOO: list[tuple[str, str, str, str]] = [
     ("DeiT-Tiny", "transformer", "timm + torch.onnx", "timm_onnx('deit_tiny_patch16_224', 224)"),
     ("Swin-T (112 px)", "transformer", "timm + torch.onnx", "timm_onnx('swin_tiny_patch4_window7_224', 112)"),
     ("MobileViT-XXS", "transformer", "timm + torch.onnx", "timm_onnx('mobilevit_xxs', 256)"),
+    ("MobileViTv2-050", "transformer", "timm + torch.onnx", "timm_onnx('mobilevitv2_050', 256)"),
 ]
 
 BUILD = """

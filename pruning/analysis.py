@@ -16,6 +16,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from . import trace_cost
 from .custom_ops import CUSTOM_PRUNERS, ChannelSelect
 from .errors import SpecError, UnsupportedModelError
 
@@ -74,6 +75,8 @@ class Analysis:
     macs: float = 0.0  # the whole model's MACs at batch 1, counted in the analysing forward pass
     # groups left unpruned because their indices do not fit their layers: root layer, channels, why
     frozen: list[dict[str, object]] = field(default_factory=list)
+    # index entries Torch-Pruning's group walks were estimated to carry before they ran (trace_cost.py): at most
+    trace_entries: int = 0
 
     @property
     def prunable_channels(self) -> int:
@@ -168,6 +171,16 @@ def analyse(model: nn.Module, example: torch.Tensor, protect: list[str]) -> Anal
 
     groups: list[GroupInfo] = []
     frozen: list[dict[str, object]] = []
+    # estimated before Torch-Pruning walks it: a root whose index lists run away is kept whole, not traced
+    cost = trace_cost.estimate(graph, ignored, (*COUNTED, ChannelSelect))
+    for module, entries in cost.runaway.items():
+        ignored.append(module)
+        pruner = graph.get_pruner_of_module(module)
+        frozen.append({"root": names.get(module, type(module).__name__),
+                       "channels": pruner.get_out_channels(module) if pruner else None,
+                       "reason": f"tracing its channels runs away: past {entries:,} index entries (over "
+                                 f"{entries * trace_cost.BYTES_PER_ENTRY / (1 << 30):.0f} GB) through reshapes "
+                                 "that feed back into each other, as in attention; kept whole"})
     for group in graph.get_all_groups(ignored_layers=ignored, root_module_types=(*COUNTED, ChannelSelect)):
         root_module = group[0].dep.target.module
         root = names.get(root_module)
@@ -197,7 +210,7 @@ def analyse(model: nn.Module, example: torch.Tensor, protect: list[str]) -> Anal
         raise UnsupportedModelError(
             "nothing is prunable: every layer is protected or feeds the output directly"
         )
-    return Analysis(graph, groups, costs, protected, macs, frozen)
+    return Analysis(graph, groups, costs, protected, macs, frozen, cost.entries)
 
 
 MIXING = (nn.modules.conv._ConvNd, nn.Linear)

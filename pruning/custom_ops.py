@@ -88,4 +88,22 @@ class SizedResize(nn.Module):
         return F.interpolate(x, size=size, mode=mode, align_corners=self.align_corners)
 
 
+
+class ShapedReshape(nn.Module):
+    """ONNX `Reshape` to a shape computed in the graph (a window partition's `(B, H / 7, 7, W / 7, 7, C)` read off
+    another tensor). onnx2torch's module exports through a custom function whose output a re-export types at the
+    traced sizes, and ONNX shape inference then folds every `Shape` read downstream of it into a constant: Swin
+    came back running at the traced batch only. Here the reshape is traced as torch's own, with the sizes kept
+    traced values, so they stay computed in the file."""
+
+    def forward(self, x: torch.Tensor, shape: torch.Tensor) -> torch.Tensor:
+        n = int(shape.numel())
+        if torch.jit.is_tracing():
+            if x.dim() >= n:  # ONNX's 0: this axis as the input has it
+                shape = torch.where(shape == 0, torch._shape_as_tensor(x)[:n].to(shape.dtype), shape)
+            return torch.reshape(x, [shape[i] for i in range(n)])
+        sizes = [int(v) for v in shape.tolist()]
+        return torch.reshape(x, [x.shape[i] if v == 0 else v for i, v in enumerate(sizes)])
+
+
 CUSTOM_PRUNERS: dict[type, tp.pruner.function.BasePruningFunc] = {ChannelSelect: ChannelSelectPruner()}

@@ -252,6 +252,24 @@ def sized_resizes(gm: fx.GraphModule) -> int:
     return changed
 
 
+def shaped_reshapes(gm: fx.GraphModule) -> int:
+    """onnx2torch's `Reshape` to a computed shape becomes `ShapedReshape`, which keeps the shape computed in a
+    re-export (see custom_ops.ShapedReshape); a reshape to a constant shape is left as it is."""
+    from .custom_ops import ShapedReshape
+
+    changed = 0
+    for node in gm.graph.nodes:
+        m = _module(gm, node)
+        if _kind(m) != "OnnxReshape" or len(node.args) != 2 or _constant(gm, node.args[1]) is not None:
+            continue
+        parent, _, name = str(node.target).rpartition(".")
+        setattr(gm.get_submodule(parent) if parent else gm, name, ShapedReshape())
+        changed += 1
+    if changed:
+        gm.recompile()
+    return changed
+
+
 def _finish(gm: fx.GraphModule) -> None:
     gm.graph.eliminate_dead_code()
     gm.graph.lint()
@@ -262,6 +280,7 @@ def _finish(gm: fx.GraphModule) -> None:
 def run_all(gm: nn.Module, example: torch.Tensor) -> nn.Module:
     if isinstance(gm, fx.GraphModule):
         sized_resizes(gm)
+        shaped_reshapes(gm)
         channel_splits(gm, example)
         channel_routes(gm, example)
         linearize_matmuls(gm)

@@ -210,6 +210,7 @@ def _prune(
                 base_total = analysis.macs if kind == "macs" else _measure(net, example, kind)
                 extra["protected_layers"] = analysis.protected
                 extra["frozen_groups"] = analysis.frozen
+                extra["tracing_index_entries"] = analysis.trace_entries  # estimated before it ran, at most
         with run.stage("score", 0.15 + base, f"scoring channels with {spec.signal_name}"):
             ctx = ScoringContext(
                 model=net, analysis=analysis, calibration=calibration, teacher=original,

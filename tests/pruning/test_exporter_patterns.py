@@ -223,3 +223,33 @@ def test_symbolic_dimensions_take_the_size_of_the_calibration_data():
     result = prune(buf.getvalue(), SPEC, calibration=Dataset(x, None))
     assert result.report["input_shape"] == [1, 3, 48, 96]
     assert result.report["input_shapes_checked"][1] == [1, 3, 80, 128]
+
+
+def test_attention_whose_tracing_runs_away_is_kept_whole_and_the_rest_pruned():
+    # Ultralytics' PSA block (YOLO11's C2PSA): a feature map reshaped into heads and tokens, multiplied with
+    # itself and reshaped back. Torch-Pruning's group walk doubles its index lists at every turn of that loop
+    # (YOLO11n: past 8 GiB in seconds); estimated first, the block's roots are kept whole
+    import torch
+    from torch import nn
+    from ultralytics.nn.modules.block import C2PSA
+
+    class WithAttention(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem = nn.Sequential(nn.Conv2d(3, 64, 3, 2, 1), nn.BatchNorm2d(64), nn.SiLU(),
+                                      nn.Conv2d(64, 128, 3, 2, 1), nn.BatchNorm2d(128), nn.SiLU())
+            self.psa = C2PSA(128, 128)
+            self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(128, 10))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.psa(self.stem(x)))
+
+    torch.manual_seed(0)
+    data = torch_onnx(WithAttention().eval(), (1, 3, 64, 64)).SerializeToString()
+    result = prune(data, PruneSpec.model_validate({**SPEC.model_dump(), "limits": {"memory_gb": 4}}))
+    r = result.report
+    runaway = [g for g in r["frozen_groups"] if "runs away" in g["reason"]]
+    assert runaway and all("attn" in g["root"] for g in runaway), r["frozen_groups"]
+    assert r["macs_after"] <= 0.6 * r["macs_before"], r["macs_after"] / r["macs_before"]
+    assert 0 < r["tracing_index_entries"] < 10_000_000
+    assert _interface(result.onnx) == _interface(data)

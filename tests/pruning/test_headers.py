@@ -72,7 +72,7 @@ def test_safetensors_header_matches_the_importer(tmp_path):
     (b"\x00\x01garbage" * 100, BadModelError, "ONNX"),
     (np.random.default_rng(0).bytes(4096), BadModelError, "ONNX"),
     (_onnx(external=True), BadModelError, "external"),
-    (_onnx(opset=6), BadModelError, "opset"),
+    (_onnx(opset=6), UnsupportedModelError, "opset"),
     (_onnx(inputs=2), UnsupportedModelError, "2 inputs"),
     (_onnx(weight_elements=3000)[:-200], BadModelError, "ONNX"),
 ])

@@ -79,3 +79,18 @@ def test_a_vision_transformer_prunes_its_mlps_and_freezes_the_fused_qkv(name):
     layers = {layer["name"]: layer for layer in r["layers"]}
     fc1 = [n for n in layers if "mlp_fc1" in n]
     assert fc1 and all(layers[n]["channels_after"] < layers[n]["channels_before"] for n in fc1)
+
+
+@pytest.mark.slow
+def test_a_swin_transformer_prunes_and_runs_at_any_batch():
+    # windows partitioned by reshapes to shapes read off the tensor: re-exported by onnx2torch's own Reshape, every
+    # shape downstream was folded at the traced batch and the model ran at batch 1 only (custom_ops.ShapedReshape)
+    import timm
+
+    from tests.pruning.exporters import _export_bytes
+
+    model = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False, num_classes=10, img_size=56,
+                              embed_dim=32, depths=(2, 2), num_heads=(2, 4), window_size=7)
+    r = _check(_export_bytes(model.eval(), (1, 3, 56, 56)))  # run at batch 1 and 2
+    fc1 = [layer for layer in r["layers"] if "mlp_fc1" in layer["name"]]
+    assert fc1 and all(layer["channels_after"] < layer["channels_before"] for layer in fc1)
