@@ -160,6 +160,40 @@ def channel_routes(gm: fx.GraphModule, example: torch.Tensor) -> int:
     return changed
 
 
+def channel_broadcasts(gm: fx.GraphModule, example: torch.Tensor) -> int:
+    """An elementwise op between a one-channel map and a C-channel one (MobileViTv2's attention scores times its
+    keys) gets the one channel spread to C by a `ChannelSelect`. Torch-Pruning takes both operands of an
+    elementwise op to share their channels, so it paired the keys' channel indices with the single score channel
+    and pruned that to nothing; spread, the C copies go with the keys and the one channel stays on its own."""
+    from .custom_ops import ChannelSelect
+
+    rec = _Recorder(gm)
+    with torch.no_grad():
+        rec.run(example)
+    values = rec.values
+    changed = 0
+    for node in list(gm.graph.nodes):
+        if _kind(_module(gm, node)) not in ELEMENTWISE or len(node.args) != 2:
+            continue
+        if not all(isinstance(a, fx.Node) and _is_nchw(values.get(a)) for a in node.args):
+            continue
+        a, b = (values[arg] for arg in node.args)
+        assert isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)
+        if sorted((a.shape[1], b.shape[1]))[0] != 1 or a.shape[1] == b.shape[1]:
+            continue
+        one = 0 if a.shape[1] == 1 else 1
+        channels = int(max(a.shape[1], b.shape[1]))
+        name = f"channel_broadcast_{changed}"
+        gm.add_submodule(name, ChannelSelect(1, [0] * channels))
+        with gm.graph.inserting_before(node):
+            spread = gm.graph.call_module(name, (node.args[one],))
+        node.args = tuple(spread if i == one else arg for i, arg in enumerate(node.args))
+        changed += 1
+    if changed:
+        _finish(gm)
+    return changed
+
+
 def _selection(
     gm: fx.GraphModule, chain: list[fx.Node], start: fx.Node, values: dict[fx.Node, object], x: torch.Tensor
 ) -> list[int] | None:
@@ -283,6 +317,7 @@ def run_all(gm: nn.Module, example: torch.Tensor) -> nn.Module:
         shaped_reshapes(gm)
         channel_splits(gm, example)
         channel_routes(gm, example)
+        channel_broadcasts(gm, example)
         linearize_matmuls(gm)
         parametrize_constants(gm)
     return gm

@@ -452,7 +452,12 @@ def _plan_and_apply(
         run.check()
         plan = planner.search(aim, spec.scope)
         candidate = _apply(copies, plan.removed, ctx)
-        candidate_total = _measure(candidate[0], example, kind)
+        try:
+            candidate_total = _measure(candidate[0], example, kind)
+        except RuntimeError as e:
+            if limits.out_of_memory(e):
+                raise
+            raise _breaks_at(candidate[0], example, e) from None
         measured = candidate_total / (base_total if kind != "channels" else current)
         if measured <= goal + 1e-9:
             best = (*candidate, candidate_total)
@@ -589,6 +594,28 @@ def _drop_zero_routes(model: nn.Module, graph: object) -> None:
                 break
         else:
             return
+
+
+def _breaks_at(model: nn.Module, example: torch.Tensor, error: RuntimeError) -> UnsupportedModelError:
+    """A pruned copy that no longer runs: the dependency graph mis-maps this model's channels somewhere (a
+    coupling it does not see, a reshape it maps wrongly). That is the engine's limit, said naming the layer where
+    the shapes stop fitting (found by running it again, hooked), not an internal error."""
+    entered: list[str] = []
+    names = {m: n for n, m in model.named_modules()}
+    hooks = [m.register_forward_pre_hook(lambda mod, _args: entered.append(names.get(mod, "?")))
+             for m in model.modules() if not list(m.children())]
+    try:
+        with torch.no_grad():
+            model(example)
+    except RuntimeError:
+        pass
+    finally:
+        for h in hooks:
+            h.remove()
+    where = entered[-1] if entered else "?"
+    return UnsupportedModelError(
+        f"pruning breaks this model at {where!r} ({' '.join(str(error).split())[:160]}): the dependency graph "
+        "does not map its channels there; protect the layers that feed it (--protect)")
 
 
 def _measure(model: nn.Module, example: torch.Tensor, kind: str) -> float:

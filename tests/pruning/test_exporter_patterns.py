@@ -253,3 +253,33 @@ def test_attention_whose_tracing_runs_away_is_kept_whole_and_the_rest_pruned():
     assert r["macs_after"] <= 0.6 * r["macs_before"], r["macs_after"] / r["macs_before"]
     assert 0 < r["tracing_index_entries"] < 10_000_000
     assert _interface(result.onnx) == _interface(data)
+
+
+def test_a_one_channel_map_broadcast_over_many_is_not_paired_with_their_channels():
+    # MobileViTv2's separable attention: one score channel times C key channels. Torch-Pruning pairs the operands
+    # of an elementwise op channel for channel, and pruned the single score channel to nothing
+    import torch
+    from torch import nn
+
+    class Attention(nn.Module):
+        def __init__(self, d: int = 32) -> None:
+            super().__init__()
+            self.d = d
+            self.stem = nn.Sequential(nn.Conv2d(3, d, 3, 2, 1), nn.BatchNorm2d(d), nn.ReLU())
+            self.qkv = nn.Conv2d(d, 1 + 2 * d, 1)
+            self.out = nn.Conv2d(d, d, 1)
+            self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(d, 10))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = self.stem(x)
+            q, k, v = self.qkv(x).split([1, self.d, self.d], dim=1)
+            scores = q.flatten(2).softmax(-1).view_as(q)
+            context = (k * scores).sum((2, 3), keepdim=True)
+            return self.head(self.out(v.relu() * context) + x)
+
+    torch.manual_seed(0)
+    data = torch_onnx(Attention().eval(), (1, 3, 32, 32)).SerializeToString()
+    result = prune(data, SPEC)
+    r = result.report
+    assert r["macs_after"] <= 0.6 * r["macs_before"]
+    assert _interface(result.onnx) == _interface(data)

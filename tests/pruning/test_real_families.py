@@ -94,3 +94,13 @@ def test_a_swin_transformer_prunes_and_runs_at_any_batch():
     r = _check(_export_bytes(model.eval(), (1, 3, 56, 56)))  # run at batch 1 and 2
     fc1 = [layer for layer in r["layers"] if "mlp_fc1" in layer["name"]]
     assert fc1 and all(layer["channels_after"] < layer["channels_before"] for layer in fc1)
+
+
+@pytest.mark.slow
+def test_a_model_whose_channels_the_graph_mismaps_is_refused_as_unsupported_naming_the_layer():
+    # MobileViTv2: the unfolded patches' residual add pairs channels Torch-Pruning maps through a reshape wrongly,
+    # and the pruned copy no longer runs; said as the engine's limit (exit 6), not as an internal error
+    from secateurs.pruning.errors import UnsupportedModelError
+
+    with pytest.raises(UnsupportedModelError, match=r"^pruning breaks this model at '.*transformer.*' \(The size"):
+        prune(timm_onnx("mobilevitv2_050", 256), SPEC)
