@@ -331,10 +331,24 @@ def task_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None,
     if teacher is not None:
         with torch.no_grad():
             target = _logits(teacher(x)).float()
-        return F.kl_div(F.log_softmax(out / temperature, 1), F.softmax(target / temperature, 1),
-                        reduction="batchmean") * temperature**2
+        return distill_loss(out, target, temperature)
     assert y is not None
     return F.cross_entropy(out, y)
+
+
+def distill_loss(out: torch.Tensor, target: torch.Tensor, temperature: float = 4.0) -> torch.Tensor:
+    """How far the student's outputs are from the teacher's, in the terms of what the outputs are. Logits: KL at
+    a temperature over each row, scaled by its square. Probabilities a Softmax already made (every row in [0, 1]
+    summing to 1): KL of their logs. Probabilities of a Sigmoid (a text or heat map, multi-label scores: in
+    [0, 1], rows not summing to 1): binary cross-entropy per value. A softmax over such a map's values would
+    see a map shifted as a whole (blank where the teacher has text) as no loss at all."""
+    if float(target.min()) >= 0.0 and float(target.max()) <= 1.0:
+        eps = 1e-6
+        if torch.allclose(target.sum(1), torch.ones_like(target[:, 0]), atol=1e-3):
+            return F.kl_div(out.clamp_min(eps).log(), target, reduction="batchmean")
+        return F.binary_cross_entropy(out.clamp(eps, 1 - eps), target)
+    return F.kl_div(F.log_softmax(out / temperature, 1), F.softmax(target / temperature, 1),
+                    reduction="batchmean") * temperature**2
 
 
 def train(model: nn.Module, data: Dataset, *, teacher: nn.Module | None, epochs: float, lr: float,

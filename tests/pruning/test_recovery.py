@@ -225,3 +225,28 @@ def test_a_bf16_teacher_runs_the_module_and_answers_float32_close_to_float32():
     scale = float(exact.abs().max())
     assert torch.allclose(got, exact, atol=0.05 * scale), float((got - exact).abs().max()) / scale
     assert not torch.equal(got, exact)  # it did compute in bf16
+
+
+def test_distillation_compares_outputs_in_their_own_terms():
+    import torch
+    import torch.nn.functional as F
+    from secateurs.pruning.recovery import distill_loss
+
+    # a sigmoid text map the student lost as a whole (0.5 where the teacher says 0.9): a softmax over the map's
+    # values sees two uniform distributions and no loss; per-value cross-entropy sees it and pulls it back up
+    teacher = torch.full((2, 64), 0.9)
+    student = torch.full((2, 64), 0.5, requires_grad=True)
+    loss = distill_loss(student, teacher)
+    loss.backward()
+    assert float(loss) > 0.1 and bool((student.grad < 0).all())
+    assert float(distill_loss(teacher.clone(), teacher)) == pytest.approx(float(F.binary_cross_entropy(teacher, teacher)))
+
+    # probabilities a softmax made: KL of their logs, zero at agreement
+    p = torch.softmax(torch.randn(4, 10, generator=torch.Generator().manual_seed(0)), 1)
+    assert float(distill_loss(p.clone(), p)) == pytest.approx(0.0, abs=1e-6)
+    assert float(distill_loss(torch.full_like(p, 0.1), p)) > 0.01
+
+    # logits: KL at the temperature, scaled by its square
+    z, w = torch.randn(4, 10) * 5, torch.randn(4, 10) * 5
+    expected = F.kl_div(F.log_softmax(z / 4, 1), F.softmax(w / 4, 1), reduction="batchmean") * 16
+    assert float(distill_loss(z, w)) == pytest.approx(float(expected))
