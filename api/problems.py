@@ -39,6 +39,12 @@ def problem(status: int, detail: str, *, code: str | None = None, headers: dict[
     return JSONResponse(body, status_code=status, media_type=MEDIA, headers=headers)
 
 
+def field_code(field: str) -> str:
+    """The problem type of a refused field: a job's spec is `invalid-spec`, as the CLI says it; any other
+    `validation`."""
+    return "invalid-spec" if field.split(".")[0] == "spec" else "validation"
+
+
 def _field(loc: tuple[Any, ...]) -> str:
     parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
     # pydantic names union members (e.g. "str", "ComposedSignal"): not part of the user's field path
@@ -55,9 +61,7 @@ def install(app: FastAPI) -> None:
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         errors = [{"field": _field(tuple(e["loc"])), "message": e["msg"]} for e in exc.errors()]
         first = errors[0] if errors else {"field": "body", "message": "invalid request"}
-        # a job's spec the engine would refuse is `invalid-spec`, as the CLI's; any other field `validation`
-        code = "invalid-spec" if first["field"].split(".")[0] == "spec" else "validation"
-        return problem(422, f"{first['field']}: {first['message']}", code=code, errors=errors)
+        return problem(422, f"{first['field']}: {first['message']}", code=field_code(first["field"]), errors=errors)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -101,6 +101,14 @@ ROUTING = {"OnnxReshape", "OnnxTranspose", "OnnxSlice", "OnnxSliceV9", "OnnxSque
            "OnnxUnsqueezeStaticAxes"}
 
 
+def _values(gm: fx.GraphModule, example: torch.Tensor) -> dict[fx.Node, object]:
+    """Every node's value when the module runs on `example`."""
+    rec = _Recorder(gm)
+    with torch.no_grad():
+        rec.run(example)
+    return rec.values
+
+
 class _Recorder(fx.Interpreter):
     def __init__(self, gm: fx.GraphModule) -> None:
         super().__init__(gm)
@@ -120,10 +128,7 @@ def channel_routes(gm: fx.GraphModule, example: torch.Tensor) -> int:
     """Replace channel-only data movement by `ChannelSelect` (see the module docstring)."""
     from .custom_ops import ChannelSelect
 
-    rec = _Recorder(gm)
-    with torch.no_grad():
-        rec.run(example)
-    values = rec.values
+    values = _values(gm, example)
     changed = 0
     for end in list(gm.graph.nodes):
         if _kind(_module(gm, end)) not in ROUTING or not _is_nchw(values.get(end)):
@@ -167,10 +172,7 @@ def channel_broadcasts(gm: fx.GraphModule, example: torch.Tensor) -> int:
     and pruned that to nothing; spread, the C copies go with the keys and the one channel stays on its own."""
     from .custom_ops import ChannelSelect
 
-    rec = _Recorder(gm)
-    with torch.no_grad():
-        rec.run(example)
-    values = rec.values
+    values = _values(gm, example)
     changed = 0
     for node in list(gm.graph.nodes):
         if _kind(_module(gm, node)) not in ELEMENTWISE or len(node.args) != 2:
@@ -231,22 +233,20 @@ def channel_splits(gm: fx.GraphModule, example: torch.Tensor) -> int:
 
     from .custom_ops import ChannelSelect
 
-    rec = _Recorder(gm)
-    with torch.no_grad():
-        rec.run(example)
+    values = _values(gm, example)
     changed = 0
     for node in list(gm.graph.nodes):
         m = _module(gm, node)
         if _kind(m) not in SPLITS or not node.args or getattr(m, "axis", None) not in (1, -3):
             continue
-        src, out = node.args[0], rec.values.get(node)
-        if not isinstance(src, fx.Node) or not _is_nchw(rec.values.get(src)) or not isinstance(out, (tuple, list)):
+        src, out = node.args[0], values.get(node)
+        if not isinstance(src, fx.Node) or not _is_nchw(values.get(src)) or not isinstance(out, (tuple, list)):
             continue
         users = list(node.users)
         if not all(u.op == "call_function" and u.target is operator.getitem and isinstance(u.args[1], int)
                    for u in users):
             continue
-        channels = int(rec.values[src].shape[1])  # type: ignore[union-attr]
+        channels = int(values[src].shape[1])  # type: ignore[union-attr]
         offsets = [0]
         for chunk in out:
             offsets.append(offsets[-1] + int(chunk.shape[1]))

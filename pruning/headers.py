@@ -221,6 +221,13 @@ def _tensor(f: BinaryIO, end: int) -> tuple[str, bool]:
     return name, external
 
 
+def refuse_old_opset(opset: int) -> None:
+    """An opset older than any the engine upgrades from: a valid model it cannot take (upload, CLI and engine)."""
+    if opset < MIN_OPSET:
+        raise UnsupportedModelError(f"ONNX opset {opset} is too old (the oldest taken is {MIN_OPSET}): re-export "
+                                    "with opset 13 or newer")
+
+
 def _refuse_external(name: str, external: bool) -> None:
     if external:
         raise BadModelError(
@@ -356,9 +363,7 @@ def _read_onnx(f: BinaryIO, size: int) -> ModelHeader:
         raise BadModelError("not an ONNX model (no graph nodes); " + SEND_INSTEAD)
     if opset is None:
         raise BadModelError("the ONNX model declares no default-domain opset")
-    if opset < MIN_OPSET:
-        raise UnsupportedModelError(f"ONNX opset {opset} is too old (the oldest taken is {MIN_OPSET}): re-export "
-                                    "with opset 13 or newer")
+    refuse_old_opset(opset)
     if not outputs:
         raise BadModelError("the ONNX graph has no outputs")
     graph_inputs = [(name, dims) for name, dims in inputs if name not in initializers]

@@ -17,8 +17,10 @@ import resource
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import get_args
 
 from .errors import PruningError
+from .spec import Stage
 
 _CAP_HELD = threading.Lock()
 DEFAULT_FRACTION = 0.6  # of the machine's memory, when neither the spec nor the configuration says
@@ -141,7 +143,7 @@ HINTS = {
 }
 
 
-STAGES = ("import", "plan", "analyse", "score", "recover", "export", "verify", "report", "fidelity")
+STAGES = get_args(Stage)
 #: Wall time of one pass through a stage when neither the spec nor SECATEURS_STAGE_MINUTES says: tracing is where a
 #: model runs away (index lists exploding where a feature map is flattened into attention) without a word
 DEFAULT_STAGE_MINUTES = {"analyse": 20.0}

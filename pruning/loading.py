@@ -23,7 +23,7 @@ from torch import nn
 from . import frozen, prepasses, zoo
 from .errors import BadModelError, InputError, SpecError, UnsupportedModelError
 from .frozen import FrozenRegion
-from .headers import MAX_TENSOR_ELEMENTS, MIN_OPSET, SEND_INSTEAD
+from .headers import MAX_TENSOR_ELEMENTS, SEND_INSTEAD, refuse_old_opset
 from .headers import sniff as _sniff_file
 
 
@@ -145,9 +145,7 @@ def _load_onnx(data: bytes, input_shape: list[int] | None, data_shape: list[int]
         raise BadModelError("not an ONNX model (no graph nodes); " + SEND_INSTEAD)
     _refuse_external_data(proto)
     opset = prepasses.default_opset(proto)
-    if opset < MIN_OPSET:
-        raise UnsupportedModelError(f"ONNX opset {opset} is too old (the oldest taken is {MIN_OPSET}): re-export "
-                                    "with opset 13 or newer")
+    refuse_old_opset(opset)
     try:
         onnx.checker.check_model(proto, full_check=True)
     except Exception as e:

@@ -29,7 +29,7 @@ import numpy as np
 import onnx
 
 from .errors import BadModelError, UnsupportedModelError
-from .headers import MIN_OPSET
+from .headers import refuse_old_opset
 
 UPGRADE_BELOW = 13  # older graphs are upgraded: onnx2torch converts opset 13 and newer faithfully
 UPGRADE_TO = 17
@@ -126,9 +126,7 @@ def prepare(proto: onnx.ModelProto, shapes: dict[str, list[int]]) -> Prepared:
         raise BadModelError(f"ONNX Runtime cannot run the model: {_first_line(e)}") from None
     result = Prepared(proto, feed, expected)
     opset = default_opset(proto)
-    if opset < MIN_OPSET:
-        raise BadModelError(f"ONNX opset {opset} is too old (the oldest taken is {MIN_OPSET}): re-export with opset 13 "
-                            "or newer")
+    refuse_old_opset(opset)
     if opset < UPGRADE_BELOW:
         result.proto = _upgrade(proto, opset, expected, feed)
         result.passes.append({"pass": "opset-upgrade", "from": opset, "to": UPGRADE_TO, "checked": "onnxruntime"})

@@ -148,6 +148,10 @@ class Fidelity(_Strict):
         "output's metric (1 = one point of top-1 agreement, or IoU 0.99); past it the job fails with the report.")
 
 
+#: The stages of a job, as progress reports them and `limits.stage_minutes` caps them.
+Stage = Literal["import", "plan", "analyse", "score", "recover", "export", "verify", "report", "fidelity"]
+
+
 class Limits(_Strict):
     """What one job may use; past either it fails with the stage and the figure reached (pruning/limits.py)."""
 
@@ -157,8 +161,7 @@ class Limits(_Strict):
         "(SECATEURS_JOB_MEMORY_GB), else 60% of the machine's memory.")
     minutes: float | None = Field(None, gt=0, le=7 * 24 * 60, description="Wall time for the whole job; null: "
                                   "no limit of its own (the service's job time limit still applies).")
-    stage_minutes: dict[Literal["import", "plan", "analyse", "score", "recover", "export", "verify", "report",
-                                "fidelity"], float] | None = Field(
+    stage_minutes: dict[Stage, float] | None = Field(
         None, description="Wall time of each pass through a stage, e.g. {\"analyse\": 5}; null: the configured "
         "caps (SECATEURS_STAGE_MINUTES), else 20 minutes for analyse (dependency tracing) and none for the others.")
 

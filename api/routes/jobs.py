@@ -33,7 +33,7 @@ from sqlalchemy.exc import IntegrityError
 
 from .. import pagination
 from ..deps import CurrentTenant, SessionDep, StorageDep
-from ..problems import Problem
+from ..problems import Problem, field_code
 from ..schemas import TERMINAL, JobCreate, event_out, job_out, json_object
 from .events import router as events_router
 from .models import delete_objects, owned
@@ -45,8 +45,7 @@ ARTIFACTS = ("model.onnx", "report.json")
 
 
 def _invalid(field: str, message: str) -> Problem:
-    code = "invalid-spec" if field.split(".")[0] == "spec" else "validation"
-    return Problem(422, f"{field}: {message}", code=code, errors=[{"field": field, "message": message}])
+    return Problem(422, f"{field}: {message}", code=field_code(field), errors=[{"field": field, "message": message}])
 
 
 def _check(body: JobCreate, tenant_id: str, session: SessionDep, settings: Any) -> None:
