@@ -105,6 +105,11 @@ def summary(r: dict[str, Any], out: Path) -> str:
         lines.append(f"fidelity budget {f['max_drop']:g} points: {'held' if f['held'] else 'missed'}")
     if f and not f.get("measured"):
         lines.append("fidelity not measured")
+    search = r.get("search")
+    if search and "chosen_macs_fraction" in search:
+        tried = ", ".join(f"{p['macs_fraction']:g}{'' if p['held'] else ' (over)'}" for p in search["points"])
+        lines.append(f"budget search chose macs {search['chosen_macs_fraction']:g} of {len(search['points'])} "
+                     f"tried ({tried}) in {search['seconds']:.0f} s")
     lines.append(f"wrote {out}")
     return "\n".join(lines)
 

@@ -47,6 +47,10 @@ class SpecError(InputError):
     code = "invalid-spec"
 
 
+class TargetUnreachable(SpecError):
+    """A size target below what the protected layers and the layer floor allow."""
+
+
 class Cancelled(PruningError):
     """The cancel check said stop; raised between steps."""
 

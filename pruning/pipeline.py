@@ -16,16 +16,24 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from . import fidelity, frozen, limits, onnx_tools, recovery
+from . import fidelity, frozen, limits, onnx_tools, recovery, search
 from .analysis import COUNTED, Analysis, analyse
 from .custom_ops import CUSTOM_PRUNERS, ChannelSelect
 from .data import Dataset
-from .errors import BadDataError, Cancelled, FidelityError, PruningError, SpecError, UnsupportedModelError
+from .errors import (
+    BadDataError,
+    Cancelled,
+    FidelityError,
+    PruningError,
+    SpecError,
+    TargetUnreachable,
+    UnsupportedModelError,
+)
 from .loading import LoadedModel, load_model, second_shape
 from .planner import Planner
 from .signals import ScoringContext, make_scorer
 from .signals.compose import composed
-from .spec import PruneSpec
+from .spec import PruneSpec, Target
 
 Progress = Callable[[str, float, str, dict[str, Any]], None]
 CancelCheck = Callable[[], bool]
@@ -38,6 +46,7 @@ class PruneResult:
     onnx: bytes
     report: dict[str, Any]
     model: nn.Module = field(repr=False)
+    original: bytes | None = field(default=None, repr=False)  # the original as ONNX, as it was compared
 
 
 class _Run:
@@ -52,6 +61,7 @@ class _Run:
         self.memory_gb = spec.limits.memory_gb or limits.default_memory_gb()
         self.cap: limits.MemoryCap | None = None
         self.current = "import"
+        self.span = (0.0, 1.0)  # the part of the job's progress a budget-search probe reports in
 
     def check(self) -> None:
         if self.should_cancel is not None and self.should_cancel():
@@ -72,7 +82,8 @@ class _Run:
 
     def tell(self, stage: str, fraction: float, message: str, **metrics: Any) -> None:
         if self.progress is not None:
-            self.progress(stage, min(max(fraction, 0.0), 1.0), message, metrics)
+            lo, hi = self.span
+            self.progress(stage, lo + (hi - lo) * min(max(fraction, 0.0), 1.0), message, metrics)
 
     @contextmanager
     def stage(self, name: str, fraction: float, message: str):  # type: ignore[no-untyped-def]
@@ -136,14 +147,15 @@ def _prune(
     evaluation: Dataset | None,
     device: str | None,
 ) -> PruneResult:
+    if spec.searches:
+        return _search(run, model, spec, arch=arch, num_classes=num_classes, calibration=calibration,
+                       evaluation=evaluation, device=device)
+    target = spec.target
+    assert target is not None  # set unless the spec searches
     torch.manual_seed(0)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     with run.stage("import", 0.0, "reading the model"):
-        data = calibration if calibration is not None else evaluation
-        loaded = model if isinstance(model, LoadedModel) else load_model(
-            model, arch=arch, num_classes=num_classes, input_shape=spec.input_shape,
-            data_shape=None if data is None else list(data.x.shape),
-        )
+        loaded = _load(model, spec, arch, num_classes, calibration if calibration is not None else evaluation)
         _check_data_fits(loaded, calibration, "calibration")
         _check_data_fits(loaded, evaluation, "evaluation")
         if spec.needs_data and calibration is None:
@@ -185,8 +197,8 @@ def _prune(
         example = example.to(dev)
 
     channels_before = _channels(net)
-    kind = spec.target.kind
-    goal = spec.target.value
+    kind = target.kind
+    goal = target.value
     steps = spec.schedule.steps
     latency_goal: dict[str, Any] = {}
     if kind == "latency_ms":
@@ -236,7 +248,7 @@ def _prune(
             with run.stage("recover", 0.3 + base, "re-estimating BatchNorm between rounds"):
                 recovery.bn_recalibrate(net, calibration, samples=spec.calibration.samples, device=dev)
     run.tell("apply", 0.5, "channels removed", **{f"{kind}_fraction": total / max(base_total, 1e-9)})
-    kind, goal = spec.target.kind, spec.target.value
+    kind, goal = target.kind, target.value
 
     method = spec.recovery.method
     if (method != "none" or options.get("reconstruct")) and calibration is not None:
@@ -272,7 +284,7 @@ def _prune(
         report: dict[str, Any] = {
             "signal": spec.signal_name,
             "signal_spec": spec.model_dump(mode="json")["signal"],
-            "target": spec.target.model_dump(exclude_none=True),
+            "target": target.model_dump(exclude_none=True),
             "scope": spec.scope,
             "source": loaded.source,
             "arch": loaded.arch,
@@ -303,12 +315,12 @@ def _prune(
                 sum(after.per_node.get(n.name or n.output[0], 0) for n in loaded.frozen.nodes))
             # the target applies to the part that can be pruned; the frozen nodes keep what they cost
             report["prunable_kept"] = total / base_total if base_total else 1.0
-        if spec.target.kind in ("macs", "params"):
+        if target.kind in ("macs", "params"):
             kept = report["prunable_kept"] if loaded.frozen is not None else report[f"{kind}_kept"]
             report["target_met"] = kept <= goal + 1e-9
-        elif spec.target.kind == "latency_ms":
-            report["latency_target_ms"] = spec.target.value
-            report["target_met"] = lat_after <= spec.target.value * 1.05
+        elif target.kind == "latency_ms":
+            report["latency_target_ms"] = target.value
+            report["target_met"] = lat_after <= target.value * 1.05
     with run.stage("fidelity", 0.97, "checking the pruned model against the original"):
         check = evaluation if evaluation is not None else held_out
         source = "evaluation" if evaluation is not None else "held-out calibration"
@@ -325,8 +337,140 @@ def _prune(
             f"the pruned model lost {worst['drop_points']:.2f} points of {worst['metric']} on output "
             f"{worst['output']!r} against the original ({worst['value']:.4f} on {worst['samples']} "
             f"{report['fidelity']['data']} samples), over the budget of {spec.fidelity.max_drop:g}", report)
+    if run.span == (0.0, 1.0):  # a budget-search probe is not the job's end
+        run.tell("done", 1.0, "finished", macs_kept=report["macs_kept"])
+    return PruneResult(after_onnx, report, net, before_onnx)
+
+
+def _search(
+    run: _Run,
+    model: bytes | LoadedModel,
+    spec: PruneSpec,
+    *,
+    arch: str | None,
+    num_classes: int | None,
+    calibration: Dataset | None,
+    evaluation: Dataset | None,
+    device: str | None,
+) -> PruneResult:
+    """fidelity.max_drop without a target: the smallest MACs fraction whose pruned (and recovered) model stays
+    within the budget (search.py). Probes are measured on data set apart for the search; the model chosen is then
+    checked once more on data neither the search nor any signal or recovery step saw, and only that check decides."""
+    max_drop = spec.fidelity.max_drop
+    assert max_drop is not None
+    with run.stage("import", 0.0, "reading the model"):
+        loaded = _load(model, spec, arch, num_classes, calibration if calibration is not None else evaluation)
+        fit, probe_on, probe_source, final, final_source = _search_data(calibration, evaluation)
+    budget = spec.fidelity.search_minutes * 60
+    probes = spec.fidelity.search_probes
+    started = time.monotonic()
+
+    def probe(fraction: float) -> search.Probe:
+        done = len(points)
+        run.span = (0.02 + 0.9 * done / probes, 0.02 + 0.9 * (done + 1) / probes)
+        sub = spec.model_copy(update={"target": Target(macs=fraction),
+                                      "fidelity": spec.fidelity.model_copy(update={"max_drop": None})})
+        t0 = time.monotonic()
+        try:
+            result = _prune(run, loaded, sub, arch=arch, num_classes=num_classes, calibration=fit,
+                            evaluation=probe_on, device=device)
+        except TargetUnreachable as e:
+            return search.Probe(fraction, False, time.monotonic() - t0, reason=str(e))
+        finally:
+            run.span = (0.0, 1.0)
+        outputs = result.report["fidelity"]["outputs"]
+        drop = max(o["drop_points"] for o in outputs)
+        return search.Probe(fraction, drop <= max_drop + 1e-9, time.monotonic() - t0, drop_points=drop,
+                            macs_kept=result.report["macs_kept"], result=result, report=result.report)
+
+    points: list[dict[str, Any]] = []
+
+    def tell(p: search.Probe, i: int) -> None:
+        points.append(p.point())
+        verdict = "within" if p.held else "over"
+        figure = f"drop {p.drop_points:.2f} points, {verdict} the budget" if p.drop_points is not None else p.reason
+        run.tell("search", 0.02 + 0.9 * (i + 1) / probes, f"probe {i + 1}: macs {p.fraction:.3f}: {figure}",
+                 **p.point())
+
+    outcome = search.run(probe, probes=probes, seconds=budget, on_probe=tell)
+    summary: dict[str, Any] = {
+        "max_drop": max_drop, "points": points, "stopped": outcome.stopped,
+        "seconds": round(time.monotonic() - started, 2), "probe_data": probe_source, "probe_samples": len(probe_on),
+        "fit_samples": 0 if fit is None else len(fit),
+    }
+    if outcome.best is None:
+        # the report of the probe that came closest (the largest fraction with figures), with the search's points
+        measured = [p for p in outcome.probes if p.report is not None]
+        closest = max(measured, key=lambda p: p.fraction).report if measured else {}
+        raise FidelityError(
+            f"no compression tried stays within fidelity.max_drop {max_drop:g} ("
+            + ", ".join(f"macs {p.fraction:.3f}: " + (f"lost {p.drop_points:.2f} points" if p.drop_points is not None
+                                                       else "cannot be reached") for p in outcome.probes)
+            + "): allow a larger drop, add recovery, or keep the original",
+            {**(closest or {}), "search": summary})
+    chosen: PruneResult = outcome.best.result
+    summary["chosen_macs_fraction"] = round(outcome.best.fraction, 4)
+    report = chosen.report
+    report["search"] = summary
+    report["target"] = {"max_drop": max_drop, "macs": round(outcome.best.fraction, 4)}
+    with run.stage("fidelity", 0.95, "checking the chosen model against the original on data the search never saw"):
+        assert chosen.original is not None
+        report["fidelity"] = _fidelity(chosen.original, chosen.onnx, loaded, spec, final, final_source,
+                                       _fixed_batch(loaded, spec), "")
+        for key in ("agreement", "evaluated_samples", "evaluated_on", "accuracy_before", "accuracy_after"):
+            report.pop(key, None)
+        report.update(_legacy_fidelity(report["fidelity"], final_source))
+    report["stage_seconds"] = {k: round(v, 4) for k, v in run.seconds.items()}
+    if report["fidelity"].get("held") is False:
+        worst = max(report["fidelity"]["outputs"], key=lambda o: o["drop_points"])
+        raise FidelityError(
+            f"the model the search chose (macs {outcome.best.fraction:.3f}, {outcome.best.drop_points:.2f} points "
+            f"on the search's data) lost {worst['drop_points']:.2f} points of {worst['metric']} on output "
+            f"{worst['output']!r} on the {report['fidelity']['samples']} {final_source} samples, over the budget of "
+            f"{max_drop:g}", report)
     run.tell("done", 1.0, "finished", macs_kept=report["macs_kept"])
-    return PruneResult(after_onnx, report, net)
+    return chosen
+
+
+def _load(model: bytes | LoadedModel, spec: PruneSpec, arch: str | None, num_classes: int | None,
+          data: Dataset | None) -> LoadedModel:
+    if isinstance(model, LoadedModel):
+        return model
+    return load_model(model, arch=arch, num_classes=num_classes, input_shape=spec.input_shape,
+                      data_shape=None if data is None else list(data.x.shape))
+
+
+def _search_data(calibration: Dataset | None, evaluation: Dataset | None,
+                 ) -> tuple[Dataset | None, Dataset, str, Dataset, str]:
+    """(what signals and recovery see, what the search measures its probes on and its name, what the chosen model is
+    checked on and its name). The check is on the evaluation data if given, else on a held-out fifth of the calibration
+    data; the probes on a fifth of the calibration data left, else a fifth of the evaluation data."""
+    need = (f"the budget search (fidelity.max_drop without a target) needs evaluation data with at least "
+            f"{fidelity.MIN_TO_SPLIT} samples or at least {2 * fidelity.MIN_TO_SPLIT} calibration samples: a part "
+            "to measure its probes on, and another to check the chosen model on")
+    if calibration is None:
+        if evaluation is None:
+            raise SpecError("fidelity.max_drop needs data to measure the pruned model against the original on: "
+                            "calibration or evaluation data (--calib or --eval)")
+        final, probe_on = fidelity.split(evaluation)
+        if probe_on is None:
+            raise SpecError(need)
+        return None, probe_on, "part of the evaluation data", final, "evaluation"
+    if evaluation is not None:
+        fit, probe_on = fidelity.split(calibration)
+        if probe_on is not None:
+            return fit, probe_on, "held-out calibration", evaluation, "evaluation"
+        final, probe_on = fidelity.split(evaluation)
+        if probe_on is None:
+            raise SpecError(need)
+        return calibration, probe_on, "part of the evaluation data", final, "evaluation"
+    rest, final_part = fidelity.split(calibration)
+    if final_part is None:
+        raise SpecError(need)
+    fit, probe_on = fidelity.split(rest)
+    if probe_on is None:
+        raise SpecError(need)
+    return fit, probe_on, "held-out calibration", final_part, "held-out calibration"
 
 
 # ------------------------------------------------------------------------------------------- the stages
@@ -467,7 +611,7 @@ def _plan_and_apply(
         else:
             aim = aim * goal / measured * 0.999
     if best is None:
-        raise SpecError(
+        raise TargetUnreachable(
             f"target {kind}={goal:.3f} cannot be reached: even the smallest plan allowed by "
             f"layer_floor={spec.layer_floor} and the protected layers keeps more"
         )
@@ -514,7 +658,7 @@ def _latency_plan(
             break
     state["tried"] = tried
     if best is None:
-        raise SpecError(
+        raise TargetUnreachable(
             f"latency target {target:.3f} ms cannot be reached: the smallest plan tried ran in "
             f"{min(t['latency_ms'] for t in tried):.3f} ms (original {state['original_ms']:.3f} ms)"
         )

@@ -145,11 +145,16 @@ class Fidelity(_Strict):
         "output.")
     max_drop: float | None = Field(
         None, ge=0, le=100, description="The most the model may lose against the original, in points of each "
-        "output's metric (1 = one point of top-1 agreement, or IoU 0.99); past it the job fails with the report.")
+        "output's metric (1 = one point of top-1 agreement, or IoU 0.99); past it the job fails with the report. "
+        "Given without a target, the engine searches the smallest model that stays within it.")
+    search_minutes: float = Field(
+        30.0, gt=0, le=10080, description="The budget search's wall time (max_drop without a target): no probe "
+        "starts that the time left cannot hold.")
+    search_probes: int = Field(6, ge=2, le=20, description="The most compressions the budget search tries.")
 
 
 #: The stages of a job, as progress reports them and `limits.stage_minutes` caps them.
-Stage = Literal["import", "plan", "analyse", "score", "recover", "export", "verify", "report", "fidelity"]
+Stage = Literal["import", "search", "plan", "analyse", "score", "recover", "export", "verify", "report", "fidelity"]
 
 
 class Limits(_Strict):
@@ -191,7 +196,9 @@ class Measure(_Strict):
 
 class PruneSpec(_Strict):
     signal: str | ComposedSignal = "l2_norm"
-    target: Target = Field(default_factory=lambda: Target(macs=0.5))
+    target: Target | None = Field(
+        None, description="The budget kept. Null: macs 0.5, or with fidelity.max_drop, the smallest model within it "
+        "(a search).")
     scope: Literal["global", "local"] = "global"
     round_to: int | None = Field(
         None,
@@ -219,6 +226,18 @@ class PruneSpec(_Strict):
         max_length=6,
         description="One input's shape including batch, when the model does not fix it (e.g. [1,3,224,224]).",
     )
+
+    @model_validator(mode="after")
+    def _default_target(self) -> PruneSpec:
+        # Without a target, max_drop is the budget (a search); without either, half the MACs.
+        if self.target is None and self.fidelity.max_drop is None:
+            self.target = Target(macs=0.5)
+        return self
+
+    @property
+    def searches(self) -> bool:
+        """Whether the job searches the smallest model within fidelity.max_drop (no target given)."""
+        return self.target is None
 
     @field_validator("signal")
     @classmethod
