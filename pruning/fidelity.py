@@ -11,7 +11,8 @@ says the tensor holds probabilities or log-probabilities):
 - `detection` [N, 4 + C (+ extra), anchors], a YOLO-style head before NMS (boxes as cx, cy, w, h, then sigmoid
   class scores, recognised by the concatenation that makes it): mAP@0.5 of the pruned model's boxes after NMS
   against the original's boxes after NMS;
-- anything else (`values`: detection heads before NMS, embeddings, regressions): cosine similarity.
+- anything else (`values`: detection heads before NMS, embeddings, regressions): cosine similarity. An [N, D]
+  output that is normalised or pooled with no head after it is an embedding, not class scores.
 
 Each headline metric is 1.0 for the original against itself; its drop, in points, is 100 x (1 - value), the unit
 of the spec's `fidelity.max_drop`. Measured on data no signal or recovery step saw: the evaluation set, or a
@@ -48,13 +49,15 @@ class OutputKind:
                 "detection": "map50", "values": "cosine"}[self.kind]
 
 
-def split(calibration: Dataset) -> tuple[Dataset, Dataset | None]:
+def split(calibration: Dataset, most: int | None = None) -> tuple[Dataset, Dataset | None]:
     """(what signals and recovery may see, what fidelity is measured on): a seeded fifth of the samples (at least
-    MIN_HELD_OUT) is held out, or nothing when there are fewer than MIN_TO_SPLIT."""
+    MIN_HELD_OUT, at most `most`) is held out, or nothing when there are fewer than MIN_TO_SPLIT."""
     n = len(calibration)
     if n < MIN_TO_SPLIT:
         return calibration, None
     held = max(MIN_HELD_OUT, int(round(n * HELD_OUT_FRACTION)))
+    if most is not None:
+        held = max(MIN_HELD_OUT, min(held, most))
     order = np.random.default_rng(0).permutation(n)
     keep, out = np.sort(order[held:]), np.sort(order[:held])
 
@@ -79,6 +82,26 @@ def _activation(proto: onnx.ModelProto, name: str) -> str | None:
     if node is None:
         return None
     return {"Softmax": "softmax", "Sigmoid": "sigmoid", "LogSoftmax": "log_softmax"}.get(node.op_type)
+
+
+# What makes an [N, D] output an embedding rather than class scores: it is normalised (F.normalize exports as a
+# Div by a clipped ReduceL2), or pooled features with no head after them.
+EMBEDDING_OPS = {"Div", "LpNormalization", "GlobalAveragePool", "GlobalMaxPool", "ReduceMean", "ReduceMax",
+                 "ReduceL2"}
+
+
+def _embedding(proto: onnx.ModelProto, name: str, activation: str | None) -> bool:
+    """Whether an [N, D] output is an embedding (judged by cosine), not class scores, by the op that makes it
+    (shape-only ops passed over)."""
+    if activation is not None:
+        return False
+    by_output = _producers(proto)
+    node = by_output.get(name)
+    for _ in range(8):
+        if node is None or node.op_type not in ("Identity", "Reshape", "Flatten", "Squeeze", "Transpose"):
+            break
+        node = by_output.get(node.input[0])
+    return node is not None and node.op_type in EMBEDDING_OPS
 
 
 Shapes = Callable[[list[str]], list[tuple[int, ...]]]  # tensor names -> their shapes on the data
@@ -121,7 +144,7 @@ def infer_kinds(proto: onnx.ModelProto, shapes: list[tuple[int, ...]], batch_axe
         if rows is not None:
             kinds.append(OutputKind(out.name, "detection", None, b, rows))
             continue
-        if rank == 2 and b == 0 and shape[1] >= 2:
+        if rank == 2 and b == 0 and shape[1] >= 2 and not _embedding(proto, out.name, act):
             kind = "classes"
         elif rank == 4 and b == 0 and (shape[1] >= 2 or act == "sigmoid"):
             # one channel is a probability map only behind a sigmoid (a depth or image output is not)

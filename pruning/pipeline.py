@@ -251,9 +251,12 @@ def _prune(
     kind, goal = target.kind, target.value
 
     method = spec.recovery.method
+    kinds: list[fidelity.OutputKind] | None = None  # what each output is: read once, when first needed
     if (method != "none" or options.get("reconstruct")) and calibration is not None:
         with run.stage("recover", 0.55, f"recovering accuracy ({method})"):
-            extra["recovery"] = _recover(net, original, origin, calibration, spec, dev, run, options)
+            if method == "distill":
+                kinds = _output_kinds(before_onnx, loaded, spec, _probe_inputs(loaded, calibration))
+            extra["recovery"] = _recover(net, original, origin, calibration, spec, dev, run, options, kinds)
 
     net = net.cpu().eval()
     example = example.cpu()
@@ -324,7 +327,9 @@ def _prune(
     with run.stage("fidelity", 0.97, "checking the pruned model against the original"):
         check = evaluation if evaluation is not None else held_out
         source = "evaluation" if evaluation is not None else "held-out calibration"
-        report["fidelity"] = _fidelity(before_onnx, after_onnx, loaded, spec, check, source, fixed_batch,
+        if check is not None and kinds is None:
+            kinds = _output_kinds(before_onnx, loaded, spec, _probe_inputs(loaded, check))
+        report["fidelity"] = _fidelity(before_onnx, after_onnx, kinds or [], spec, check, source, fixed_batch,
                                        unmeasured)
         report.update(_legacy_fidelity(report["fidelity"], source))
     report["stage_seconds"] = {k: round(v, 4) for k, v in run.seconds.items()}
@@ -415,7 +420,8 @@ def _search(
     report["target"] = {"max_drop": max_drop, "macs": round(outcome.best.fraction, 4)}
     with run.stage("fidelity", 0.95, "checking the chosen model against the original on data the search never saw"):
         assert chosen.original is not None
-        report["fidelity"] = _fidelity(chosen.original, chosen.onnx, loaded, spec, final, final_source,
+        kinds = _output_kinds(chosen.original, loaded, spec, _probe_inputs(loaded, final))
+        report["fidelity"] = _fidelity(chosen.original, chosen.onnx, kinds, spec, final, final_source,
                                        _fixed_batch(loaded, spec), "")
         for key in ("agreement", "evaluated_samples", "evaluated_on", "accuracy_before", "accuracy_after"):
             report.pop(key, None)
@@ -506,12 +512,21 @@ def _score(ctx: ScoringContext, spec: PruneSpec) -> dict[int, np.ndarray]:
     return scores
 
 
+VALIDATION_MOST = 256  # distillation's validation samples (a fifth of its data, at most this many)
+
+
 def _recover(net: nn.Module, original: nn.Module, origin: dict[str, np.ndarray], data: Dataset,
-             spec: PruneSpec, dev: torch.device, run: _Run, options: dict[str, Any]) -> dict[str, Any]:
+             spec: PruneSpec, dev: torch.device, run: _Run, options: dict[str, Any],
+             kinds: list[fidelity.OutputKind] | None = None) -> dict[str, Any]:
+    """Recovery on `data`. Distillation with the outputs' kinds compares every output by its kind, keeps a part
+    of `data` apart to validate on (the best state there is kept) and leaves flips out for text read in order."""
     r = spec.recovery
     method = r.method
     samples = spec.calibration.samples
     out: dict[str, Any] = {"method": method}
+    validation = None
+    if method == "distill" and kinds is not None:
+        data, validation = fidelity.split(data, most=VALIDATION_MOST)
 
     def tick(fraction: float, message: str, metrics: dict[str, float]) -> None:
         run.check()
@@ -531,7 +546,8 @@ def _recover(net: nn.Module, original: nn.Module, origin: dict[str, np.ndarray],
             net, data, teacher=original if method == "distill" else None, epochs=r.epochs, lr=r.lr,
             batch_size=r.batch_size, device=dev, tick=tick, temperature=r.temperature,
             max_seconds=None if r.max_minutes is None else r.max_minutes * 60, precision=r.precision,
-            mixup=r.mixup,
+            mixup=r.mixup, kinds=kinds, validation=validation,
+            flips=not any(k.kind == "sequence" for k in kinds or []),
         ))
     return out
 
@@ -853,8 +869,38 @@ def _probe_inputs(loaded: LoadedModel, data: Dataset | None) -> np.ndarray:
     return rng.standard_normal([n, *loaded.input_shape[1:]]).astype(np.float32)
 
 
-def _fidelity(before: bytes, after: bytes, loaded: LoadedModel, spec: PruneSpec, data: Dataset | None, source: str,
-              fixed_batch: int | None, unmeasured: str) -> dict[str, Any]:
+def _output_kinds(before: bytes, loaded: LoadedModel, spec: PruneSpec, x: np.ndarray) -> list[fidelity.OutputKind]:
+    """What each output of the original is (fidelity.py), read from its graph and its outputs on `x`; the spec's
+    fidelity.metric, when not auto, forces one kind on every output that can have it."""
+    proto = onnx.load_model_from_string(before)
+    first = onnx_tools.run_outputs(onnx_tools.session(before, 2), x)
+    batch_name = loaded.dynamic_axes.get(loaded.input_name, {}).get(0)
+    axes = []
+    for o, v in zip(proto.graph.output, first, strict=True):
+        names = [dim.dim_param for dim in o.type.tensor_type.shape.dim]
+        if batch_name and batch_name in names:
+            axes.append(names.index(batch_name))
+        else:  # a fixed batch: the first axis of its size ([T, 1, C] from a batch-1 recognizer: axis 1)
+            axes.append(next((i for i, d in enumerate(v.shape) if d == x.shape[0]), 0))
+
+    def shapes_of(names: list[str]) -> list[tuple[int, ...]]:
+        return [tuple(v.shape) for v in onnx_tools.intermediates(proto, names, x)]
+
+    kinds = fidelity.infer_kinds(proto, [tuple(v.shape) for v in first], axes, shapes_of)
+    if spec.fidelity.metric != "auto":
+        forced = {"top1_agreement": "classes", "iou": "map", "miou": "segmentation", "exact_match": "sequence",
+                  "map50": "detection", "cosine": "values"}[spec.fidelity.metric]
+        rank = {"classes": 2, "map": 4, "segmentation": 4, "sequence": 3}.get(forced)
+        for k, v in zip(kinds, first, strict=True):
+            if (rank is not None and v.ndim != rank) or (forced == "detection" and k.classes is None):
+                raise SpecError(f"fidelity.metric {spec.fidelity.metric!r} does not fit output {k.name!r} of shape "
+                                f"{list(v.shape)}; use auto")
+        kinds = [fidelity.OutputKind(k.name, forced, k.activation, k.batch_axis, k.classes) for k in kinds]
+    return kinds
+
+
+def _fidelity(before: bytes, after: bytes, kinds: list[fidelity.OutputKind], spec: PruneSpec, data: Dataset | None,
+              source: str, fixed_batch: int | None, unmeasured: str) -> dict[str, Any]:
     """Every output of the pruned model against the original's, in the terms of its kind (fidelity.py)."""
     if data is None:
         return {"measured": False, "reason": unmeasured, "max_drop": spec.fidelity.max_drop}
@@ -871,27 +917,6 @@ def _fidelity(before: bytes, after: bytes, loaded: LoadedModel, spec: PruneSpec,
         chunk = d.x[start : start + step]
         for i, sess in enumerate(sessions):
             outs[i].append(onnx_tools.run_outputs(sess, chunk))
-    proto = onnx.load_model_from_string(before)
-    batch_name = loaded.dynamic_axes.get(loaded.input_name, {}).get(0)
-    axes = []
-    for o in proto.graph.output:
-        names = [dim.dim_param for dim in o.type.tensor_type.shape.dim]
-        axes.append(names.index(batch_name) if batch_name and batch_name in names else 0)
-    first = outs[0][0]
-
-    def shapes_of(names: list[str]) -> list[tuple[int, ...]]:
-        return [tuple(v.shape) for v in onnx_tools.intermediates(proto, names, d.x[:step])]
-
-    kinds = fidelity.infer_kinds(proto, [tuple(v.shape) for v in first], axes, shapes_of)
-    if spec.fidelity.metric != "auto":
-        forced = {"top1_agreement": "classes", "iou": "map", "miou": "segmentation", "exact_match": "sequence",
-                  "map50": "detection", "cosine": "values"}[spec.fidelity.metric]
-        rank = {"classes": 2, "map": 4, "segmentation": 4, "sequence": 3}.get(forced)
-        for k, v in zip(kinds, first, strict=True):
-            if (rank is not None and v.ndim != rank) or (forced == "detection" and k.classes is None):
-                raise SpecError(f"fidelity.metric {spec.fidelity.metric!r} does not fit output {k.name!r} of shape "
-                                f"{list(v.shape)}; use auto")
-        kinds = [fidelity.OutputKind(k.name, forced, k.activation, k.batch_axis, k.classes) for k in kinds]
     results = []
     for i, kind in enumerate(kinds):
         b = np.concatenate([chunk[i] for chunk in outs[0]], axis=kind.batch_axis)

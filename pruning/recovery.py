@@ -13,6 +13,7 @@ The same code runs on CUDA or CPU: the device is chosen once by the caller. Trai
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import time
 from collections.abc import Callable
@@ -24,7 +25,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .data import Dataset
+from .distill import output_loss, outputs_of, total_loss
 from .errors import SpecError
+from .fidelity import OutputKind
 
 Tick = Callable[[float, str, dict[str, float]], None]  # fraction, message, metrics; may raise Cancelled
 
@@ -249,14 +252,14 @@ def _autocast(precision: str, device: torch.device | str) -> contextlib.Abstract
     return contextlib.nullcontext()
 
 
-def _augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Random horizontal flips and 4-pixel crops, each image its own, for image batches (N, C, H, W) of 16
-    pixels or more. (One crop offset for a whole batch moves every image alike: 81 variants of the batch
+def _augment(x: torch.Tensor, generator: torch.Generator, flips: bool = True) -> torch.Tensor:
+    """Random horizontal flips (unless `flips` is False: text read left to right) and 4-pixel crops, each image its
+    own, for image batches (N, C, H, W) of 16 pixels or more. (One crop offset for a whole batch moves every image alike: 81 variants of the batch
     instead of 81 per image.)"""
     if x.dim() != 4 or min(x.shape[2:]) < 16:
         return x
     n, c, h, w = x.shape
-    flip = torch.rand(n, generator=generator) < 0.5
+    flip = (torch.rand(n, generator=generator) < 0.5) & flips
     x = torch.where(flip.to(x.device)[:, None, None, None], x.flip(3), x)
     padded = F.pad(x, (4, 4, 4, 4))
     dy, dx = torch.randint(0, 9, (2, n), generator=generator).to(x.device)
@@ -280,60 +283,67 @@ def _mix(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 
 
 class Teacher:
-    """The original model's outputs for distillation. In float32 on the CPU its forward pass runs in ONNX
-    Runtime when the export reproduces the module's outputs: ResNet-56 at batch 128 on 2 threads takes 0.29 s
-    there against 0.47-0.79 s in eager PyTorch (AMD EPYC with AVX-512: 0.15 s against 0.35 s), and the
-    teacher's pass is a quarter of every distillation step. In bf16 the module runs under autocast (0.12 s on
-    that EPYC). Elsewhere (CUDA), or when the export or its check fails, the module itself runs."""
+    """The original model's outputs for distillation, every output in its own shape. In float32 on the CPU its
+    forward pass runs in ONNX Runtime when the export reproduces the module's outputs: ResNet-56 at batch 128 on 2
+    threads takes 0.29 s there against 0.47-0.79 s in eager PyTorch (AMD EPYC with AVX-512: 0.15 s against 0.35 s),
+    and the teacher's pass is a quarter of every distillation step. In bf16 the module runs under autocast (0.12 s
+    on that EPYC). Elsewhere (CUDA), or when the export or its check fails, the module itself runs."""
 
     def __init__(self, module: nn.Module, example: torch.Tensor, device: torch.device | str,
-                 precision: str = "fp32") -> None:
+                 precision: str = "fp32", batch_axes: list[int] | None = None) -> None:
         self.module = module.eval()
         self.session: Any = None
         self.autocast = lambda: _autocast(precision, device)
         if torch.device(device).type != "cpu" or example.dim() < 2 or precision == "bf16":
             return
         try:
-            self.session = self._session(example)
+            self.session = self._session(example, batch_axes)
         except Exception:  # noqa: BLE001 - any export or runtime failure: the module runs instead
             self.session = None
 
-    def _session(self, example: torch.Tensor) -> Any:
+    def _session(self, example: torch.Tensor, batch_axes: list[int] | None) -> Any:
         from .onnx_tools import export
         from .onnx_tools import session as ort_session
 
-        data = export(self.module, example[:1], input_name="x", output_names=["y"],
-                      dynamic_axes={"x": {0: "batch"}}, opset=17)
+        with torch.no_grad():
+            ref = [t.numpy() for t in outputs_of(self.module(example))]
+        names = [f"y{i}" for i in range(len(ref))]
+        axes = batch_axes if batch_axes is not None and len(batch_axes) == len(ref) else [0] * len(ref)
+        data = export(self.module, example[:1], input_name="x", output_names=names,
+                      dynamic_axes={"x": {0: "batch"}, **{n: {b: "batch"} for n, b in zip(names, axes, strict=True)}},
+                      opset=17)
         # no spinning: between teacher passes the CPU belongs to PyTorch's backward pass
         session = ort_session(data, threads=max(1, torch.get_num_threads()), spin=False)
-        got = session.run(None, {"x": example.numpy()})[0]
-        with torch.no_grad():
-            ref = _logits(self.module(example)).numpy()
-        scale = max(1.0, float(np.abs(ref).max()))
-        if not np.allclose(got.reshape(ref.shape), ref, atol=1e-3 * scale):  # a size mismatch raises
-            return None
+        got = session.run(None, {"x": example.numpy()})
+        for g, r in zip(got, ref, strict=True):
+            scale = max(1.0, float(np.abs(r).max()) if r.size else 1.0)
+            if g.shape != r.shape or not np.allclose(g, r, atol=1e-3 * scale):
+                return None
         return session
 
     @torch.no_grad()
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor) -> list[torch.Tensor]:
         if self.session is not None:
-            out = self.session.run(None, {"x": x.contiguous().numpy()})[0]
-            return torch.from_numpy(out).reshape(x.shape[0], -1)
+            return [torch.from_numpy(o) for o in self.session.run(None, {"x": x.contiguous().numpy()})]
         with self.autocast():
-            return _logits(self.module(x)).float()
+            return [t.float() for t in outputs_of(self.module(x))]
 
 
 def task_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None,
-              teacher: Callable[[torch.Tensor], object] | None, temperature: float = 4.0) -> torch.Tensor:
-    """Distillation from `teacher` (KL at a temperature, scaled by its square) when given, else
-    cross-entropy on the labels."""
-    out = _logits(model(x)).float()
+              teacher: Callable[[torch.Tensor], list[torch.Tensor]] | None, temperature: float = 4.0,
+              kinds: list[OutputKind] | None = None) -> torch.Tensor:
+    """Distillation from `teacher` when given: on every output by its kind (distill.py) when the kinds are known,
+    else on the first output, flattened (`distill_loss`). Without a teacher, cross-entropy on the labels."""
+    out = model(x)
     if teacher is not None:
-        with torch.no_grad():
-            target = _logits(teacher(x)).float()
-        return distill_loss(out, target, temperature)
+        target = teacher(x)
+        student = outputs_of(out)
+        if kinds is not None:
+            return total_loss(kinds, [s.float() for s in student], [t.float().to(x.device) for t in target],
+                              temperature)
+        return distill_loss(_logits(student[0]).float(), _logits(target[0]).float().to(x.device), temperature)
     assert y is not None
-    return F.cross_entropy(out, y)
+    return F.cross_entropy(_logits(out).float(), y)
 
 
 def distill_loss(out: torch.Tensor, target: torch.Tensor, temperature: float = 4.0) -> torch.Tensor:
@@ -351,10 +361,22 @@ def distill_loss(out: torch.Tensor, target: torch.Tensor, temperature: float = 4
                     reduction="batchmean") * temperature**2
 
 
-def train(model: nn.Module, data: Dataset, *, teacher: nn.Module | None, epochs: float, lr: float,
+MIN_STEPS = 200  # the default length when no epochs are given: at least this many steps, at least one epoch,
+DEFAULT_SECONDS = 600.0  # within this long unless recovery.max_minutes says otherwise
+CHECKS = 10  # validations over a run (and one before it)
+DEFAULT_LR = 0.01
+# Tried for a tenth of the run each when no learning rate is given and there is validation data: the best one for
+# a classifier is not the best for a dense map (a DBNet-style map at half its MACs, 200 steps of 51 images, IoU
+# against the original: 0.65 at 0.01, 0.87 at 0.05).
+LR_TRIALS = (0.01, 0.03, 0.1)
+TRIAL_SHARE = 0.1
+
+
+def train(model: nn.Module, data: Dataset, *, teacher: nn.Module | None, epochs: float | None, lr: float | None,
           batch_size: int, device: torch.device | str, tick: Tick | None = None, temperature: float = 4.0,
-          max_seconds: float | None = None, seed: int = 0, precision: str = "fp32",
-          mixup: bool = False) -> dict[str, Any]:
+          max_seconds: float | None = None, seed: int = 0, precision: str = "fp32", mixup: bool = False,
+          kinds: list[OutputKind] | None = None, validation: Dataset | None = None,
+          flips: bool = True) -> dict[str, Any]:
     """SGD with momentum and a cosine schedule; distillation from `teacher` when given (no labels
     needed), else cross-entropy on the labels. With `max_seconds`, the schedule follows whichever runs out
     first, steps or time, so a run cut by its time budget still ends with its learning rate annealed
@@ -362,51 +384,168 @@ def train(model: nn.Module, data: Dataset, *, teacher: nn.Module | None, epochs:
     ("auto", "fp32", "bf16") is the arithmetic of the forward and backward passes: bf16 runs them under
     autocast (pruned ResNet-56 on an AVX-512 BF16 CPU: 0.43 s a step of 128 against 0.66 s), the weights
     and their updates stay float32. `mixup` (distillation only) blends the images of each batch pairwise
-    before both models see them."""
+    before both models see them.
+
+    `epochs` None sizes the run to the data: at least MIN_STEPS steps and one epoch, within DEFAULT_SECONDS
+    (one epoch of 50 images is one step, which recovers nothing). `kinds` (fidelity.py) makes distillation
+    compare every output by its kind. With `validation`, data the training never sees, the student is scored
+    against the teacher there in the kinds' own metric (before training, CHECKS times during it and at its
+    end), and the best state is the one kept: training never hands back a model worse there than it started.
+    `lr` None picks the learning rate: with validation, each of LR_TRIALS runs a tenth of the budget from the
+    same start and the run goes on from the best one's state; without, DEFAULT_LR."""
     if teacher is None and data.y is None:
         raise SpecError("recovery finetune needs labels: give calibration data with a y array, or use distill")
     if mixup and teacher is None:
         raise SpecError("recovery.mixup is for distill: mixed images have no labels to fine-tune on")
     n = len(data)
     steps_per_epoch = max(1, math.ceil(n / batch_size))
-    total = max(1, int(round(epochs * steps_per_epoch)))
+    if epochs is None:
+        total = max(steps_per_epoch, MIN_STEPS)
+        max_seconds = DEFAULT_SECONDS if max_seconds is None else max_seconds
+    else:
+        total = max(1, int(round(epochs * steps_per_epoch)))
     example = torch.from_numpy(data.x[: min(n, batch_size)]).to(device)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=5e-4, nesterov=True)
     gen = torch.Generator().manual_seed(seed)
     precision = resolve_precision(precision, device)
-    teach = None if teacher is None else Teacher(teacher, example, device, precision)
-    step, t0, last = 0, time.monotonic(), 0.0
-    running = 0.0
-    while step < total:
-        model.train()
-        for x, y in _batches(data, n, batch_size, device, shuffle=True, generator=gen):
-            if step >= total:
-                break
-            x = _augment(x, gen)
-            if mixup:
-                x = _mix(x, gen)
-            with _autocast(precision, device):
-                loss = task_loss(model, x, y, teach, temperature)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            done = step / total
-            if max_seconds is not None:
-                done = max(done, (time.monotonic() - t0) / max_seconds)
-            for group in opt.param_groups:
-                group["lr"] = lr * 0.5 * (1.0 + math.cos(math.pi * min(done, 1.0)))
-            opt.step()
-            step += 1
-            value = float(loss.detach())
-            running = 0.9 * running + 0.1 * value if step > 1 else value
-            now = time.monotonic()
-            if tick is not None and (now - last > 2.0 or step == total):
-                last = now
-                tick(step / total, f"step {step}/{total}", {"loss": running, "epoch": step / steps_per_epoch})
-            if max_seconds is not None and now - t0 > max_seconds:
-                total = step
-                break
+    teach = None if teacher is None else Teacher(teacher, example, device, precision,
+                                                 None if kinds is None else [k.batch_axis for k in kinds])
+    judge = None if validation is None or teach is None or kinds is None else _Judge(validation, teach, kinds, device)
+    state = _State(model, judge)
+    state.check(0)
+    loop = _Loop(model, data, batch_size, device, gen, precision, mixup, flips, teach, temperature, kinds, tick,
+                 steps_per_epoch, state)
+    loop.planned = total
+    t0 = time.monotonic()
+    trials: list[dict[str, float]] = []
+    if lr is None and judge is not None and total >= 10 * len(LR_TRIALS):
+        start = copy.deepcopy(model.state_dict())
+        steps = max(1, int(total * TRIAL_SHARE))
+        seconds = None if max_seconds is None else max_seconds * TRIAL_SHARE
+        results = []
+        for trial_lr in LR_TRIALS:
+            model.load_state_dict(start)
+            done = loop.run(steps, trial_lr, seconds, quiet=True)
+            score = judge(model)
+            trials.append({"lr": trial_lr, "steps": float(done), "drop_points": score[0], "loss": score[1]})
+            results.append((score, trial_lr, copy.deepcopy(model.state_dict()), done))
+        score, lr, best_trial, done = min(results, key=lambda r: r[0])
+        model.load_state_dict(best_trial)
+        state.consider(score, loop.step)
+        total = max(1, total - steps * len(LR_TRIALS))
+        if max_seconds is not None:
+            max_seconds = max(0.0, max_seconds - (time.monotonic() - t0))
+    lr = DEFAULT_LR if lr is None else lr
+    loop.run(total, lr, max_seconds)
+    state.check(loop.step)
+    out: dict[str, Any] = {"steps": float(loop.step), "epochs": loop.step / steps_per_epoch, "loss": loop.running,
+                           "seconds": time.monotonic() - t0, "lr": lr, "last_lr": loop.last_lr, "precision": precision,
+                           **({"mixup": True} if mixup else {}), **({"lr_trials": trials} if trials else {})}
+    if state.best is not None:
+        model.load_state_dict(state.best[1])
+        out.update(validation_samples=len(validation or []), kept_step=state.best[2],
+                   validation_drop_points=round(state.best[0][0], 4), checks=state.checks)
     model.eval()
-    return {"steps": float(step), "epochs": step / steps_per_epoch, "loss": running,
-            "seconds": time.monotonic() - t0, "last_lr": float(opt.param_groups[0]["lr"]), "precision": precision,
-            **({"mixup": True} if mixup else {})}
+    return out
+
+
+class _State:
+    """The best state seen on the validation data, with every check's figures."""
+
+    def __init__(self, model: nn.Module, judge: _Judge | None) -> None:
+        self.model, self.judge = model, judge
+        self.best: tuple[tuple[float, float], dict[str, torch.Tensor], int] | None = None
+        self.checks: list[dict[str, float]] = []
+
+    def check(self, step: int) -> None:
+        if self.judge is not None:
+            self.consider(self.judge(self.model), step)
+
+    def consider(self, score: tuple[float, float], step: int) -> None:
+        self.checks.append({"step": float(step), "drop_points": score[0], "loss": score[1]})
+        if self.best is None or score < self.best[0]:
+            self.best = (score, copy.deepcopy(self.model.state_dict()), step)
+
+
+class _Loop:
+    """Training steps with a fresh SGD and a cosine schedule per call of `run`, counting steps over all calls."""
+
+    def __init__(self, model: nn.Module, data: Dataset, batch_size: int, device: torch.device | str,
+                 gen: torch.Generator, precision: str, mixup: bool, flips: bool, teach: Teacher | None,
+                 temperature: float, kinds: list[OutputKind] | None, tick: Tick | None, steps_per_epoch: int,
+                 state: _State) -> None:
+        self.model, self.data, self.batch_size, self.device, self.gen = model, data, batch_size, device, gen
+        self.precision, self.mixup, self.flips, self.teach = precision, mixup, flips, teach
+        self.temperature, self.kinds, self.tick, self.steps_per_epoch, self.state = (
+            temperature, kinds, tick, steps_per_epoch, state)
+        self.step, self.running, self.last_lr, self.last_tick = 0, 0.0, 0.0, 0.0
+        self.planned = 1  # the steps of the whole training, over every call of `run`: what progress counts to
+
+    def run(self, total: int, lr: float, max_seconds: float | None, quiet: bool = False) -> int:
+        """`total` steps (or `max_seconds`), validating CHECKS times unless `quiet`; returns the steps taken."""
+        model = self.model
+        params = [p for p in model.parameters() if p.requires_grad]
+        opt = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=5e-4, nesterov=True)
+        every = max(1, math.ceil(total / CHECKS))
+        taken, t0 = 0, time.monotonic()
+        while taken < total:
+            model.train()
+            for x, y in _batches(self.data, len(self.data), self.batch_size, self.device, shuffle=True,
+                                 generator=self.gen):
+                if taken >= total:
+                    break
+                x = _augment(x, self.gen, self.flips)
+                if self.mixup:
+                    x = _mix(x, self.gen)
+                with _autocast(self.precision, self.device):
+                    loss = task_loss(model, x, y, self.teach, self.temperature, self.kinds)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                done = taken / total
+                if max_seconds is not None:
+                    done = max(done, (time.monotonic() - t0) / max(max_seconds, 1e-9))
+                for group in opt.param_groups:
+                    group["lr"] = lr * 0.5 * (1.0 + math.cos(math.pi * min(done, 1.0)))
+                opt.step()
+                taken += 1
+                self.step += 1
+                value = float(loss.detach())
+                self.running = 0.9 * self.running + 0.1 * value if self.step > 1 else value
+                self.last_lr = float(opt.param_groups[0]["lr"])
+                now = time.monotonic()
+                if self.tick is not None and (now - self.last_tick > 2.0 or taken == total):
+                    self.last_tick = now
+                    self.tick(min(self.step / self.planned, 1.0), f"step {self.step}/{self.planned} (lr {lr:g})",
+                              {"loss": self.running, "epoch": self.step / self.steps_per_epoch})
+                if max_seconds is not None and now - t0 > max_seconds:
+                    return taken
+                if not quiet and taken % every == 0 and taken < total:
+                    self.state.check(self.step)
+        return taken
+
+
+class _Judge:
+    """The student against the teacher on validation data, in the worst output's metric (points of drop), with the
+    distillation loss as the tie-break: a pair that sorts lower is better."""
+
+    def __init__(self, data: Dataset, teacher: Teacher, kinds: list[OutputKind], device: torch.device | str) -> None:
+        self.data, self.kinds, self.device = data, kinds, device
+        self.targets = [self._gather(teacher(x)) for x, _ in _batches(data, len(data), 64, device)]
+
+    def _gather(self, outs: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [o.detach().float().cpu() for o in outs]
+
+    @torch.no_grad()
+    def __call__(self, model: nn.Module) -> tuple[float, float]:
+        from .fidelity import compare
+
+        was = model.training
+        model.eval()
+        got = [self._gather(outputs_of(model(x))) for x, _ in _batches(self.data, len(self.data), 64, self.device)]
+        model.train(was)
+        drops, losses = [], []
+        for i, kind in enumerate(self.kinds):
+            s = torch.cat([g[i] for g in got], kind.batch_axis)
+            t = torch.cat([g[i] for g in self.targets], kind.batch_axis)
+            drops.append(compare(kind, t.numpy(), s.numpy(), None)["drop_points"])
+            losses.append(float(output_loss(kind, s, t)))
+        return max(drops), sum(losses)

@@ -103,8 +103,11 @@ class Schedule(_Strict):
 
 class Recovery(_Strict):
     method: Literal["none", "bn_recalibrate", "reconstruct", "distill", "finetune"] = "none"
-    epochs: float = Field(1.0, gt=0, le=1000, description="Passes over the calibration data (distill, finetune).")
-    lr: float = Field(0.01, gt=0, le=10)
+    epochs: float | None = Field(
+        None, gt=0, le=1000, description="Passes over the calibration data (distill, finetune); null: sized to the "
+        "data (at least 200 steps and one epoch, within 10 minutes unless max_minutes says otherwise).")
+    lr: float | None = Field(None, gt=0, le=10, description="null: distill with validation data tries 0.01, 0.03 "
+                             "and 0.1 for a tenth of the run each and goes on with the best; otherwise 0.01.")
     batch_size: int = Field(64, ge=1, le=4096)
     temperature: float = Field(4.0, gt=0, le=100, description="Distillation temperature.")
     max_minutes: float | None = Field(None, gt=0, le=10080, description="Stop training after this long.")

@@ -95,7 +95,7 @@ def _run(ctx: ScoringContext) -> dict[int, np.ndarray]:
 
     handles = [modules[name].register_forward_pre_hook(pre_hook(name)) for name in reads]
     teacher = ctx.teacher
-    lr = float(opts.get("lr", 0.01))
+    lr = float(opts.get("lr") or 0.01)
     batch_size = int(opts.get("batch_size", 64))
     n = min(len(data), max(ctx.samples, batch_size))
     total = max(1, int(round(float(opts.get("bandit_epochs", 1.0)) * math.ceil(n / batch_size))))

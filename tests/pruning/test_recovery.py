@@ -72,7 +72,7 @@ def test_distill_respects_its_time_budget(resnet20_weights, data):
     assert r["recovery"]["seconds"] < 3 + 6
     assert r["recovery"]["epochs"] < 1000
     # the cosine schedule followed the clock, so the run cut by time still ended annealed
-    assert r["recovery"]["last_lr"] < 0.05 * PruneSpec.model_validate({"recovery": {"method": "distill"}}).recovery.lr
+    assert r["recovery"]["last_lr"] < 0.05 * r["recovery"]["lr"]
 
 
 def test_augmentation_flips_and_crops_each_image_on_its_own():
@@ -111,7 +111,8 @@ def test_the_distillation_teacher_runs_in_onnx_runtime_with_the_modules_outputs(
     x = torch.randn(5, 3, 32, 32)  # another batch size than the example: the batch axis is dynamic
     with torch.no_grad():
         expected = module(x)
-    np.testing.assert_allclose(teacher(x).numpy(), expected.numpy(), rtol=1e-4, atol=1e-4)
+    (got,) = teacher(x)  # every output, in its own shape
+    np.testing.assert_allclose(got.numpy(), expected.numpy(), rtol=1e-4, atol=1e-4)
 
 
 def test_the_teacher_falls_back_to_the_module_when_its_export_fails():
@@ -124,7 +125,7 @@ def test_the_teacher_falls_back_to_the_module_when_its_export_fails():
 
     teacher = Teacher(Unexportable(), torch.ones(2, 3), "cpu")
     assert teacher.session is None
-    assert torch.equal(teacher(torch.ones(2, 3)), torch.full((2, 3), 2.0))
+    assert torch.equal(teacher(torch.ones(2, 3))[0], torch.full((2, 3), 2.0))
 
 
 def test_auto_precision_is_bf16_exactly_on_cpus_with_native_bf16():
@@ -217,10 +218,10 @@ def test_a_bf16_teacher_runs_the_module_and_answers_float32_close_to_float32():
     torch.manual_seed(0)
     module = zoo.build("resnet20_cifar", 10).eval()
     x = torch.randn(16, 3, 32, 32)
-    exact = Teacher(module, x, "cpu", "fp32")(x)
+    (exact,) = Teacher(module, x, "cpu", "fp32")(x)
     teacher = Teacher(module, x, "cpu", "bf16")
     assert teacher.session is None  # ONNX Runtime computes in float32: the module runs, under autocast
-    got = teacher(x)
+    (got,) = teacher(x)
     assert got.dtype == torch.float32 and got.shape == exact.shape
     scale = float(exact.abs().max())
     assert torch.allclose(got, exact, atol=0.05 * scale), float((got - exact).abs().max()) / scale
