@@ -299,6 +299,8 @@ def _prepare(proto: onnx.ModelProto) -> onnx.ModelProto:
     The legacy exporter de-duplicates identical constant tensors by routing one initializer through
     `Identity` nodes; onnx2torch looks initializers up by name and cannot follow them, so each such
     Identity becomes an initializer of its own. `Constant` nodes become initializers for the same reason.
+    Optional inputs left empty at the end of a node's inputs (`Clip(x, min, "")`, as F.normalize exports) are
+    dropped, which ONNX allows: onnx2torch looks the empty name up as a constant and fails.
     """
     proto_copy = onnx.ModelProto()
     proto_copy.CopyFrom(proto)
@@ -320,6 +322,8 @@ def _prepare(proto: onnx.ModelProto) -> onnx.ModelProto:
             graph.initializer.append(t)
             inits[t.name] = t
             continue
+        while len(node.input) and not node.input[-1]:
+            node.input.pop()
         kept.append(node)
     del graph.node[:]
     graph.node.extend(kept)

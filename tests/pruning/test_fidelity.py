@@ -226,3 +226,45 @@ def test_the_engines_own_verdicts_are_never_relabelled_as_the_memory_limit():
     assert not run.memory_ran_out(FidelityError("missed", {}))
     assert not run.memory_ran_out(SpecError("bad"))
     assert run.memory_ran_out(RuntimeError("Failed to serialize proto"))
+
+
+def test_a_fixed_batch_recognizer_is_judged_along_its_own_batch_axis():
+    import io
+    import warnings
+
+    import torch
+
+    from tests.pruning.exporters import CRNN
+
+    torch.manual_seed(0)
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a batch of 2 fixed everywhere: the output is [16, 2, 11], batch on axis 1
+        torch.onnx.export(CRNN().eval(), torch.randn(2, 1, 32, 64), buf, dynamo=False, opset_version=17,
+                          input_names=["x"], output_names=["logp"], do_constant_folding=False)
+    r = prune(buf.getvalue(), _spec(target={"macs": 0.95}), calibration=_images(20, (1, 32, 64))).report
+    (out,) = r["fidelity"]["outputs"]
+    assert out["kind"] == "sequence" and out["samples"] == 4, out  # 4 held-out images, not 16 steps x 2 batches
+
+
+def test_a_normalised_embedding_is_judged_by_cosine_and_a_head_by_agreement():
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    class Embedder(nn.Module):
+        def __init__(self, head: bool) -> None:
+            super().__init__()
+            self.body = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, padding=1),
+                                      nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+            self.head = nn.Linear(32, 10) if head else None
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            f = self.body(x)
+            return self.head(f) if self.head is not None else F.normalize(f, dim=1)
+
+    calib = _images(20, (3, 16, 16))
+    for head, kind in ((False, "values"), (True, "classes")):
+        data = torch_onnx(Embedder(head), (1, 3, 16, 16)).SerializeToString()
+        (out,) = prune(data, _spec(target={"macs": 0.9}), calibration=calib).report["fidelity"]["outputs"]
+        assert out["kind"] == kind, (head, out)
