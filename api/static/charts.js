@@ -92,7 +92,7 @@ export function scatter(points, {title, xLabel, yLabel, current}) {
                            transform: `rotate(-90 12 ${(top + height - bottom) / 2})`}, yLabel));
   // the current job last, so it is drawn on top
   for (const p of [...points].sort((a, b) => (a.id === current) - (b.id === current))) {
-    root.append(svg("circle", {cx: X(p.x), cy: Y(p.y), r: 5, class: p.id === current ? "current" : null},
+    root.append(svg("circle", {cx: X(p.x), cy: Y(p.y), r: 5, class: p.cls || (p.id === current ? "current" : null)},
                     svg("title", {}, `${p.label}: ${xLabel} ${fmt(p.x)}, ${yLabel} ${fmt(p.y)}`)));
   }
   return root;

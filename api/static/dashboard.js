@@ -7,7 +7,7 @@
 import {barChart, channelMap, fmt, layerChart, scatter} from "./charts.js";
 
 const KEY = "secateurs.key";
-const STAGES = ["import", "analyse", "score", "plan", "apply", "recover", "export", "verify", "report", "fidelity"];
+const STAGES = ["import", "search", "analyse", "score", "plan", "apply", "recover", "export", "verify", "report", "fidelity"];
 const ACTIVE = ["queued", "running"];
 const TERMINAL = ["succeeded", "failed", "cancelled"];
 const state = {key: sessionStorage.getItem(KEY) || "", jobs: new Map(), models: [], datasets: [], signals: [],
@@ -255,8 +255,9 @@ const modelName = (id) => {
   return m ? m.filename : id;
 };
 const signalOf = (job) => (typeof job.spec.signal === "string" ? job.spec.signal : "compose");
-const targetOf = (job) => Object.entries(job.spec.target || {}).filter(([, v]) => v !== null)
-  .map(([k, v]) => `${k} ${v}`).join(", ");
+const searches = (job) => !job.spec.target && job.spec.fidelity?.max_drop !== null && job.spec.fidelity?.max_drop !== undefined;
+const targetOf = (job) => searches(job) ? `smallest within a drop of ${job.spec.fidelity.max_drop} points (search)`
+  : Object.entries(job.spec.target || {}).filter(([, v]) => v !== null).map(([k, v]) => `${k} ${v}`).join(", ");
 
 function badge(status) {
   return h("span", {class: `badge ${status}`}, status);
@@ -323,7 +324,9 @@ async function jobView(out, id) {
   const bar = h("progress", {max: 1, value: job.progress || 0, id: "job-progress", "aria-label": "Job progress"});
   const head = h("p", {id: "job-status"});
   const log = h("pre", {class: "log", role: "log", "aria-label": "Event log", tabindex: 0});
+  const search = searches(job) ? searchView(job) : null;
   const paint = (j) => {
+    if (search) search.paint(state.events.get(id));
     head.replaceChildren(badge(j.status), ` ${j.stage || ""} · ${Math.round((j.progress || 0) * 100)}%`);
     bar.value = j.progress || 0;
     stageList.replaceChildren(...stageItems(j, state.events.get(id)));
@@ -349,6 +352,7 @@ async function jobView(out, id) {
       ` · signal ${signalOf(job)} · target ${targetOf(job)} · recovery ${job.spec.recovery?.method || "none"}`),
     job.error ? h("p", {class: "bad"}, h("strong", {}, job.error.type), `: ${job.error.message}`) : null, actions,
     h("h2", {}, "Stages"), stageList));
+  if (search) out.append(search.section);
   if (out.isConnected) state.onEvent = (j, ev) => {
     if (j.id !== id) return;
     if (TERMINAL.includes(j.status) && TERMINAL.includes(ev.type)) return route();  // figures and downloads
@@ -361,6 +365,33 @@ async function jobView(out, id) {
   if (out.isConnected && TERMINAL.includes(state.jobs.get(id).status) && !TERMINAL.includes(job.status)) route();
 }
 
+// The budget search's probes as they arrive: fidelity (100 less the worst output's drop, in points) against the
+// MACs kept, each probe within the budget or over it.
+function searchView(job) {
+  const box = h("div", {class: "chart-box", id: "search-chart", tabindex: 0, "aria-labelledby": "search-heading"});
+  const rows = h("tbody");
+  const section = h("section", {},
+    h("h2", {id: "search-heading"}, `Budget search: fidelity against MACs kept (budget: ${job.spec.fidelity.max_drop} points)`),
+    h("ul", {class: "legend"}, h("li", {class: "held"}, "within the budget"), h("li", {class: "over"}, "over it")),
+    box, h("details", {}, h("summary", {}, "The probes as a table"), h("div", {class: "table-wrap"}, h("table", {},
+      h("thead", {}, h("tr", {}, ["Probe", "MACs asked", "MACs kept", "Drop (points)", "Verdict"].map((t) => h("th", {scope: "col"}, t)))),
+      rows))));
+  const paint = (events) => {
+    const probes = (events || []).filter((e) => e.stage === "search" && e.data && typeof e.data.macs_fraction === "number")
+      .map((e) => e.data);
+    const points = probes.filter((p) => typeof p.drop_points === "number").map((p, i) => ({
+      id: `probe-${i + 1}`, x: p.macs_kept ?? p.macs_fraction, y: 100 - p.drop_points, cls: p.held ? "held" : "over",
+      label: `probe ${i + 1} (${p.held ? "within" : "over"})`}));
+    box.replaceChildren(points.length
+      ? scatter(points, {title: "Fidelity against fraction of MACs kept, budget search probes", xLabel: "MACs kept",
+                         yLabel: "fidelity (points)"})
+      : h("p", {class: "hint"}, "No probe has finished yet."));
+    rows.replaceChildren(...probes.map((p, i) => h("tr", {}, [i + 1, pct(p.macs_fraction), pct(p.macs_kept),
+      p.drop_points ?? "–", p.held ? "within" : (p.reason ? "cannot be reached" : "over")].map((c, k) => h("td", {class: k ? "num" : null}, String(c))))));
+  };
+  return {section, paint};
+}
+
 function eventLine(e) {
   const p = e.progress === null || e.progress === undefined ? "    " : String(Math.round(e.progress * 100)).padStart(3) + "%";
   return `${when(e.created_at).slice(11)} ${p} ${(e.type || "").padEnd(10)} ${(e.stage || "").padEnd(8)} ${e.message || ""}`;
@@ -371,7 +402,7 @@ function stageItems(job, events) {
   const seconds = (job.metrics && job.metrics.stage_seconds) || {};
   const lastSeen = seen.length ? STAGES.indexOf(seen[seen.length - 1]) : -1;
   const skipRecover = (job.spec.recovery?.method || "none") === "none" && !seen.includes("recover");
-  return STAGES.filter((s) => !(s === "recover" && skipRecover)).map((s) => {
+  return STAGES.filter((s) => !(s === "recover" && skipRecover) && !(s === "search" && !searches(job))).map((s) => {
     let cls = "pending", text = "waiting";
     const i = STAGES.indexOf(s);
     if (s in seconds || job.status === "succeeded") { cls = "done"; text = s in seconds ? `${fmt(seconds[s])} s` : "done"; }
@@ -396,6 +427,7 @@ async function report(out, job) {
     m.accuracy_before !== undefined ? card("Accuracy", `${pct(m.accuracy_before)} → ${pct(m.accuracy_after)}`,
                                            `on ${m.evaluated_on || "evaluation"} data`) : null,
     m.agreement !== undefined ? card("Top-1 agreement", pct(m.agreement), "with the original model") : null,
+    ...fidelityCards(m.fidelity),
     card("ONNX file", `${fmt(m.onnx_bytes_before)}B → ${fmt(m.onnx_bytes_after)}B`),
     card("ONNX vs PyTorch", `max |diff| ${m.max_abs_diff?.toExponential(1) ?? "–"}`,
          m.target_met === undefined ? null : m.target_met ? "target met" : "target not met"));
@@ -419,6 +451,15 @@ async function report(out, job) {
       dataTable("Stage timings as a table", ["Stage", "Seconds"], seconds.map((s) => [s.label, s.value]))));
   }
   await sameModel(out, job);
+}
+
+// One card per output: its metric against the original, on which data and how many samples, and the budget.
+function fidelityCards(f) {
+  if (!f) return [];
+  if (!f.measured) return [card("Fidelity", "not measured", f.reason || "no data")];
+  const budget = f.max_drop === null || f.max_drop === undefined ? "" : `; budget ${f.max_drop} points ${f.held ? "held" : "missed"}`;
+  return (f.outputs || []).map((o) => card(`Fidelity of ${o.output}`, `${o.metric} ${o.value.toFixed(4)}`,
+    `${o.kind}, drop ${o.drop_points} points, ${o.samples} ${f.data} samples${budget}`));
 }
 
 async function sameModel(out, job) {

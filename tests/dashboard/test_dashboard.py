@@ -210,3 +210,36 @@ def test_the_audit_finds_what_it_looks_for(browser):
                   'p#pale "pale text": contrast', "svg#chart: chart without", "#twice is used 2 times"):
         assert fault in found, (fault, found)
     assert "input#named" not in found
+
+
+def test_a_budget_search_shows_its_probes_and_each_outputs_fidelity(browsing: Browsing):
+    page, stack = browsing.page, browsing.stack
+    key = stack.new_key("dashboard-search")
+    with stack.client(key) as c:
+        model = c.post("/v1/models", files={"file": ("tiny.onnx", tiny_onnx())}).json()["id"]
+        data = c.post("/v1/datasets", files={"file": ("tiny.npz", tiny_data())}).json()["id"]
+        job = c.post("/v1/jobs", json={"model_id": model, "spec": {
+            "signal": "l2_norm", "calibration": {"dataset_id": data},
+            "fidelity": {"max_drop": 100, "search_probes": 3}, "measure": {"repeats": 3}}})
+        assert job.status_code == 201, job.text
+        job_id = job.json()["id"]
+    enter_key(browsing, key)
+    page.locator("main h1", has_text="Jobs").wait_for()
+    page.goto(f"{stack.url}/#/jobs/{job_id}")
+    page.locator("#job-status .badge", has_text="succeeded").wait_for(timeout=180_000)
+    with stack.client(key) as c:
+        metrics = c.get(f"/v1/jobs/{job_id}").json()["metrics"]
+    points = metrics["search"]["points"]
+    assert len(points) == 3
+    page.locator("#search-chart svg").wait_for()
+    drawn = [p for p in points if "drop_points" in p]
+    assert page.locator("#search-chart svg circle.held").count() == sum(p["held"] for p in drawn)
+    assert page.locator("#search-chart svg circle").count() == len(drawn)
+    assert "smallest within a drop of 100 points (search)" in page.locator("main").inner_text()
+    assert "search" in page.locator("ol.stages").inner_text()
+    cards = page.locator("dl.cards").inner_text()
+    (out,) = metrics["fidelity"]["outputs"]
+    assert f"Fidelity of {out['output']}" in cards and f"{out['samples']} held-out calibration samples" in cards
+    assert "budget 100 points held" in cards
+    no_problems(browsing, "budget search")
+    browsing.screenshot("job-search")
