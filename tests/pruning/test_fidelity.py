@@ -186,6 +186,33 @@ def test_a_yolo_style_head_is_judged_by_map50_and_a_detector_that_finds_nothing_
     assert out["boxes_after"] == 0 and out["value"] == 0.0
 
 
+def test_a_garbled_recognizer_fails_the_budget(monkeypatch):
+    """A recognizer whose alphabet came out of pruning shuffled reads every step: per-step agreement is what it
+    is, but no decoded string survives, and the job fails."""
+    from secateurs.pruning import pipeline
+
+    data = crnn_onnx()
+    calib = _images(20, (1, 32, 64))
+    kept = prune(data, _spec(target={"macs": 1.0}, fidelity={"max_drop": 5}), calibration=calib).report
+    assert kept["fidelity"]["held"] and kept["fidelity"]["outputs"][0]["value"] == 1.0
+    real = pipeline._export
+
+    def garbled(net, example, loaded, spec):  # type: ignore[no-untyped-def]
+        import torch
+
+        with torch.no_grad():  # the last layer's letters rolled by one: every decode reads other letters
+            fc = [m for m in net.modules() if isinstance(m, torch.nn.Linear)][-1]
+            fc.weight.copy_(fc.weight.roll(1, 0))
+            fc.bias.copy_(fc.bias.roll(1, 0))
+        return real(net, example, loaded, spec)
+
+    monkeypatch.setattr(pipeline, "_export", garbled)
+    with pytest.raises(FidelityError, match=r"points of exact_match on output 'logp'") as caught:
+        prune(data, _spec(target={"macs": 1.0}, fidelity={"max_drop": 5}), calibration=calib)
+    (out,) = caught.value.report["fidelity"]["outputs"]
+    assert out["kind"] == "sequence" and out["value"] < 0.95 and out["step_agreement"] < 0.5
+
+
 def test_a_budget_that_could_not_be_checked_fails_instead_of_passing():
     from secateurs.pruning.errors import SpecError
 
