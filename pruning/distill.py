@@ -57,11 +57,14 @@ def _kl(student: torch.Tensor, teacher: torch.Tensor, activation: str | None, ax
     return per_position.mean() * temperature**2
 
 
-def _bce(student: torch.Tensor, teacher: torch.Tensor, activation: str | None, temperature: float) -> torch.Tensor:
+def _bce(student: torch.Tensor, teacher: torch.Tensor, activation: str | None, temperature: float,
+         axis: int | None = None) -> torch.Tensor:
     """Binary cross-entropy of every value at a temperature, scaled by its square: the same gradient scale as `_kl`
-    (a mean over a map's pixels is otherwise far weaker than a classifier's KL, and recovers far slower)."""
+    (a mean over a map's pixels is otherwise far weaker than a classifier's KL, and recovers far slower). With
+    `axis` (independent class scores), summed over it as `_kl` sums over its classes, averaged over the rest."""
     z_s, z_t = _logits(student, activation) / temperature, _logits(teacher, activation) / temperature
-    return F.binary_cross_entropy_with_logits(z_s, torch.sigmoid(z_t)) * temperature**2
+    each = F.binary_cross_entropy_with_logits(z_s, torch.sigmoid(z_t), reduction="none")
+    return (each.mean() if axis is None else each.sum(axis).mean()) * temperature**2
 
 
 def _relative_mse(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
@@ -77,7 +80,7 @@ def output_loss(kind: OutputKind, student: torch.Tensor, teacher: torch.Tensor,
     k = kind.kind
     if k == "classes":
         if kind.activation == "sigmoid":  # multi-label scores
-            return _bce(student, teacher, "sigmoid", temperature)
+            return _bce(student, teacher, "sigmoid", temperature, axis=1)
         return _kl(student, teacher, kind.activation, 1, temperature)
     if k == "segmentation":
         return _kl(student, teacher, kind.activation, 1, temperature)
@@ -90,9 +93,11 @@ def output_loss(kind: OutputKind, student: torch.Tensor, teacher: torch.Tensor,
         boxes_s, boxes_t = student[:, :4], teacher[:, :4]
         scale = boxes_t.detach().abs().mean().clamp_min(EPS)
         loss = F.smooth_l1_loss(boxes_s / scale, boxes_t / scale)
-        loss = loss + _bce(student[:, c0:c1], teacher[:, c0:c1], "sigmoid", temperature)
-        if c1 < student.shape[1]:
-            loss = loss + _relative_mse(student[:, c1:], teacher[:, c1:])
+        loss = loss + _bce(student[:, c0:c1], teacher[:, c0:c1], "sigmoid", temperature, axis=1)
+        # what is neither boxes nor class scores: an objectness row before them, mask coefficients or keypoints after
+        rest = [r for r in range(4, student.shape[1]) if not c0 <= r < c1]
+        if rest:
+            loss = loss + _relative_mse(student[:, rest], teacher[:, rest])
         return loss
     return _relative_mse(student, teacher)
 

@@ -12,7 +12,7 @@ says the tensor holds probabilities or log-probabilities):
   class scores, recognised by the concatenation that makes it): mAP@0.5 of the pruned model's boxes after NMS
   against the original's boxes after NMS;
 - anything else (`values`: detection heads before NMS, embeddings, regressions): cosine similarity. An [N, D]
-  output that is normalised or pooled with no head after it is an embedding, not class scores.
+  output that is L2-normalised is an embedding, not class scores.
 
 Each headline metric is 1.0 for the original against itself; its drop, in points, is 100 x (1 - value), the unit
 of the spec's `fidelity.max_drop`. Measured on data no signal or recovery step saw: the evaluation set, or a
@@ -84,10 +84,11 @@ def _activation(proto: onnx.ModelProto, name: str) -> str | None:
     return {"Softmax": "softmax", "Sigmoid": "sigmoid", "LogSoftmax": "log_softmax"}.get(node.op_type)
 
 
-# What makes an [N, D] output an embedding rather than class scores: it is normalised (F.normalize exports as a
-# Div by a clipped ReduceL2), or pooled features with no head after them.
-EMBEDDING_OPS = {"Div", "LpNormalization", "GlobalAveragePool", "GlobalMaxPool", "ReduceMean", "ReduceMax",
-                 "ReduceL2"}
+# What makes an [N, D] output an embedding rather than class scores: it is L2-normalised, by LpNormalization or as
+# F.normalize exports it, a Div by a clipped, expanded ReduceL2 (or a Sqrt of a sum of squares). A pooled output is
+# not enough: SqueezeNet's class scores are a global average pool of a 1x1 conv.
+_NORM_PATH = ("Clip", "Max", "Expand", "Add", "Unsqueeze", "Reshape", "Identity")
+_NORMS = ("ReduceL2", "LpNormalization", "Sqrt")
 
 
 def _embedding(proto: onnx.ModelProto, name: str, activation: str | None) -> bool:
@@ -101,7 +102,18 @@ def _embedding(proto: onnx.ModelProto, name: str, activation: str | None) -> boo
         if node is None or node.op_type not in ("Identity", "Reshape", "Flatten", "Squeeze", "Transpose"):
             break
         node = by_output.get(node.input[0])
-    return node is not None and node.op_type in EMBEDDING_OPS
+    if node is None:
+        return False
+    if node.op_type == "LpNormalization":
+        return True
+    if node.op_type != "Div" or len(node.input) < 2:
+        return False
+    divisor = by_output.get(node.input[1])
+    for _ in range(8):  # (a + b) / 2 divides by a constant: class scores still
+        if divisor is None or divisor.op_type not in _NORM_PATH:
+            break
+        divisor = by_output.get(divisor.input[0])
+    return divisor is not None and divisor.op_type in _NORMS
 
 
 Shapes = Callable[[list[str]], list[tuple[int, ...]]]  # tensor names -> their shapes on the data

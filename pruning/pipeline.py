@@ -28,6 +28,7 @@ from .errors import (
     SpecError,
     TargetUnreachable,
     UnsupportedModelError,
+    VerificationError,
 )
 from .loading import LoadedModel, load_model, second_shape
 from .planner import Planner
@@ -254,7 +255,9 @@ def _prune(
     kinds: list[fidelity.OutputKind] | None = None  # what each output is: read once, when first needed
     if (method != "none" or options.get("reconstruct")) and calibration is not None:
         with run.stage("recover", 0.55, f"recovering accuracy ({method})"):
-            if method == "distill":
+            # with a frozen region the module answers the tensors the frozen nodes read, not the model's outputs:
+            # those are distilled as the first output always was, the kinds being the whole model's
+            if method == "distill" and loaded.frozen is None:
                 kinds = _output_kinds(before_onnx, loaded, spec, _probe_inputs(loaded, calibration))
             extra["recovery"] = _recover(net, original, origin, calibration, spec, dev, run, options, kinds)
 
@@ -327,7 +330,7 @@ def _prune(
     with run.stage("fidelity", 0.97, "checking the pruned model against the original"):
         check = evaluation if evaluation is not None else held_out
         source = "evaluation" if evaluation is not None else "held-out calibration"
-        if check is not None and kinds is None:
+        if check is not None and (kinds is None or loaded.frozen is not None):
             kinds = _output_kinds(before_onnx, loaded, spec, _probe_inputs(loaded, check))
         report["fidelity"] = _fidelity(before_onnx, after_onnx, kinds or [], spec, check, source, fixed_batch,
                                        unmeasured)
@@ -367,8 +370,11 @@ def _search(
         loaded = _load(model, spec, arch, num_classes, calibration if calibration is not None else evaluation)
         fit, probe_on, probe_source, final, final_source = _search_data(calibration, evaluation)
     budget = spec.fidelity.search_minutes * 60
+    if run.watchdog.end is not None:  # the job's own wall time, less a share for the final check
+        budget = min(budget, 0.9 * (run.watchdog.end - time.monotonic()))
     probes = spec.fidelity.search_probes
     started = time.monotonic()
+    broken: list[PruningError] = []
 
     def probe(fraction: float) -> search.Probe:
         done = len(points)
@@ -381,8 +387,15 @@ def _search(
                             evaluation=probe_on, device=device)
         except TargetUnreachable as e:
             return search.Probe(fraction, False, time.monotonic() - t0, reason=str(e))
+        except (UnsupportedModelError, VerificationError) as e:
+            # a pruned copy that breaks or exports wrong at this fraction may not at a larger one: a miss, unless
+            # every probe ends so (then the first such error is the job's)
+            broken.append(e)
+            return search.Probe(fraction, False, time.monotonic() - t0, reason=f"{e.code}: {e}")
         finally:
             run.span = (0.0, 1.0)
+        if not result.report["fidelity"].get("measured"):
+            raise SpecError(f"fidelity.max_drop could not be checked: {result.report['fidelity'].get('reason')}")
         outputs = result.report["fidelity"]["outputs"]
         drop = max(o["drop_points"] for o in outputs)
         return search.Probe(fraction, drop <= max_drop + 1e-9, time.monotonic() - t0, drop_points=drop,
@@ -403,6 +416,8 @@ def _search(
         "seconds": round(time.monotonic() - started, 2), "probe_data": probe_source, "probe_samples": len(probe_on),
         "fit_samples": 0 if fit is None else len(fit),
     }
+    if outcome.best is None and broken and len(broken) == len(outcome.probes):
+        raise broken[0]
     if outcome.best is None:
         # the report of the probe that came closest (the largest fraction with figures), with the search's points
         measured = [p for p in outcome.probes if p.report is not None]
@@ -427,6 +442,8 @@ def _search(
             report.pop(key, None)
         report.update(_legacy_fidelity(report["fidelity"], final_source))
     report["stage_seconds"] = {k: round(v, 4) for k, v in run.seconds.items()}
+    if not report["fidelity"].get("measured"):
+        raise SpecError(f"fidelity.max_drop could not be checked: {report['fidelity'].get('reason')}")
     if report["fidelity"].get("held") is False:
         worst = max(report["fidelity"]["outputs"], key=lambda o: o["drop_points"])
         raise FidelityError(
@@ -452,8 +469,8 @@ def _search_data(calibration: Dataset | None, evaluation: Dataset | None,
     checked on and its name). The check is on the evaluation data if given, else on a held-out fifth of the calibration
     data; the probes on a fifth of the calibration data left, else a fifth of the evaluation data."""
     need = (f"the budget search (fidelity.max_drop without a target) needs evaluation data with at least "
-            f"{fidelity.MIN_TO_SPLIT} samples or at least {2 * fidelity.MIN_TO_SPLIT} calibration samples: a part "
-            "to measure its probes on, and another to check the chosen model on")
+            f"{fidelity.MIN_TO_SPLIT} samples or at least {fidelity.MIN_TO_SPLIT + fidelity.MIN_HELD_OUT} calibration "
+            "samples: a part to measure its probes on, and another to check the chosen model on")
     if calibration is None:
         if evaluation is None:
             raise SpecError("fidelity.max_drop needs data to measure the pruned model against the original on: "

@@ -336,7 +336,8 @@ def task_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None,
     else on the first output, flattened (`distill_loss`). Without a teacher, cross-entropy on the labels."""
     out = model(x)
     if teacher is not None:
-        target = teacher(x)
+        with torch.no_grad():  # a Teacher gives a list; an nn.Module (the bandit's) a tensor or a tuple
+            target = outputs_of(teacher(x))
         student = outputs_of(out)
         if kinds is not None:
             return total_loss(kinds, [s.float() for s in student], [t.float().to(x.device) for t in target],
@@ -364,6 +365,7 @@ def distill_loss(out: torch.Tensor, target: torch.Tensor, temperature: float = 4
 MIN_STEPS = 200  # the default length when no epochs are given: at least this many steps, at least one epoch,
 DEFAULT_SECONDS = 600.0  # within this long unless recovery.max_minutes says otherwise
 CHECKS = 10  # validations over a run (and one before it)
+VALIDATION_ELEMENTS = 1 << 25  # the teacher's output values kept for validation, at most (128 MB in float32)
 DEFAULT_LR = 0.01
 # Tried for a tenth of the run each when no learning rate is given and there is validation data: the best one for
 # a classifier is not the best for a dense map (a DBNet-style map at half its MACs, 200 steps of 51 images, IoU
@@ -409,7 +411,8 @@ def train(model: nn.Module, data: Dataset, *, teacher: nn.Module | None, epochs:
     precision = resolve_precision(precision, device)
     teach = None if teacher is None else Teacher(teacher, example, device, precision,
                                                  None if kinds is None else [k.batch_axis for k in kinds])
-    judge = None if validation is None or teach is None or kinds is None else _Judge(validation, teach, kinds, device)
+    judge = None if validation is None or teach is None or kinds is None else _Judge(validation, teach, kinds, device,
+                                                                                       temperature)
     state = _State(model, judge)
     state.check(0)
     loop = _Loop(model, data, batch_size, device, gen, precision, mixup, flips, teach, temperature, kinds, tick,
@@ -428,7 +431,8 @@ def train(model: nn.Module, data: Dataset, *, teacher: nn.Module | None, epochs:
             score = judge(model)
             trials.append({"lr": trial_lr, "steps": float(done), "drop_points": score[0], "loss": score[1]})
             results.append((score, trial_lr, copy.deepcopy(model.state_dict()), done))
-        score, lr, best_trial, done = min(results, key=lambda r: r[0])
+        # a trial that diverged scores NaN: it sorts last, not wherever min() happens to leave it
+        score, lr, best_trial, done = min(results, key=lambda r: tuple(math.inf if math.isnan(v) else v for v in r[0]))
         model.load_state_dict(best_trial)
         state.consider(score, loop.step)
         total = max(1, total - steps * len(LR_TRIALS))
@@ -442,7 +446,7 @@ def train(model: nn.Module, data: Dataset, *, teacher: nn.Module | None, epochs:
                            **({"mixup": True} if mixup else {}), **({"lr_trials": trials} if trials else {})}
     if state.best is not None:
         model.load_state_dict(state.best[1])
-        out.update(validation_samples=len(validation or []), kept_step=state.best[2],
+        out.update(validation_samples=len(judge.data) if judge is not None else 0, kept_step=state.best[2],
                    validation_drop_points=round(state.best[0][0], 4), checks=state.checks)
     model.eval()
     return out
@@ -462,6 +466,8 @@ class _State:
 
     def consider(self, score: tuple[float, float], step: int) -> None:
         self.checks.append({"step": float(step), "drop_points": score[0], "loss": score[1]})
+        if math.isnan(score[0]) or math.isnan(score[1]):
+            return
         if self.best is None or score < self.best[0]:
             self.best = (score, copy.deepcopy(self.model.state_dict()), step)
 
@@ -527,9 +533,20 @@ class _Judge:
     """The student against the teacher on validation data, in the worst output's metric (points of drop), with the
     distillation loss as the tie-break: a pair that sorts lower is better."""
 
-    def __init__(self, data: Dataset, teacher: Teacher, kinds: list[OutputKind], device: torch.device | str) -> None:
-        self.data, self.kinds, self.device = data, kinds, device
-        self.targets = [self._gather(teacher(x)) for x, _ in _batches(data, len(data), 64, device)]
+    def __init__(self, data: Dataset, teacher: Teacher, kinds: list[OutputKind], device: torch.device | str,
+                 temperature: float = 4.0) -> None:
+        self.kinds, self.device, self.temperature = kinds, device, temperature
+        # the teacher's outputs are kept for every check: at most VALIDATION_ELEMENTS values (a 21-class 512 x 512
+        # segmentation is 5.5 M values a sample; 256 of them would hold 5.6 GB twice over)
+        self.targets: list[list[torch.Tensor]] = []
+        held = 0
+        for x, _ in _batches(data, len(data), 16, device):
+            outs = self._gather(teacher(x))
+            self.targets.append(outs)
+            held += x.shape[0]
+            if sum(o.numel() for batch in self.targets for o in batch) >= VALIDATION_ELEMENTS:
+                break
+        self.data = data.head(held)
 
     def _gather(self, outs: list[torch.Tensor]) -> list[torch.Tensor]:
         return [o.detach().float().cpu() for o in outs]
@@ -540,12 +557,12 @@ class _Judge:
 
         was = model.training
         model.eval()
-        got = [self._gather(outputs_of(model(x))) for x, _ in _batches(self.data, len(self.data), 64, self.device)]
+        got = [self._gather(outputs_of(model(x))) for x, _ in _batches(self.data, len(self.data), 16, self.device)]
         model.train(was)
         drops, losses = [], []
         for i, kind in enumerate(self.kinds):
             s = torch.cat([g[i] for g in got], kind.batch_axis)
             t = torch.cat([g[i] for g in self.targets], kind.batch_axis)
             drops.append(compare(kind, t.numpy(), s.numpy(), None)["drop_points"])
-            losses.append(float(output_loss(kind, s, t)))
+            losses.append(float(output_loss(kind, s, t, self.temperature)))
         return max(drops), sum(losses)

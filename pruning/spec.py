@@ -157,7 +157,7 @@ class Fidelity(_Strict):
 
 
 #: The stages of a job, as progress reports them and `limits.stage_minutes` caps them.
-Stage = Literal["import", "search", "plan", "analyse", "score", "recover", "export", "verify", "report", "fidelity"]
+Stage = Literal["import", "plan", "analyse", "score", "recover", "export", "verify", "report", "fidelity"]
 
 
 class Limits(_Strict):

@@ -379,7 +379,7 @@ function searchView(job) {
   const paint = (events) => {
     const probes = (events || []).filter((e) => e.stage === "search" && e.data && typeof e.data.macs_fraction === "number")
       .map((e) => e.data);
-    const points = probes.filter((p) => typeof p.drop_points === "number").map((p, i) => ({
+    const points = probes.map((p, i) => ({p, i})).filter(({p}) => typeof p.drop_points === "number").map(({p, i}) => ({
       id: `probe-${i + 1}`, x: p.macs_kept ?? p.macs_fraction, y: 100 - p.drop_points, cls: p.held ? "held" : "over",
       label: `probe ${i + 1} (${p.held ? "within" : "over"})`}));
     box.replaceChildren(points.length

@@ -220,7 +220,7 @@ def test_a_budget_search_shows_its_probes_and_each_outputs_fidelity(browsing: Br
         data = c.post("/v1/datasets", files={"file": ("tiny.npz", tiny_data())}).json()["id"]
         job = c.post("/v1/jobs", json={"model_id": model, "spec": {
             "signal": "l2_norm", "calibration": {"dataset_id": data},
-            "fidelity": {"max_drop": 100, "search_probes": 3}, "measure": {"repeats": 3}}})
+            "fidelity": {"max_drop": 10, "search_probes": 3}, "measure": {"repeats": 3}}})
         assert job.status_code == 201, job.text
         job_id = job.json()["id"]
     enter_key(browsing, key)
@@ -233,13 +233,15 @@ def test_a_budget_search_shows_its_probes_and_each_outputs_fidelity(browsing: Br
     assert len(points) == 3
     page.locator("#search-chart svg").wait_for()
     drawn = [p for p in points if "drop_points" in p]
+    # measured: macs 0.5 and 0.25 hold (no drop), 0.125 loses every prediction: one point over the budget
+    assert sum(not p["held"] for p in drawn) >= 1 and sum(p["held"] for p in drawn) >= 1
     assert page.locator("#search-chart svg circle.held").count() == sum(p["held"] for p in drawn)
-    assert page.locator("#search-chart svg circle").count() == len(drawn)
-    assert "smallest within a drop of 100 points (search)" in page.locator("main").inner_text()
+    assert page.locator("#search-chart svg circle.over").count() == sum(not p["held"] for p in drawn)
+    assert "smallest within a drop of 10 points (search)" in page.locator("main").inner_text()
     assert "search" in page.locator("ol.stages").inner_text()
     cards = page.locator("dl.cards").inner_text()
     (out,) = metrics["fidelity"]["outputs"]
     assert f"Fidelity of {out['output']}" in cards and f"{out['samples']} held-out calibration samples" in cards
-    assert "budget 100 points held" in cards
+    assert "budget 10 points held" in cards
     no_problems(browsing, "budget search")
     browsing.screenshot("job-search")

@@ -114,4 +114,24 @@ def test_a_text_detector_style_map_is_brought_back_by_distillation(detector):
     assert a["value"] < 0.5 and b["value"] > 0.75, (a["value"], b["value"])
     rec = back["recovery"]
     assert rec["steps"] >= 200 and rec["validation_samples"] == 10 and len(rec["lr_trials"]) == 3
-    assert rec["lr"] == min(rec["lr_trials"], key=lambda t: (t["drop_points"], t["loss"]))["lr"]
+    # the classifier's 0.01 recovers this map slowest (IoU 0.65 where 0.05 gives 0.87): the trials leave it out
+    low = next(t for t in rec["lr_trials"] if t["lr"] == 0.01)
+    chosen = next(t for t in rec["lr_trials"] if t["lr"] == rec["lr"])
+    assert rec["lr"] > 0.01 and (chosen["drop_points"], chosen["loss"]) < (low["drop_points"], low["loss"])
+
+
+def test_a_model_with_a_frozen_region_distils_its_part_without_the_whole_models_kinds():
+    """The module of a model with an LSTM kept in ONNX answers the tensor the LSTM reads, not the model's
+    log-probabilities: it is distilled on that tensor as it is, and not validated as if it were a sequence."""
+    import numpy as np
+
+    from tests.pruning.exporters import crnn_onnx
+
+    x = np.random.default_rng(0).standard_normal([30, 1, 32, 64]).astype(np.float32)
+    spec = {"signal": "l2_norm", "target": {"macs": 0.7}, "measure": {"repeats": 3},
+            "recovery": {"method": "distill", "epochs": 2}}
+    r = prune(crnn_onnx(lstm=True), PruneSpec.model_validate(spec), calibration=Dataset(x, None)).report
+    assert r["frozen"]["nodes"] and r["recovery"]["steps"] >= 2
+    assert "validation_samples" not in r["recovery"]
+    (out,) = r["fidelity"]["outputs"]
+    assert out["kind"] == "sequence" and out["samples"] == 6

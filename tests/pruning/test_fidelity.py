@@ -274,24 +274,34 @@ def test_a_fixed_batch_recognizer_is_judged_along_its_own_batch_axis():
     assert out["kind"] == "sequence" and out["samples"] == 4, out  # 4 held-out images, not 16 steps x 2 batches
 
 
-def test_a_normalised_embedding_is_judged_by_cosine_and_a_head_by_agreement():
+def test_a_normalised_embedding_is_judged_by_cosine_and_class_scores_by_agreement():
     import torch
     import torch.nn.functional as F
     from torch import nn
 
-    class Embedder(nn.Module):
-        def __init__(self, head: bool) -> None:
+    class Model(nn.Module):
+        def __init__(self, head: str) -> None:
             super().__init__()
+            self.head = head
             self.body = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, padding=1),
-                                      nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
-            self.head = nn.Linear(32, 10) if head else None
+                                      nn.ReLU())
+            self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+            self.fc, self.fc2 = nn.Linear(32, 10), nn.Linear(32, 10)
+            self.squeeze = nn.Conv2d(32, 10, 1)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             f = self.body(x)
-            return self.head(f) if self.head is not None else F.normalize(f, dim=1)
+            if self.head == "normalised":
+                return F.normalize(self.pool(f), dim=1)
+            if self.head == "squeezenet":  # class scores pooled from a 1x1 conv
+                return self.pool(torch.relu(self.squeeze(f)))
+            if self.head == "two heads":  # DeiT-distilled: the mean of two heads, a Div by a constant
+                return (self.fc(self.pool(f)) + self.fc2(self.pool(f))) / 2
+            return self.fc(self.pool(f))
 
     calib = _images(20, (3, 16, 16))
-    for head, kind in ((False, "values"), (True, "classes")):
-        data = torch_onnx(Embedder(head), (1, 3, 16, 16)).SerializeToString()
+    for head, kind in (("normalised", "values"), ("linear", "classes"), ("squeezenet", "classes"),
+                       ("two heads", "classes")):
+        data = torch_onnx(Model(head), (1, 3, 16, 16)).SerializeToString()
         (out,) = prune(data, _spec(target={"macs": 0.9}), calibration=calib).report["fidelity"]["outputs"]
         assert out["kind"] == kind, (head, out)

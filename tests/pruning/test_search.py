@@ -120,6 +120,6 @@ def test_the_search_reports_each_probe_as_it_goes_and_fails_when_nothing_holds(m
 def test_the_search_refuses_too_little_data_to_set_two_parts_apart():
     x, y = cifar_inputs(12, split="train")
     spec = PruneSpec.model_validate({"fidelity": {"max_drop": 1}})
-    with pytest.raises(SpecError, match="needs evaluation data with at least 10 samples or at least 20 calibration"):
+    with pytest.raises(SpecError, match="needs evaluation data with at least 10 samples or at least 14 calibration"):
         prune(shared("resnet20_cifar10.safetensors").read_bytes(), spec, arch="resnet20_cifar", num_classes=10,
               calibration=Dataset(x, y))

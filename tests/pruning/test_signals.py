@@ -256,6 +256,15 @@ def test_bandit_learns_which_channel_is_useless_while_running_fewer_channels():
     assert 0 < b["executed_fraction"] < 1 and b["steps"] == 16  # 64 calibration samples, batch 16, 4 epochs
 
 
+def test_bandit_without_labels_learns_from_the_original_model():
+    """Unlabelled calibration data: the bandit's fine-tune distils from the teacher (the original module, whose
+    output is a tensor, not a Teacher's list), with a batch size other than the class count."""
+    m = _zero_gradient_net()
+    s, ctx, _ = _scores(m, "bandit", _data(n=40, labels=False), kind="macs", target=0.5, bandit_epochs=1,
+                        batch_size=5, lr=0.001)
+    assert s.shape == (4,) and np.isfinite(s).all() and ctx.report["bandit"]["steps"] == 8
+
+
 class Residual(nn.Module):
     """stem (3->4) feeds a residual stream through two blocks; each block's inner conv is a plain group.
 
