@@ -61,6 +61,7 @@ QUICK = [
                           "The quick run leaves out reconstruct (the full run measures it)."], ""),
     ("coverage.py", ["--only", "ResNet-18,ResNet-18, opset 11,YOLOv8n,DBNet-style,CRNN + LSTM,ViT-Tiny",
                      "--repeats", "10"], ""),
+    ("budget_search.py", [], ""),
     ("gpu.py", ["--quick"], GPU_NOTE),
 ]
 # ResNet-56 recovery within 30 minutes: the recipe that met the goal (unnormalised group L2 + BN
@@ -85,6 +86,7 @@ FULL = [
     # the committed table's budget (512 calibration images, half an epoch of distillation per cell)
     ("recovery_table.py", ["--samples", "512", "--epochs", "0.5"], ""),
     ("fashion_mnist.py", [], ""),
+    ("budget_search.py", [], ""),
     ("cifar_recovery.py", BEST_RECOVERY, ""),
     ("gpu.py", [], GPU_NOTE),
 ]
