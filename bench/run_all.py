@@ -62,6 +62,8 @@ QUICK = [
     ("coverage.py", ["--only", "ResNet-18,ResNet-18, opset 11,YOLOv8n,DBNet-style,CRNN + LSTM,ViT-Tiny",
                      "--repeats", "10"], ""),
     ("budget_search.py", [], ""),
+    # trains its two OCR models first when ~/.cache has none (about 10 minutes on 2 cores)
+    ("text_fidelity.py", ["--quick"], ""),
     ("gpu.py", ["--quick"], GPU_NOTE),
 ]
 # ResNet-56 recovery within 30 minutes: the recipe that met the goal (unnormalised group L2 + BN
@@ -87,6 +89,7 @@ FULL = [
     ("recovery_table.py", ["--samples", "512", "--epochs", "0.5"], ""),
     ("fashion_mnist.py", [], ""),
     ("budget_search.py", [], ""),
+    ("text_fidelity.py", [], ""),
     ("cifar_recovery.py", BEST_RECOVERY, ""),
     ("gpu.py", [], GPU_NOTE),
 ]
