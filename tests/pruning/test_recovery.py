@@ -1,5 +1,7 @@
 """Recovery on real data: ResNet-20 with its pretrained weights, CIFAR-10 calibration and test images."""
 
+import copy
+
 import pytest
 from secateurs.pruning import PruneSpec, prune
 from secateurs.pruning.data import Dataset
@@ -166,7 +168,8 @@ def test_training_computes_in_its_precision_and_keeps_float32_weights(precision,
     model = nn.Sequential(nn.Conv2d(2, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
                           nn.Flatten(), nn.Linear(8, 2))
     seen: list[torch.dtype] = []
-    model[0].register_forward_hook(lambda m, i, out: seen.append(out.dtype))
+    # training passes only (the channels-last layout is first tried on two samples in eval mode)
+    model[0].register_forward_hook(lambda m, i, out: seen.append(out.dtype) if m.training else None)
     data = Dataset(x, y.astype(np.int64))
 
     def correct() -> float:
@@ -251,3 +254,39 @@ def test_distillation_compares_outputs_in_their_own_terms():
     z, w = torch.randn(4, 10) * 5, torch.randn(4, 10) * 5
     expected = F.kl_div(F.log_softmax(z / 4, 1), F.softmax(w / 4, 1), reduction="batchmean") * 16
     assert float(distill_loss(z, w)) == pytest.approx(float(expected))
+
+
+def test_training_runs_channels_last_and_hands_back_the_usual_layout():
+    import numpy as np
+    import torch
+    from secateurs.pruning.recovery import train
+    from torch import nn
+
+    torch.manual_seed(0)
+    x = np.random.default_rng(0).normal(0, 1, (64, 3, 16, 16)).astype(np.float32)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                          nn.Flatten(), nn.Linear(8, 4))
+    teacher = copy.deepcopy(model).eval()
+    layouts: list[bool] = []
+    model[0].register_forward_hook(
+        lambda m, i, out: layouts.append(out.is_contiguous(memory_format=torch.channels_last)) if m.training else None)
+    stats = train(model, Dataset(x, None), teacher=teacher, epochs=1, lr=0.01, batch_size=16, device="cpu",
+                  precision="fp32")
+    assert stats["channels_last"] and layouts and all(layouts)
+    for m in (model, teacher):  # both back in the usual layout, for export and for the caller
+        assert all(p.is_contiguous() for p in m.parameters())
+
+    class Viewing(nn.Module):  # a forward pass that needs the usual strides: trains in them
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3, padding=1)
+            self.head = nn.Linear(4 * 16 * 16, 4)
+
+        def forward(self, t: torch.Tensor) -> torch.Tensor:
+            y = self.conv(t)
+            return self.head(y.view(y.shape[0], -1))
+
+    viewing = Viewing()
+    stats = train(viewing, Dataset(x, None), teacher=copy.deepcopy(viewing).eval(), epochs=1, lr=0.01, batch_size=16,
+                  device="cpu", precision="fp32")
+    assert "channels_last" not in stats and stats["steps"] == 4
