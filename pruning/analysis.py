@@ -19,6 +19,7 @@ from torch import nn
 from . import trace_cost
 from .custom_ops import CUSTOM_PRUNERS, ChannelSelect
 from .errors import SpecError, UnsupportedModelError
+from .inputs import Example, as_tuple
 
 COUNTED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
@@ -111,7 +112,7 @@ class Analysis:
         return float(every.mean()) if every.size else 1.0
 
 
-def layer_costs(model: nn.Module, example: torch.Tensor) -> tuple[dict[str, LayerCost], float]:
+def layer_costs(model: nn.Module, example: Example) -> tuple[dict[str, LayerCost], float]:
     """Per conv/linear layer its MACs, parameters and channels, and the whole model's MACs (every op
     FlopCounterMode counts, matmuls included), from one forward pass."""
     from torch.utils.flop_counter import FlopCounterMode
@@ -139,14 +140,14 @@ def layer_costs(model: nn.Module, example: torch.Tensor) -> tuple[dict[str, Laye
             hooks.append(m.register_forward_hook(hook(name, m)))
     try:
         with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            model(example)
+            model(*as_tuple(example))
     finally:
         for h in hooks:
             h.remove()
     return costs, counter.get_total_flops() / 2
 
 
-def analyse(model: nn.Module, example: torch.Tensor, protect: list[str]) -> Analysis:
+def analyse(model: nn.Module, example: Example, protect: list[str]) -> Analysis:
     costs, macs = layer_costs(model, example)
     if not costs:
         raise UnsupportedModelError("the model has no convolution or linear layer: nothing to prune")

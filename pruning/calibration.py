@@ -19,6 +19,7 @@ from torch import nn
 
 from .analysis import Analysis
 from .data import Dataset
+from .inputs import Example, call, tensors, to
 
 
 @dataclass
@@ -112,18 +113,18 @@ class Collector:
         try:
             for x, y in _batches(data, samples, batch_size):
                 seen.clear()
-                x = x.to(self.device)
+                x = to(x, self.device)
                 if not self.gradients:
                     with torch.no_grad():
-                        self.model(x)
+                        call(self.model, x)
                     continue
                 self.model.zero_grad(set_to_none=True)
-                out = _logits(self.model(x))
+                out = _logits(call(self.model, x))
                 if y is None:
                     if teacher is None:
                         raise ValueError("gradients without labels need a teacher")
                     with torch.no_grad():
-                        y_used = _logits(teacher(x)).argmax(1)
+                        y_used = _logits(call(teacher, x)).argmax(1)
                 else:
                     y_used = y.to(self.device)
                 loss = F.cross_entropy(out, y_used, reduction="sum")
@@ -195,10 +196,10 @@ def _logits(out: object) -> torch.Tensor:
     return out.reshape(out.shape[0], -1)
 
 
-def _batches(data: Dataset, samples: int, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+def _batches(data: Dataset, samples: int, batch_size: int) -> Iterator[tuple[Example, torch.Tensor | None]]:
     n = min(samples, len(data))
     for start in range(0, n, batch_size):
         end = min(start + batch_size, n)
-        x = torch.from_numpy(data.x[start:end])
+        x = tensors(data.arrays(slice(start, end)))
         y = None if data.y is None else torch.from_numpy(data.y[start:end])
         yield x, y

@@ -60,11 +60,7 @@ def split(calibration: Dataset, most: int | None = None) -> tuple[Dataset, Datas
         held = max(MIN_HELD_OUT, min(held, most))
     order = np.random.default_rng(0).permutation(n)
     keep, out = np.sort(order[held:]), np.sort(order[:held])
-
-    def take(idx: np.ndarray) -> Dataset:
-        return Dataset(calibration.x[idx], None if calibration.y is None else calibration.y[idx])
-
-    return take(keep), take(out)
+    return calibration.take(keep), calibration.take(out)
 
 
 def _producers(proto: onnx.ModelProto) -> dict[str, onnx.NodeProto]:

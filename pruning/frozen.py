@@ -39,6 +39,7 @@ class FrozenRegion:
     outputs: list[onnx.ValueInfoProto]  # the model's outputs, in the sent order
     opset_imports: list[onnx.OperatorSetIdProto]
     reasons: dict[str, str] = field(default_factory=dict)  # node -> why it is frozen (the nodes that started it)
+    inputs: list[onnx.ValueInfoProto] = field(default_factory=list)  # the model's inputs, in the sent order
 
     def describe(self, macs: int) -> dict[str, Any]:
         """For the report; `macs`, what the frozen nodes cost, is counted on the joined graph."""
@@ -144,7 +145,7 @@ def split(proto: onnx.ModelProto, opset: int) -> tuple[onnx.ModelProto, FrozenRe
     region = FrozenRegion(
         nodes=frozen_nodes, initializers=[inits[t] for t in inits if t in used_by_frozen],
         boundary=boundary, outputs=list(proto.graph.output), opset_imports=list(proto.opset_import),
-        reasons=reasons,
+        reasons=reasons, inputs=list(graph_inputs(proto)),
     )
     return model, region
 
@@ -167,14 +168,15 @@ def _value_info(proto: onnx.ModelProto, name: str, types: dict[str, int]) -> onn
     return onnx.helper.make_tensor_value_info(name, types.get(name, onnx.TensorProto.FLOAT), None)
 
 
-def batch_axes(part: onnx.ModelProto, shape: list[int], fixed_batch: int | None) -> dict[str, dict[int, str]]:
-    """Which axis of each of the part's outputs follows the batch, found by running it at two batch sizes."""
+def batch_axes(part: onnx.ModelProto, shapes: dict[str, list[int]],
+               fixed_batch: int | None) -> dict[str, dict[int, str]]:
+    """Which axis of each of the part's outputs follows the batch, found by running it at two batch sizes
+    (`shapes`: each input's, the batch first)."""
     if fixed_batch:
         return {}
-    name = graph_inputs(part)[0].name
     try:
-        one = run_ort(part.SerializeToString(), probe_feed(part, {name: [1, *shape[1:]]}))
-        two = run_ort(part.SerializeToString(), probe_feed(part, {name: [2, *shape[1:]]}))
+        one = run_ort(part.SerializeToString(), probe_feed(part, {k: [1, *s[1:]] for k, s in shapes.items()}))
+        two = run_ort(part.SerializeToString(), probe_feed(part, {k: [2, *s[1:]] for k, s in shapes.items()}))
     except Exception:  # it does not run at batch 2 after all: exported as traced, checked afterwards
         return {}
     axes: dict[str, dict[int, str]] = {}
@@ -210,6 +212,12 @@ def join(pruned: bytes, region: FrozenRegion) -> bytes:
         g.node.append(copy)
     del g.output[:]
     g.output.extend(region.outputs)
+    # an input only the frozen nodes read (a detector's scale factor, say) is not one the pruned part's export kept
+    kept = {i.name: i for i in g.input}
+    if region.inputs and any(i.name not in kept for i in region.inputs):
+        ordered = [kept.pop(i.name, i) for i in region.inputs]
+        del g.input[:]
+        g.input.extend([*ordered, *kept.values()])
     have = {o.domain: o for o in part.opset_import}
     for o in region.opset_imports:
         if o.domain not in have:

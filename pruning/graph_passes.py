@@ -16,6 +16,8 @@ from __future__ import annotations
 import torch
 from torch import fx, nn
 
+from .inputs import Example, as_tuple
+
 
 def _module(gm: fx.GraphModule, node: fx.Node) -> nn.Module | None:
     if node.op != "call_module":
@@ -101,11 +103,11 @@ ROUTING = {"OnnxReshape", "OnnxTranspose", "OnnxSlice", "OnnxSliceV9", "OnnxSque
            "OnnxUnsqueezeStaticAxes"}
 
 
-def _values(gm: fx.GraphModule, example: torch.Tensor) -> dict[fx.Node, object]:
+def _values(gm: fx.GraphModule, example: Example) -> dict[fx.Node, object]:
     """Every node's value when the module runs on `example`."""
     rec = _Recorder(gm)
     with torch.no_grad():
-        rec.run(example)
+        rec.run(*as_tuple(example))
     return rec.values
 
 
@@ -124,7 +126,7 @@ def _is_nchw(v: object) -> bool:
     return isinstance(v, torch.Tensor) and v.dim() == 4 and v.shape[0] == 1
 
 
-def channel_routes(gm: fx.GraphModule, example: torch.Tensor) -> int:
+def channel_routes(gm: fx.GraphModule, example: Example) -> int:
     """Replace channel-only data movement by `ChannelSelect` (see the module docstring)."""
     from .custom_ops import ChannelSelect
 
@@ -165,7 +167,7 @@ def channel_routes(gm: fx.GraphModule, example: torch.Tensor) -> int:
     return changed
 
 
-def channel_broadcasts(gm: fx.GraphModule, example: torch.Tensor) -> int:
+def channel_broadcasts(gm: fx.GraphModule, example: Example) -> int:
     """An elementwise op between a one-channel map and a C-channel one (MobileViTv2's attention scores times its
     keys) gets the one channel spread to C by a `ChannelSelect`. Torch-Pruning takes both operands of an
     elementwise op to share their channels, so it paired the keys' channel indices with the single score channel
@@ -224,7 +226,7 @@ def _selection(
 SPLITS = {"OnnxSplit13", "OnnxSplit"}
 
 
-def channel_splits(gm: fx.GraphModule, example: torch.Tensor) -> int:
+def channel_splits(gm: fx.GraphModule, example: Example) -> int:
     """A split of an NCHW tensor along its channels becomes one `ChannelSelect` per chunk (YOLO's C2f and CSP
     blocks split a conv's output in two). Torch-Pruning maps a split's indices by assuming one consumer per
     chunk, and fails (IndexError) or goes out of step when a chunk feeds both a concatenation and the next
@@ -311,7 +313,7 @@ def _finish(gm: fx.GraphModule) -> None:
     gm.recompile()
 
 
-def run_all(gm: nn.Module, example: torch.Tensor) -> nn.Module:
+def run_all(gm: nn.Module, example: Example) -> nn.Module:
     if isinstance(gm, fx.GraphModule):
         sized_resizes(gm)
         shaped_reshapes(gm)

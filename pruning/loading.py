@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 import torch
 from google.protobuf.message import Message
@@ -25,6 +26,8 @@ from .errors import BadModelError, InputError, SpecError, UnsupportedModelError
 from .frozen import FrozenRegion
 from .headers import MAX_TENSOR_ELEMENTS, SEND_INSTEAD, refuse_old_opset
 from .headers import sniff as _sniff_file
+from .inputs import Example, GraphInput
+from .inputs import example as zeros_example
 
 
 @dataclass
@@ -46,6 +49,14 @@ class LoadedModel:
     # (`output_names`) are what it hands the frozen nodes
     frozen: FrozenRegion | None = None
     part_opset: int | None = None  # the opset the prunable part is exported at, to join the frozen nodes
+    input_dtype: str = "float32"  # the first input's
+    other_inputs: list[GraphInput] = field(default_factory=list)  # the model's inputs after the first, in graph order
+
+    @property
+    def inputs(self) -> list[GraphInput]:
+        """Every input in graph order: the order the module takes them in."""
+        first = GraphInput(self.input_name, self.input_shape, self.input_dtype, self.symbolic_dims)
+        return [first, *self.other_inputs]
 
     @property
     def has_batchnorm(self) -> bool:
@@ -63,10 +74,10 @@ def load_model(
     arch: str | None = None,
     num_classes: int | None = None,
     input_shape: list[int] | None = None,
-    data_shape: list[int] | None = None,
+    data_shapes: dict[str, list[int]] | None = None,
 ) -> LoadedModel:
-    """`data_shape`, the shape of the calibration or evaluation samples (batch first), sizes an ONNX input's
-    symbolic dimensions when `input_shape` does not."""
+    """`data_shapes`, the shapes of the calibration or evaluation arrays (batch first) by .npz key, size an ONNX
+    input's symbolic dimensions when `input_shape` (the first input's) does not."""
     kind = sniff(data)
     if kind == "safetensors":
         if arch is None:
@@ -74,7 +85,7 @@ def load_model(
         return _load_safetensors(data, arch, num_classes, input_shape)
     if arch is not None:
         raise BadModelError("--arch goes with safetensors weights; this file is not safetensors")
-    return _load_onnx(data, input_shape, data_shape)
+    return _load_onnx(data, input_shape, data_shapes)
 
 
 # ---------------------------------------------------------------------------------------------- safetensors
@@ -134,7 +145,8 @@ def _guess_num_classes(state: dict[str, torch.Tensor]) -> int:
 # --------------------------------------------------------------------------------------------------- ONNX
 
 
-def _load_onnx(data: bytes, input_shape: list[int] | None, data_shape: list[int] | None = None) -> LoadedModel:
+def _load_onnx(data: bytes, input_shape: list[int] | None,
+               data_shapes: dict[str, list[int]] | None = None) -> LoadedModel:
     try:
         proto = onnx.load_model_from_string(data)
     except Exception as e:  # protobuf raises its own DecodeError, or RuntimeError, depending on version
@@ -153,57 +165,48 @@ def _load_onnx(data: bytes, input_shape: list[int] | None, data_shape: list[int]
 
     _refuse_absurd_shapes(proto)
 
-    inputs = prepasses.graph_inputs(proto)
-    if len(inputs) != 1:
-        raise UnsupportedModelError(f"models with {len(inputs)} inputs are not supported yet (one image input)")
-    graph_input = inputs[0]
-    elem = graph_input.type.tensor_type.elem_type
-    if elem != onnx.TensorProto.FLOAT:
-        raise UnsupportedModelError(
-            f"input {graph_input.name!r} is {onnx.TensorProto.DataType.Name(elem).lower()}: the engine prunes models "
-            "whose input is a float32 tensor (images, spectrograms, features)")
-    dims = graph_input.type.tensor_type.shape.dim
-    shape: list[int] = []
     dynamic_axes: dict[str, dict[int, str]] = {}
-    for i, d in enumerate(dims):
-        if d.HasField("dim_value") and d.dim_value > 0:
-            shape.append(d.dim_value)
-        else:
-            dynamic_axes.setdefault(graph_input.name, {})[i] = d.dim_param or f"dim{i}"
-            shape.append(-1)
-    if not shape:
-        raise UnsupportedModelError("the model's input has no shape: re-export it with its input shape")
-    symbolic = [i for i, s in enumerate(shape) if s == -1 and i > 0]
-    if input_shape is not None:
-        if len(input_shape) != len(shape) or any(s not in (-1, g) for s, g in zip(shape[1:], input_shape[1:], strict=True)):
-            raise SpecError(f"input_shape {input_shape} does not fit the model's input {shape}")
-        shape = [shape[0], *input_shape[1:]]
-    elif data_shape is not None and len(data_shape) == len(shape):
-        shape = [d if i and s == -1 else s for i, (s, d) in enumerate(zip(shape, data_shape, strict=True))]
-    fixed_batch = shape[0] if shape[0] > 0 else None
-    shape[0] = fixed_batch or 1  # a fixed batch stays what the model declares; a symbolic one is probed at 1
-    if any(s == -1 for s in shape):
-        shape = trace_shape(data, graph_input.name, shape)
+    inputs = _graph_inputs(proto, dynamic_axes)
+    data_shapes = dict(data_shapes or {})
+    if len(inputs) == 1 and "x" in data_shapes:  # a single input's samples come under key x
+        data_shapes.setdefault(inputs[0].name, data_shapes["x"])
+    for k, graph_input in enumerate(inputs):
+        shape = graph_input.shape
+        given = input_shape if k == 0 else None
+        if given is not None:
+            if len(given) != len(shape) or any(s not in (-1, g) for s, g in zip(shape[1:], given[1:], strict=True)):
+                raise SpecError(f"input_shape {given} does not fit the model's input {shape}")
+            graph_input.shape = [shape[0], *given[1:]]
+        elif len(data_shapes.get(graph_input.name, [])) == len(shape):
+            sizes = data_shapes[graph_input.name]
+            graph_input.shape = [d if i and s == -1 else s for i, (s, d) in enumerate(zip(shape, sizes, strict=True))]
+    fixed_batch = _fixed_batch(inputs)
+    for graph_input in inputs:  # a fixed batch stays what the model declares; a symbolic one is probed at 1
+        graph_input.shape[0] = fixed_batch or 1
+    if any(s == -1 for i in inputs for s in i.shape):
+        trace_shapes(data, inputs)
+    shape = inputs[0].shape
     for out in proto.graph.output:
         for i, d in enumerate(out.type.tensor_type.shape.dim):
             if not d.HasField("dim_value"):
                 dynamic_axes.setdefault(out.name, {})[i] = d.dim_param or f"dim{i}"
 
-    prepared = prepasses.prepare(proto, {graph_input.name: shape})
+    prepared = prepasses.prepare(proto, {i.name: i.shape for i in inputs})
     part, region = frozen.split(prepared.proto, prepasses.default_opset(prepared.proto))
     output_names = [o.name for o in proto.graph.output]
     expected: list[Any] | None = prepared.expected  # what the converted module must reproduce
     if region is not None:
         # the prunable part is a model of its own: its outputs are what it hands the frozen nodes
         output_names = [o.name for o in part.graph.output]
-        dynamic_axes = {graph_input.name: dynamic_axes.get(graph_input.name, {}),
-                        **frozen.batch_axes(part, shape, fixed_batch)}
+        dynamic_axes = {**{i.name: dynamic_axes.get(i.name, {}) for i in inputs},
+                        **frozen.batch_axes(part, {i.name: i.shape for i in inputs}, fixed_batch)}
         expected = None
-    module = _to_torch(_prepare(part), torch.zeros(shape))
+    module = _to_torch(_prepare(part), zeros_example(inputs))
     _check_conversion(part.SerializeToString() if expected is None else data, module, prepared.feed, expected)
+    first = inputs[0]
     return LoadedModel(
         module=module,
-        input_name=graph_input.name,
+        input_name=first.name,
         output_names=output_names,
         input_shape=shape,
         dynamic_axes={k: v for k, v in dynamic_axes.items() if v},
@@ -212,30 +215,79 @@ def _load_onnx(data: bytes, input_shape: list[int] | None, data_shape: list[int]
         onnx_bytes=data,
         fixed_batch=fixed_batch,
         prepasses=prepared.passes,
-        symbolic_dims=symbolic,
+        symbolic_dims=first.symbolic,
         frozen=region,
         part_opset=prepasses.default_opset(prepared.proto) if region is not None else None,
+        input_dtype=first.dtype,
+        other_inputs=inputs[1:],
     )
+
+
+def _graph_inputs(proto: onnx.ModelProto, dynamic_axes: dict[str, dict[int, str]]) -> list[GraphInput]:
+    """The graph's inputs with their dtypes and declared shapes (-1 where symbolic, named in `dynamic_axes`)."""
+    inputs = []
+    for graph_input in prepasses.graph_inputs(proto):
+        elem = graph_input.type.tensor_type.elem_type
+        dtype = prepasses.NUMPY_TYPES.get(elem)
+        if dtype is None:
+            raise UnsupportedModelError(f"input {graph_input.name!r} is "
+                                        f"{onnx.TensorProto.DataType.Name(elem).lower()}: not a type the engine feeds")
+        shape: list[int] = []
+        for i, d in enumerate(graph_input.type.tensor_type.shape.dim):
+            if d.HasField("dim_value") and d.dim_value > 0:
+                shape.append(d.dim_value)
+            else:
+                dynamic_axes.setdefault(graph_input.name, {})[i] = d.dim_param or f"dim{i}"
+                shape.append(-1)
+        if not shape:
+            what = "the model's input" if len(proto.graph.input) == 1 else f"input {graph_input.name!r}"
+            raise UnsupportedModelError(f"{what} has no shape: re-export it with its input shape (every input "
+                                        "takes the batch on its first axis)")
+        inputs.append(GraphInput(graph_input.name, shape, np.dtype(dtype).name,
+                                 [i for i, s in enumerate(shape) if s == -1 and i > 0]))
+    floats = [i for i in inputs if np.issubdtype(np.dtype(i.dtype), np.floating)]
+    if not floats:
+        raise UnsupportedModelError(
+            f"input {inputs[0].name!r} is {inputs[0].dtype}: the engine prunes models with a float32 input (images, "
+            "spectrograms, features); integer inputs beside it are fed as they are")
+    odd = next((i for i in floats if i.dtype != "float32"), None)
+    if odd is not None:
+        raise UnsupportedModelError(f"input {odd.name!r} is {odd.dtype}: float inputs are taken as float32 tensors; "
+                                    "re-export the model with float32 inputs")
+    return inputs
+
+
+def _fixed_batch(inputs: list[GraphInput]) -> int | None:
+    """The batch the inputs fix, if any does; inputs that fix different batches are not a model we can feed."""
+    fixed = {i.name: i.shape[0] for i in inputs if i.shape[0] > 0}
+    if len(set(fixed.values())) > 1:
+        raise UnsupportedModelError(f"the inputs fix different batch sizes on their first axis ({fixed}): every "
+                                    "input must take the batch there")
+    return next(iter(fixed.values()), None)
 
 
 TRACE_SIZES = (224, 256, 320, 384, 448, 512, 640)  # multiples of 32, as detectors' strides want
 
 
-def trace_shape(data: bytes, input_name: str, shape: list[int]) -> list[int]:
-    """Sizes for the input's symbolic dimensions (height, width, sequence) when neither the data nor the spec
-    gives them: the first of TRACE_SIZES the sent model runs at in ONNX Runtime."""
-    import numpy as np
+def trace_shapes(data: bytes, inputs: list[GraphInput]) -> None:
+    """Sizes for the inputs' symbolic dimensions (height, width, sequence) when neither the data nor the spec
+    gives them: the first of TRACE_SIZES the sent model runs at in ONNX Runtime, written into `inputs`."""
+    from .inputs import arrays
 
     for size in TRACE_SIZES:
-        candidate = [size if s == -1 else s for s in shape]
-        if _elements(candidate[1:]) > MAX_TENSOR_ELEMENTS:
+        candidates = [GraphInput(i.name, [size if s == -1 else s for s in i.shape], i.dtype) for i in inputs]
+        if any(_elements(c.shape[1:]) > MAX_TENSOR_ELEMENTS for c in candidates):
             break
         try:
-            prepasses.run_ort(data, {input_name: np.zeros(candidate, dtype=np.float32)})
+            prepasses.run_ort(data, dict(zip([i.name for i in inputs], arrays(candidates), strict=True)))
         except Exception:
             continue
-        return candidate
-    raise InputError(f"the model's input {shape} has symbolic dimensions and it runs at none of the sizes "
+        for i, c in zip(inputs, candidates, strict=True):
+            i.shape = c.shape
+        return
+    shapes = {i.name: i.shape for i in inputs if -1 in i.shape}
+    what = f"input {inputs[0].shape}" if len(inputs) == 1 else f"inputs {shapes}"
+    raise InputError(f"the model's {what} has symbolic dimensions and it runs at none of the sizes "
                      f"{list(TRACE_SIZES)}: give input_shape (--input-shape) or calibration data of the size it takes")
 
 
@@ -361,7 +413,7 @@ def _layernorm_shapes(graph: onnx.GraphProto, inits: dict[str, onnx.TensorProto]
             infos[node.input[0]] = graph.value_info[-1]
 
 
-def _to_torch(proto: onnx.ModelProto, example: torch.Tensor) -> nn.Module:
+def _to_torch(proto: onnx.ModelProto, example: Example) -> nn.Module:
     from onnx2torch import convert
 
     from .compat import onnx2torch_opset_lookup
@@ -396,9 +448,8 @@ def _check_conversion(data: bytes, module: nn.Module, feed: dict[str, Any], expe
             expected = prepasses.run_ort(data, feed)
         except Exception as e:
             raise BadModelError(f"ONNX Runtime cannot run the model: {str(e).splitlines()[0][:200]}") from None
-    (x,) = feed.values()
     with torch.no_grad():
-        got = outputs_of(module(torch.from_numpy(x)))
+        got = outputs_of(module(*(torch.from_numpy(x) for x in feed.values())))
     why = prepasses.same_outputs(expected, [t.detach().numpy() for t in got])
     if why is not None:
         raise UnsupportedModelError(

@@ -6,6 +6,7 @@ import io
 import statistics
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,14 +17,28 @@ import torch
 from torch import nn
 
 from .errors import PruningError, VerificationError
+from .inputs import Example, GraphInput, arrays, as_tuple
 from .prepasses import constant_parameters, disagreement
+
+Inputs = np.ndarray | Sequence[np.ndarray]  # one input's values, or each input's in graph order
+Shapes = list[int] | Sequence[GraphInput]  # the one float input's shape, or each input's (with its dtype)
+
+
+def _values(x: Inputs) -> list[np.ndarray]:
+    return [x] if isinstance(x, np.ndarray) else list(x)
+
+
+def _inputs(shapes: Shapes) -> list[GraphInput]:
+    if len(shapes) and isinstance(shapes[0], GraphInput):
+        return list(shapes)  # type: ignore[arg-type]
+    return [GraphInput("input", [int(s) for s in shapes])]  # type: ignore[union-attr]
 
 
 def export(
     model: nn.Module,
-    example: torch.Tensor,
+    example: Example,
     *,
-    input_name: str,
+    input_name: str | Sequence[str],
     output_names: list[str],
     dynamic_axes: dict[str, dict[int, str]],
     opset: int,
@@ -33,11 +48,11 @@ def export(
         warnings.simplefilter("ignore")
         torch.onnx.export(
             model.eval(),
-            (example,),
+            as_tuple(example),
             buf,
             dynamo=False,
             opset_version=opset,
-            input_names=[input_name],
+            input_names=[input_name] if isinstance(input_name, str) else list(input_name),
             output_names=output_names,
             dynamic_axes=dynamic_axes or None,
             do_constant_folding=True,
@@ -61,29 +76,31 @@ def session(data: bytes, threads: int = 1, spin: bool = True) -> ort.InferenceSe
     return ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
 
 
-def run(sess: ort.InferenceSession, x: np.ndarray) -> np.ndarray:
+def run(sess: ort.InferenceSession, *xs: np.ndarray) -> np.ndarray:
     """The first output."""
-    return run_outputs(sess, x)[0]
+    return run_outputs(sess, *xs)[0]
 
 
-def run_outputs(sess: ort.InferenceSession, x: np.ndarray) -> list[np.ndarray]:
-    name = sess.get_inputs()[0].name
-    return [np.asarray(v) for v in sess.run(None, {name: x})]
+def run_outputs(sess: ort.InferenceSession, *xs: np.ndarray) -> list[np.ndarray]:
+    """Every output, the inputs `xs` given in graph order."""
+    feed = {i.name: x for i, x in zip(sess.get_inputs(), xs, strict=True)}
+    return [np.asarray(v) for v in sess.run(None, feed)]
 
 
-def _checked_run(sess: ort.InferenceSession, x: np.ndarray, what: str) -> list[np.ndarray]:
+def _checked_run(sess: ort.InferenceSession, xs: list[np.ndarray], what: str) -> list[np.ndarray]:
     """run_outputs, where a model that does not run is a failed check of the pruned model, said in one line."""
     try:
-        return run_outputs(sess, x)
+        return run_outputs(sess, *xs)
     except Exception as e:
         text = str(e).strip().splitlines()
         first = text[0] if text else type(e).__name__
-        raise VerificationError(f"{what} does not run in ONNX Runtime on an input of shape {list(x.shape)} "
-                                f"({first[:300]}); no model was produced") from None
+        shapes = list(xs[0].shape) if len(xs) == 1 else [list(x.shape) for x in xs]
+        raise VerificationError(f"{what} does not run in ONNX Runtime on {'an input' if len(xs) == 1 else 'inputs'} "
+                                f"of shape {shapes} ({first[:300]}); no model was produced") from None
 
 
 def verify(
-    data: bytes, model: nn.Module, inputs: np.ndarray, expected_shapes: list[list[int | str]] | None,
+    data: bytes, model: nn.Module, inputs: Inputs, expected_shapes: list[list[int | str]] | None,
     *, fixed_batch: int | None = None, batch_name: str | None = "batch",
 ) -> float:
     """max |ORT - torch| over every output on the inputs (in chunks of the model's fixed batch, if it has one);
@@ -92,14 +109,15 @@ def verify(
     fixes, or at 1 and 4."""
     from .loading import outputs_of
 
+    xs = _values(inputs)
     sess = session(data)
-    step = fixed_batch or len(inputs)
+    step = fixed_batch or len(xs[0])
     diff = 0.0
-    for start in range(0, len(inputs) - step + 1, step):
-        chunk = inputs[start : start + step]
+    for start in range(0, len(xs[0]) - step + 1, step):
+        chunk = [x[start : start + step] for x in xs]
         got = _checked_run(sess, chunk, "the pruned model")
         with torch.no_grad():
-            ref = [t.detach().cpu().numpy() for t in outputs_of(model(torch.from_numpy(chunk)))]
+            ref = [t.detach().cpu().numpy() for t in outputs_of(model(*(torch.from_numpy(c) for c in chunk)))]
         if len(got) != len(ref):
             raise VerificationError(f"the ONNX has {len(got)} outputs, the pruned model {len(ref)}")
         for i, (g, r) in enumerate(zip(got, ref, strict=True)):
@@ -116,7 +134,7 @@ def verify(
             diff = max(diff, d)
     if expected_shapes is not None:
         for batch in (fixed_batch,) if fixed_batch else (1, 4):
-            outs = _checked_run(sess, np.repeat(inputs[:1], batch, axis=0), "the pruned model")
+            outs = _checked_run(sess, [np.repeat(x[:1], batch, axis=0) for x in xs], "the pruned model")
             for out, shape in zip(outs, expected_shapes, strict=False):
                 # the batch's own name takes the batch; other names (a sequence length, say) are free
                 want = [batch if d == batch_name else d for d in shape]
@@ -135,7 +153,7 @@ class OnnxStats:
     per_node: dict[str, int] = field(default_factory=dict)  # MACs of each counted node, by name (or first output)
 
 
-def stats(data: bytes, input_shape: list[int]) -> OnnxStats:
+def stats(data: bytes, input_shape: Shapes) -> OnnxStats:
     """MACs of Conv, ConvTranspose, Gemm, MatMul (attention's too) and recurrent layers at the given input shape;
     parameters = float elements of
     initializers and `Constant` nodes."""
@@ -157,7 +175,7 @@ def stats(data: bytes, input_shape: list[int]) -> OnnxStats:
     shapes: dict[str, list[int]] = {name: list(t.dims) for name, t in inits.items()}
     if wanted:
         names = list(dict.fromkeys(wanted))
-        values = intermediates(proto, names, np.zeros(input_shape, dtype=np.float32))
+        values = intermediates(proto, names, arrays(_inputs(input_shape), seed=None))
         shapes.update({n: list(v.shape) for n, v in zip(names, values, strict=True)})
 
     def known(name: str) -> list[int] | None:
@@ -200,14 +218,14 @@ _WEIGHT_AT = {"Conv": 1, "ConvTranspose": 1, "Gemm": 1, "MatMul": 1, "ConvIntege
 _KIND = {"ConvInteger": "Conv", "QLinearConv": "Conv", "MatMulInteger": "MatMul", "QLinearMatMul": "MatMul"}
 
 
-def intermediates(proto: onnx.ModelProto, names: list[str], x: np.ndarray) -> list[np.ndarray]:
+def intermediates(proto: onnx.ModelProto, names: list[str], x: Inputs) -> list[np.ndarray]:
     """The values of tensors inside the graph (`names`, in order) on input `x`: the graph run with them as its
     outputs."""
     probe = onnx.ModelProto()
     probe.CopyFrom(proto)
     del probe.graph.output[:]
     probe.graph.output.extend([onnx.ValueInfoProto(name=n) for n in names])
-    return run_outputs(session(probe.SerializeToString()), x)
+    return run_outputs(session(probe.SerializeToString()), *_values(x))
 
 
 def recurrent_macs(node: onnx.NodeProto, known: Any) -> int:
@@ -222,7 +240,7 @@ def recurrent_macs(node: onnx.NodeProto, known: Any) -> int:
     return int(steps) * int(batch) * (int(np.prod(w)) + int(np.prod(r)))
 
 
-def same_output_shapes(before: bytes, after: bytes, input_shape: list[int], batches: tuple[int, ...],
+def same_output_shapes(before: bytes, after: bytes, input_shape: Shapes, batches: tuple[int, ...],
                        *, original_may_fail: bool = False) -> bool:
     """Both models take the same input and give outputs of the same names and shapes at each batch. With
     `original_may_fail`, a shape the original itself does not run at is no check (False); else it raises."""
@@ -231,9 +249,9 @@ def same_output_shapes(before: bytes, after: bytes, input_shape: list[int], batc
     if names[0] != names[1]:
         raise VerificationError(f"the pruned model's outputs are {names[1]}, the original's {names[0]}")
     for batch in batches:
-        x = np.random.default_rng(batch).standard_normal([batch, *input_shape[1:]]).astype(np.float32)
+        x = arrays(_inputs(input_shape), batch, seed=batch)
         try:
-            original = [o.shape for o in run_outputs(sessions[0], x)]
+            original = [o.shape for o in run_outputs(sessions[0], *x)]
         except Exception:
             if original_may_fail:
                 return False
@@ -247,18 +265,18 @@ def same_output_shapes(before: bytes, after: bytes, input_shape: list[int], batc
 
 
 def latency(
-    before: bytes, after: bytes, input_shape: list[int], *, batch: int, threads: int, repeats: int
+    before: bytes, after: bytes, input_shape: Shapes, *, batch: int, threads: int, repeats: int
 ) -> tuple[float, float]:
     """Median ONNX Runtime latency (ms) of both models over `repeats` runs each, interleaved so drift hits
     both alike. Interleaved in blocks (ABBA order), the first run of each block dropped: an idle session's
     intra-op workers keep spinning for a while after its run, and with threads > 1 a session timed right
     after the other shares the cores with the other's spinning workers (ResNet-50 at 2 threads on 2 cores:
     42 ms alone, 67 ms interleaved run by run)."""
-    x = np.random.default_rng(0).standard_normal([batch, *input_shape[1:]]).astype(np.float32)
+    x = arrays(_inputs(input_shape), batch, seed=0)
     sessions = [session(before, threads), session(after, threads)]
     for s in sessions:
         for _ in range(3):
-            run(s, x)
+            run(s, *x)
     block = max(2, min(10, repeats // 3 + 1))
     times: list[list[float]] = [[], []]
     turn = 0
@@ -266,7 +284,7 @@ def latency(
         for i in ((0, 1) if turn % 2 == 0 else (1, 0)):
             for k in range(block):
                 t0 = time.perf_counter()
-                run(sessions[i], x)
+                run(sessions[i], *x)
                 if k:
                     times[i].append((time.perf_counter() - t0) * 1000)
         turn += 1

@@ -16,7 +16,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from . import fidelity, frozen, limits, onnx_tools, recovery, search
+from . import fidelity, frozen, inputs, limits, onnx_tools, recovery, search
 from .analysis import COUNTED, Analysis, analyse
 from .custom_ops import CUSTOM_PRUNERS, ChannelSelect
 from .data import Dataset
@@ -30,6 +30,7 @@ from .errors import (
     UnsupportedModelError,
     VerificationError,
 )
+from .inputs import Example, GraphInput, as_tuple
 from .loading import LoadedModel, load_model, second_shape
 from .planner import Planner
 from .signals import ScoringContext, make_scorer
@@ -157,8 +158,8 @@ def _prune(
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     with run.stage("import", 0.0, "reading the model"):
         loaded = _load(model, spec, arch, num_classes, calibration if calibration is not None else evaluation)
-        _check_data_fits(loaded, calibration, "calibration")
-        _check_data_fits(loaded, evaluation, "evaluation")
+        calibration = _check_data_fits(loaded, calibration, "calibration")
+        evaluation = _check_data_fits(loaded, evaluation, "evaluation")
         if spec.needs_data and calibration is None:
             raise SpecError(
                 f"signal {spec.signal_name!r} / recovery {spec.recovery.method!r} needs calibration data "
@@ -182,20 +183,20 @@ def _prune(
                                 f"calibration samples (a fifth is held out to measure on); got {len(calibration)}")
         # the engine prunes the module it loaded in place: a caller's own LoadedModel keeps its module
         net = loaded.module if loaded is not model else copy.deepcopy(loaded.module)
-        example = torch.zeros(loaded.input_shape)
+        example = inputs.example(loaded.inputs)
         if loaded.onnx_bytes is None:
             before_onnx = onnx_tools.export(
-                net, example, input_name=loaded.input_name, output_names=loaded.output_names,
+                net, example, input_name=[i.name for i in loaded.inputs], output_names=loaded.output_names,
                 dynamic_axes=_dynamic_axes(loaded, spec), opset=spec.export.opset,
             )
         else:
             before_onnx = loaded.onnx_bytes
-        before = onnx_tools.stats(before_onnx, loaded.input_shape)
+        before = onnx_tools.stats(before_onnx, loaded.inputs)
         fixed_batch = _fixed_batch(loaded, spec)
         latency_batch = fixed_batch or spec.measure.batch  # a fixed-batch model runs at its own batch
         original = copy.deepcopy(net).to(dev).eval()
         net = net.to(dev)
-        example = example.to(dev)
+        example = inputs.to(example, dev)
 
     channels_before = _channels(net)
     kind = target.kind
@@ -205,7 +206,7 @@ def _prune(
     if kind == "latency_ms":
         # A measured budget: search the MACs budget whose exported model meets it (see _latency_plan).
         with run.stage("plan", 0.04, "measuring the original's latency"):
-            lat0 = onnx_tools.latency(before_onnx, before_onnx, loaded.input_shape, batch=latency_batch,
+            lat0 = onnx_tools.latency(before_onnx, before_onnx, loaded.inputs, batch=latency_batch,
                                       threads=spec.measure.threads, repeats=spec.measure.repeats)[0]
         latency_goal = {"target_ms": goal, "original_ms": lat0}
         kind, goal, steps = "macs", min(1.0, goal / lat0), 1
@@ -262,10 +263,10 @@ def _prune(
             extra["recovery"] = _recover(net, original, origin, calibration, spec, dev, run, options, kinds)
 
     net = net.cpu().eval()
-    example = example.cpu()
+    example = inputs.to(example, "cpu")
     with run.stage("export", 0.85, "exporting ONNX"):
         part_onnx, after_onnx = _export(net, example, loaded, spec)
-        after = onnx_tools.stats(after_onnx, loaded.input_shape)
+        after = onnx_tools.stats(after_onnx, loaded.inputs)
     with run.stage("verify", 0.9, "checking ONNX Runtime against PyTorch"):
         probe = _probe_inputs(loaded, calibration)
         axes = _dynamic_axes(loaded, spec)
@@ -276,14 +277,14 @@ def _prune(
                                          batch_name=axes.get(loaded.input_name, {}).get(0))
         batches = (fixed_batch,) if fixed_batch else (1, 4)
         if loaded.frozen is not None:  # the joined graph answers as the sent one did, output for output
-            onnx_tools.same_output_shapes(before_onnx, after_onnx, loaded.input_shape, batches)
-        other = second_shape(loaded.input_shape, loaded.symbolic_dims)
+            onnx_tools.same_output_shapes(before_onnx, after_onnx, loaded.inputs, batches)
+        other = _second_shapes(loaded.inputs)
         # symbolic height, width or length: checked at a second size too, where the original runs at all
         if other is not None and not onnx_tools.same_output_shapes(before_onnx, after_onnx, other, batches[:1],
                                                                    original_may_fail=True):
             other = None
         lat_before, lat_after = onnx_tools.latency(
-            before_onnx, after_onnx, loaded.input_shape,
+            before_onnx, after_onnx, loaded.inputs,
             batch=latency_batch, threads=spec.measure.threads, repeats=spec.measure.repeats,
         )
     with run.stage("report", 0.95, "writing the report"):
@@ -295,8 +296,9 @@ def _prune(
             "source": loaded.source,
             "arch": loaded.arch,
             "input_shape": loaded.input_shape,
-            # with symbolic dimensions, the returned model was also run at the second shape
-            "input_shapes_checked": [loaded.input_shape, *([other] if other is not None else [])],
+            "inputs": [{"name": i.name, "shape": i.shape, "dtype": i.dtype} for i in loaded.inputs],
+            # with symbolic dimensions, the returned model was also run at the second shape (the first input's)
+            "input_shapes_checked": [loaded.input_shape, *([other[0].shape] if other is not None else [])],
             "prepasses": loaded.prepasses,
             "macs_before": before.macs,
             "macs_after": after.macs,
@@ -368,6 +370,8 @@ def _search(
     assert max_drop is not None
     with run.stage("import", 0.0, "reading the model"):
         loaded = _load(model, spec, arch, num_classes, calibration if calibration is not None else evaluation)
+        calibration = _check_data_fits(loaded, calibration, "calibration")
+        evaluation = _check_data_fits(loaded, evaluation, "evaluation")
         fit, probe_on, probe_source, final, final_source = _search_data(calibration, evaluation)
     budget = spec.fidelity.search_minutes * 60
     if run.watchdog.end is not None:  # the job's own wall time, less a share for the final check
@@ -460,7 +464,8 @@ def _load(model: bytes | LoadedModel, spec: PruneSpec, arch: str | None, num_cla
     if isinstance(model, LoadedModel):
         return model
     return load_model(model, arch=arch, num_classes=num_classes, input_shape=spec.input_shape,
-                      data_shape=None if data is None else list(data.x.shape))
+                      data_shapes=None if data is None else {k: list(a.shape)
+                                                             for k, a in zip(data.names, data.arrays(), strict=True)})
 
 
 def _search_data(calibration: Dataset | None, evaluation: Dataset | None,
@@ -499,7 +504,7 @@ def _search_data(calibration: Dataset | None, evaluation: Dataset | None,
 # ------------------------------------------------------------------------------------------- the stages
 
 
-def _analyse(net: nn.Module, example: torch.Tensor, spec: PruneSpec, loaded: LoadedModel) -> Analysis:
+def _analyse(net: nn.Module, example: Example, spec: PruneSpec, loaded: LoadedModel) -> Analysis:
     try:
         return analyse(net, example, spec.protect)
     except UnsupportedModelError as e:
@@ -575,7 +580,7 @@ class _Copies:
     costs about as much as Torch-Pruning's whole pruning step. A deep copy taken before it is pruned
     serves the attempts after it (a plan measured over or well under the goal), each tracing its own."""
 
-    def __init__(self, analysis: Analysis, example: torch.Tensor) -> None:
+    def __init__(self, analysis: Analysis, example: Example) -> None:
         self.analysis = analysis
         self.example = example
         self.spare: nn.Module | None = None
@@ -667,8 +672,8 @@ def _latency_plan(
     for _ in range(8):
         run.check()
         candidate = _plan_and_apply(copies, scores, spec, "macs", frac, base_total, run, ctx)
-        data = _export(copy.deepcopy(candidate[0]).cpu().eval(), example.cpu(), loaded, spec)[1]
-        orig_ms, cand_ms = onnx_tools.latency(before_onnx, data, loaded.input_shape,
+        data = _export(copy.deepcopy(candidate[0]).cpu().eval(), inputs.to(example, "cpu"), loaded, spec)[1]
+        orig_ms, cand_ms = onnx_tools.latency(before_onnx, data, loaded.inputs,
                                               batch=_fixed_batch(loaded, spec) or m.batch,
                                               threads=m.threads, repeats=m.repeats)
         # Scale by the original's drift since the first measurement, so the budget means the same.
@@ -773,7 +778,7 @@ def _drop_zero_routes(model: nn.Module, graph: object) -> None:
             return
 
 
-def _breaks_at(model: nn.Module, example: torch.Tensor, error: RuntimeError) -> UnsupportedModelError:
+def _breaks_at(model: nn.Module, example: Example, error: RuntimeError) -> UnsupportedModelError:
     """A pruned copy that no longer runs: the dependency graph mis-maps this model's channels somewhere (a
     coupling it does not see, a reshape it maps wrongly). That is the engine's limit, said naming the layer where
     the shapes stop fitting (found by running it again, hooked), not an internal error."""
@@ -783,7 +788,7 @@ def _breaks_at(model: nn.Module, example: torch.Tensor, error: RuntimeError) -> 
              for m in model.modules() if not list(m.children())]
     try:
         with torch.no_grad():
-            model(example)
+            model(*as_tuple(example))
     except RuntimeError:
         pass
     finally:
@@ -795,7 +800,7 @@ def _breaks_at(model: nn.Module, example: torch.Tensor, error: RuntimeError) -> 
         "does not map its channels there; protect the layers that feed it (--protect)")
 
 
-def _measure(model: nn.Module, example: torch.Tensor, kind: str) -> float:
+def _measure(model: nn.Module, example: Example, kind: str) -> float:
     if kind == "params":
         return float(sum(p.numel() for p in model.parameters()))
     if kind == "channels":
@@ -803,7 +808,7 @@ def _measure(model: nn.Module, example: torch.Tensor, kind: str) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(example)
+        model(*as_tuple(example))
     return counter.get_total_flops() / 2
 
 
@@ -831,12 +836,12 @@ def _cut_mask(channels: int, kept: np.ndarray | None) -> str:
     return "".join("0123456789abcdef"[int(v)] for v in bits @ np.array([8, 4, 2, 1]))
 
 
-def _export(net: nn.Module, example: torch.Tensor, loaded: LoadedModel, spec: PruneSpec) -> tuple[bytes, bytes]:
+def _export(net: nn.Module, example: Example, loaded: LoadedModel, spec: PruneSpec) -> tuple[bytes, bytes]:
     """The pruned module's ONNX, and the model to hand out: the same, or joined with the frozen nodes (exported
     at the opset the frozen nodes were written for)."""
     opset = loaded.part_opset if loaded.frozen is not None and loaded.part_opset else max(spec.export.opset,
                                                                                           loaded.opset)
-    part = onnx_tools.export(net, example, input_name=loaded.input_name, output_names=loaded.output_names,
+    part = onnx_tools.export(net, example, input_name=[i.name for i in loaded.inputs], output_names=loaded.output_names,
                              dynamic_axes=_dynamic_axes(loaded, spec), opset=opset)
     if loaded.frozen is None:
         return part, part
@@ -849,7 +854,7 @@ def _export(net: nn.Module, example: torch.Tensor, loaded: LoadedModel, spec: Pr
 
 def _dynamic_axes(loaded: LoadedModel, spec: PruneSpec) -> dict[str, dict[int, str]]:
     axes = {k: dict(v) for k, v in loaded.dynamic_axes.items()}
-    names = [loaded.input_name, *loaded.output_names]
+    names = [*(i.name for i in loaded.inputs), *loaded.output_names]
     if spec.export.dynamic_batch:
         for name in names:
             axes.setdefault(name, {}).setdefault(0, "batch")
@@ -866,31 +871,45 @@ def _fixed_batch(loaded: LoadedModel, spec: PruneSpec) -> int | None:
     return loaded.fixed_batch
 
 
-def _check_data_fits(loaded: LoadedModel, data: Dataset | None, what: str) -> None:
+def _check_data_fits(loaded: LoadedModel, data: Dataset | None, what: str) -> Dataset | None:
+    """`data` matched to the model's inputs (Dataset.bind), each array of the per-sample shape its input takes."""
     if data is None:
-        return
-    want = list(loaded.input_shape[1:])
-    got = list(data.x.shape[1:])
-    if got != want:
-        raise BadDataError(
-            f"{what} data x has per-sample shape {got}, but the model takes {want} "
-            "(give inputs exactly as the model takes them, e.g. NCHW float32, normalised)"
-        )
+        return None
+    graph_inputs = loaded.inputs
+    data = data.bind([i.name for i in graph_inputs], [np.dtype(i.dtype) for i in graph_inputs])
+    for i, (key, values) in enumerate(zip(data.names, data.arrays(), strict=True)):
+        want = list(graph_inputs[i].shape[1:])
+        got = list(values.shape[1:])
+        if got != want:
+            key = "x" if len(graph_inputs) == 1 else key
+            raise BadDataError(
+                f"{what} data {key} has per-sample shape {got}, but the model takes {want} "
+                "(give inputs exactly as the model takes them, e.g. NCHW float32, normalised)"
+            )
+    return data
 
 
-def _probe_inputs(loaded: LoadedModel, data: Dataset | None) -> np.ndarray:
+def _probe_inputs(loaded: LoadedModel, data: Dataset | None) -> list[np.ndarray]:
+    """Inputs to check the model on: the first samples of `data`, or random ones (data-free)."""
     n = loaded.fixed_batch or 4
-    if data is not None and len(data.x) >= n:
-        return data.x[:n]
-    rng = np.random.default_rng(0)
-    return rng.standard_normal([n, *loaded.input_shape[1:]]).astype(np.float32)
+    if data is not None and len(data) >= n:
+        return list(data.arrays(slice(None, n)))
+    return inputs.arrays(loaded.inputs, n, seed=0)
 
 
-def _output_kinds(before: bytes, loaded: LoadedModel, spec: PruneSpec, x: np.ndarray) -> list[fidelity.OutputKind]:
+def _second_shapes(graph_inputs: list[GraphInput]) -> list[GraphInput] | None:
+    """The inputs at a second size, when any has symbolic dimensions (loading.second_shape)."""
+    if not any(i.symbolic for i in graph_inputs):
+        return None
+    return [GraphInput(i.name, second_shape(i.shape, i.symbolic) or i.shape, i.dtype) for i in graph_inputs]
+
+
+def _output_kinds(before: bytes, loaded: LoadedModel, spec: PruneSpec,
+                  x: list[np.ndarray]) -> list[fidelity.OutputKind]:
     """What each output of the original is (fidelity.py), read from its graph and its outputs on `x`; the spec's
     fidelity.metric, when not auto, forces one kind on every output that can have it."""
     proto = onnx.load_model_from_string(before)
-    first = onnx_tools.run_outputs(onnx_tools.session(before, 2), x)
+    first = onnx_tools.run_outputs(onnx_tools.session(before, 2), *x)
     batch_name = loaded.dynamic_axes.get(loaded.input_name, {}).get(0)
     axes = []
     for o, v in zip(proto.graph.output, first, strict=True):
@@ -898,7 +917,7 @@ def _output_kinds(before: bytes, loaded: LoadedModel, spec: PruneSpec, x: np.nda
         if batch_name and batch_name in names:
             axes.append(names.index(batch_name))
         else:  # a fixed batch: the first axis of its size ([T, 1, C] from a batch-1 recognizer: axis 1)
-            axes.append(next((i for i, d in enumerate(v.shape) if d == x.shape[0]), 0))
+            axes.append(next((i for i, d in enumerate(v.shape) if d == x[0].shape[0]), 0))
 
     def shapes_of(names: list[str]) -> list[tuple[int, ...]]:
         return [tuple(v.shape) for v in onnx_tools.intermediates(proto, names, x)]
@@ -931,9 +950,9 @@ def _fidelity(before: bytes, after: bytes, kinds: list[fidelity.OutputKind], spe
     sessions = [onnx_tools.session(before, 2), onnx_tools.session(after, 2)]
     outs: list[list[list[np.ndarray]]] = [[], []]
     for start in range(0, len(d), step):
-        chunk = d.x[start : start + step]
+        chunk = d.arrays(slice(start, start + step))
         for i, sess in enumerate(sessions):
-            outs[i].append(onnx_tools.run_outputs(sess, chunk))
+            outs[i].append(onnx_tools.run_outputs(sess, *chunk))
     results = []
     for i, kind in enumerate(kinds):
         b = np.concatenate([chunk[i] for chunk in outs[0]], axis=kind.batch_axis)

@@ -34,7 +34,7 @@ from .headers import refuse_old_opset
 UPGRADE_BELOW = 13  # older graphs are upgraded: onnx2torch converts opset 13 and newer faithfully
 UPGRADE_TO = 17
 _FLOAT = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
-_NP = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.FLOAT16: np.float16, onnx.TensorProto.DOUBLE: np.float64,
+NUMPY_TYPES = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.FLOAT16: np.float16, onnx.TensorProto.DOUBLE: np.float64,
        onnx.TensorProto.INT64: np.int64, onnx.TensorProto.INT32: np.int32, onnx.TensorProto.UINT8: np.uint8,
        onnx.TensorProto.INT8: np.int8, onnx.TensorProto.BOOL: np.bool_}
 
@@ -65,7 +65,7 @@ def probe_feed(proto: onnx.ModelProto, shapes: dict[str, list[int]], seed: int =
     feed = {}
     for value in graph_inputs(proto):
         elem = value.type.tensor_type.elem_type
-        dtype = _NP.get(elem)
+        dtype = NUMPY_TYPES.get(elem)
         if dtype is None:
             raise UnsupportedModelError(f"input {value.name!r} has ONNX element type {elem}, which is not supported")
         shape = shapes[value.name]

@@ -28,6 +28,7 @@ from .data import Dataset
 from .distill import output_loss, outputs_of, total_loss
 from .errors import SpecError
 from .fidelity import OutputKind
+from .inputs import Example, as_tuple, call, tensors
 
 Tick = Callable[[float, str, dict[str, float]], None]  # fraction, message, metrics; may raise Cancelled
 
@@ -37,7 +38,7 @@ def _batches(data: Dataset, n: int, batch_size: int, device: torch.device | str,
     idx = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
     for start in range(0, n, batch_size):
         sel = idx[start : start + batch_size].numpy()
-        x = torch.from_numpy(data.x[sel]).to(device)
+        x = tensors(data.arrays(sel), device)  # a tensor, or one per input for a model with several
         y = None if data.y is None else torch.from_numpy(data.y[sel]).to(device)
         yield x, y
 
@@ -67,7 +68,7 @@ def bn_recalibrate(model: nn.Module, data: Dataset, *, samples: int, batch_size:
     for m in bns:
         m.train()
     for x, _ in _batches(data, min(samples, len(data)), batch_size, device):
-        model(x)
+        call(model, x)
     for m, (momentum, _) in zip(bns, saved, strict=True):
         m.momentum = momentum
     model.eval()
@@ -149,7 +150,7 @@ def _capture(model: nn.Module, layers: dict[str, _Positions], data: Dataset, n: 
             for x, _ in _batches(data, n, 64, device):
                 state["seen"] = set()
                 try:
-                    model(x)
+                    call(model, x)
                 except _Stop:
                     pass
                 state["offset"] += 1
@@ -174,7 +175,7 @@ def reconstruct(model: nn.Module, original: nn.Module, origin: dict[str, np.ndar
         if isinstance(m, (nn.Conv2d, nn.Linear)):
             hooks.append(m.register_forward_hook(lambda mod, i, o, n=name: order.append(n) if n not in order else None))
     with torch.no_grad():
-        model(torch.from_numpy(data.x[:1]).to(device))
+        call(model, tensors(data.arrays(slice(None, 1)), device))
     for h in hooks:
         h.remove()
     pruned_modules = dict(model.named_modules())
@@ -252,11 +253,13 @@ def _autocast(precision: str, device: torch.device | str) -> contextlib.Abstract
     return contextlib.nullcontext()
 
 
-def _augment(x: torch.Tensor, generator: torch.Generator, flips: bool = True) -> torch.Tensor:
+def _augment(x: Example, generator: torch.Generator, flips: bool = True) -> Example:
     """Random horizontal flips (unless `flips` is False: text read left to right) and 4-pixel crops, each image its
     own, for image batches (N, C, H, W) of 16 pixels or more. (One crop offset for a whole batch moves every image alike: 81 variants of the batch
-    instead of 81 per image.)"""
-    if x.dim() != 4 or min(x.shape[2:]) < 16:
+    instead of 81 per image.) A model's other inputs (sizes, ids) stay as they are."""
+    if isinstance(x, tuple):
+        return tuple(_augment(t, generator, flips) for t in x)
+    if x.dim() != 4 or min(x.shape[2:]) < 16 or not x.is_floating_point():
         return x
     n, c, h, w = x.shape
     flip = (torch.rand(n, generator=generator) < 0.5) & flips
@@ -270,16 +273,27 @@ def _augment(x: torch.Tensor, generator: torch.Generator, flips: bool = True) ->
     return padded[batch, channel, rows, cols]
 
 
-def _mix(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+def _mix(x: Example, generator: torch.Generator) -> Example:
     """Each input blended with another of the batch at its own uniform random ratio (mixup without labels).
     For distillation only: teacher and student see the same blend, so the student matches the teacher's
     function between the calibration images, not only at them (Beyer et al. 2022, "Knowledge distillation:
-    A good teacher is patient and consistent")."""
+    A good teacher is patient and consistent"). With several inputs, the image ones are blended with the same
+    partners; the others (sizes, ids) stay each sample's own."""
+    if isinstance(x, tuple):
+        if x[0].shape[0] < 2:
+            return x
+        partner = torch.randperm(x[0].shape[0], generator=generator)
+        ratio = torch.rand(x[0].shape[0], generator=generator)
+        return tuple(_blend(t, partner, ratio) if t.dim() == 4 and t.is_floating_point() else t for t in x)
     if x.shape[0] < 2 or not x.is_floating_point():
         return x
-    partner = torch.randperm(x.shape[0], generator=generator).to(x.device)
-    ratio = torch.rand(x.shape[0], generator=generator).to(x.device, x.dtype).view(-1, *([1] * (x.dim() - 1)))
-    return ratio * x + (1 - ratio) * x[partner]
+    partner = torch.randperm(x.shape[0], generator=generator)
+    return _blend(x, partner, torch.rand(x.shape[0], generator=generator))
+
+
+def _blend(x: torch.Tensor, partner: torch.Tensor, ratio: torch.Tensor) -> torch.Tensor:
+    ratio = ratio.to(x.device, x.dtype).view(-1, *([1] * (x.dim() - 1)))
+    return ratio * x + (1 - ratio) * x[partner.to(x.device)]
 
 
 class Teacher:
@@ -289,60 +303,67 @@ class Teacher:
     and the teacher's pass is a quarter of every distillation step. In bf16 the module runs under autocast (0.12 s
     on that EPYC). Elsewhere (CUDA), or when the export or its check fails, the module itself runs."""
 
-    def __init__(self, module: nn.Module, example: torch.Tensor, device: torch.device | str,
+    def __init__(self, module: nn.Module, example: Example, device: torch.device | str,
                  precision: str = "fp32", batch_axes: list[int] | None = None) -> None:
         self.module = module.eval()
         self.session: Any = None
         self.autocast = lambda: _autocast(precision, device)
-        if torch.device(device).type != "cpu" or example.dim() < 2 or precision == "bf16":
+        self.names = [f"x{i}" for i in range(len(as_tuple(example)))]
+        if torch.device(device).type != "cpu" or as_tuple(example)[0].dim() < 2 or precision == "bf16":
             return
         try:
             self.session = self._session(example, batch_axes)
         except Exception:  # noqa: BLE001 - any export or runtime failure: the module runs instead
             self.session = None
 
-    def _session(self, example: torch.Tensor, batch_axes: list[int] | None) -> Any:
+    def _session(self, example: Example, batch_axes: list[int] | None) -> Any:
         from .onnx_tools import export
         from .onnx_tools import session as ort_session
 
         with torch.no_grad():
-            ref = [t.numpy() for t in outputs_of(self.module(example))]
+            ref = [t.numpy() for t in outputs_of(call(self.module, example))]
         names = [f"y{i}" for i in range(len(ref))]
         axes = batch_axes if batch_axes is not None and len(batch_axes) == len(ref) else [0] * len(ref)
-        data = export(self.module, example[:1], input_name="x", output_names=names,
-                      dynamic_axes={"x": {0: "batch"}, **{n: {b: "batch"} for n, b in zip(names, axes, strict=True)}},
+        data = export(self.module, tuple(t[:1] for t in as_tuple(example)), input_name=self.names, output_names=names,
+                      dynamic_axes={**{x: {0: "batch"} for x in self.names},
+                                    **{n: {b: "batch"} for n, b in zip(names, axes, strict=True)}},
                       opset=17)
         # no spinning: between teacher passes the CPU belongs to PyTorch's backward pass
         session = ort_session(data, threads=max(1, torch.get_num_threads()), spin=False)
-        got = session.run(None, {"x": example.numpy()})
+        got = session.run(None, self._feed(example))
         for g, r in zip(got, ref, strict=True):
             scale = max(1.0, float(np.abs(r).max()) if r.size else 1.0)
             if g.shape != r.shape or not np.allclose(g, r, atol=1e-3 * scale):
                 return None
         return session
 
+    def _feed(self, x: Example) -> dict[str, np.ndarray]:
+        return {n: t.contiguous().numpy() for n, t in zip(self.names, as_tuple(x), strict=True)}
+
     @torch.no_grad()
-    def __call__(self, x: torch.Tensor) -> list[torch.Tensor]:
+    def __call__(self, *x: torch.Tensor) -> list[torch.Tensor]:
+        """The outputs on the inputs `x`, called as the module is (one tensor per input)."""
         if self.session is not None:
-            return [torch.from_numpy(o) for o in self.session.run(None, {"x": x.contiguous().numpy()})]
+            return [torch.from_numpy(o) for o in self.session.run(None, self._feed(x))]
         with self.autocast():
-            return [t.float() for t in outputs_of(self.module(x))]
+            return [t.float() for t in outputs_of(self.module(*x))]
 
 
-def task_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None,
-              teacher: Callable[[torch.Tensor], list[torch.Tensor]] | None, temperature: float = 4.0,
+def task_loss(model: nn.Module, x: Example, y: torch.Tensor | None,
+              teacher: Callable[..., object] | None, temperature: float = 4.0,
               kinds: list[OutputKind] | None = None) -> torch.Tensor:
     """Distillation from `teacher` when given: on every output by its kind (distill.py) when the kinds are known,
     else on the first output, flattened (`distill_loss`). Without a teacher, cross-entropy on the labels."""
-    out = model(x)
+    out = call(model, x)
+    device = as_tuple(x)[0].device
     if teacher is not None:
         with torch.no_grad():  # a Teacher gives a list; an nn.Module (the bandit's) a tensor or a tuple
-            target = outputs_of(teacher(x))
+            target = outputs_of(call(teacher, x))
         student = outputs_of(out)
         if kinds is not None:
-            return total_loss(kinds, [s.float() for s in student], [t.float().to(x.device) for t in target],
+            return total_loss(kinds, [s.float() for s in student], [t.float().to(device) for t in target],
                               temperature)
-        return distill_loss(_logits(student[0]).float(), _logits(target[0]).float().to(x.device), temperature)
+        return distill_loss(_logits(student[0]).float(), _logits(target[0]).float().to(device), temperature)
     assert y is not None
     return F.cross_entropy(_logits(out).float(), y)
 
@@ -406,7 +427,7 @@ def train(model: nn.Module, data: Dataset, *, teacher: nn.Module | None, epochs:
         max_seconds = DEFAULT_SECONDS if max_seconds is None else max_seconds
     else:
         total = max(1, int(round(epochs * steps_per_epoch)))
-    example = torch.from_numpy(data.x[: min(n, batch_size)]).to(device)
+    example = tensors(data.arrays(slice(None, min(n, batch_size))), device)
     gen = torch.Generator().manual_seed(seed)
     precision = resolve_precision(precision, device)
     with _ChannelsLast([model] if teacher is None else [model, teacher], example) as layout:
@@ -461,22 +482,23 @@ class _ChannelsLast:
     breaks in that layout (a `view` that needs the usual strides) keeps its own: the layout is tried on two samples
     first."""
 
-    def __init__(self, modules: list[nn.Module], example: torch.Tensor) -> None:
+    def __init__(self, modules: list[nn.Module], example: Example) -> None:
         self.modules, self.example = modules, example
         self.on = False
 
     def __enter__(self) -> _ChannelsLast:
-        if self.example.dim() != 4 or not any(isinstance(m, nn.Conv2d) for m in self.modules[0].modules()):
+        if all(t.dim() != 4 for t in as_tuple(self.example)) or not any(isinstance(m, nn.Conv2d) for m in self.modules[0].modules()):
             return self
         for m in self.modules:
             m.to(memory_format=torch.channels_last)
         try:
             with torch.no_grad():
-                probe = self.example[:2].contiguous(memory_format=torch.channels_last)
+                probe = tuple(t[:2].contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t[:2]
+                              for t in as_tuple(self.example))
                 for m in self.modules:
                     was = m.training
                     m.eval()
-                    m(probe)
+                    call(m, probe)
                     m.train(was)
             self.on = True
         except Exception:  # noqa: BLE001 - any failure in that layout: train in the usual one
@@ -491,7 +513,9 @@ class _ChannelsLast:
         if self.on:
             self._restore()
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: Example) -> Example:
+        if isinstance(x, tuple):  # a model's several inputs: its image ones
+            return tuple(self(t) for t in x)  # type: ignore[misc]
         return x.contiguous(memory_format=torch.channels_last) if self.on and x.dim() == 4 else x
 
 
@@ -586,9 +610,9 @@ class _Judge:
         self.targets: list[list[torch.Tensor]] = []
         held = 0
         for x, _ in _batches(data, len(data), 16, device):
-            outs = self._gather(teacher(x))
+            outs = self._gather(call(teacher, x))
             self.targets.append(outs)
-            held += x.shape[0]
+            held += as_tuple(x)[0].shape[0]
             if sum(o.numel() for batch in self.targets for o in batch) >= VALIDATION_ELEMENTS:
                 break
         self.data = data.head(held)
@@ -602,7 +626,7 @@ class _Judge:
 
         was = model.training
         model.eval()
-        got = [self._gather(outputs_of(model(x))) for x, _ in _batches(self.data, len(self.data), 16, self.device)]
+        got = [self._gather(outputs_of(call(model, x))) for x, _ in _batches(self.data, len(self.data), 16, self.device)]
         model.train(was)
         drops, losses = [], []
         for i, kind in enumerate(self.kinds):

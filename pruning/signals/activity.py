@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..calibration import _batches
+from ..inputs import call, to
 from .base import GroupScorer, ScoringContext, normalise, register
 
 DEAD_RELATIVE_STD = 1e-3  # a channel whose spread is this small next to its layer's typical spread is dead
@@ -166,7 +167,7 @@ def _contributions(ctx: ScoringContext, module: nn.Module, rows: int = 256, outs
     try:
         with torch.no_grad():
             for x, _ in _batches(ctx.calibration, min(ctx.samples, 256), 64):
-                ctx.model(x.to(ctx.device))
+                call(ctx.model, to(x, ctx.device))
     finally:
         handle.remove()
     xs = torch.cat(captured).double()

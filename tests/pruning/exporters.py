@@ -308,3 +308,67 @@ class AnchorHead(nn.Module):
         size = F.softplus(t[:, 2:4]) * stride + stride
         box = torch.cat([cx[:, None], cy[:, None], size], 1).flatten(2)
         return torch.cat([box, (3.0 * self.cls(f)).flatten(2).sigmoid()], 1)
+
+
+# --------------------------------------------------------------------------------------------- several inputs
+
+
+class TwoStems(nn.Module):
+    """Two image inputs (a stereo pair, an image and its mask) through a conv stem each, added into a shared trunk
+    with a classifier head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.left = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU())
+        self.right = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU())
+        self.trunk = nn.Sequential(nn.Conv2d(16, 32, 3, padding=1, stride=2), nn.BatchNorm2d(32), nn.ReLU(),
+                                   nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                   nn.Linear(32, 10))
+
+    def forward(self, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+        return self.trunk(self.left(left) + self.right(right))
+
+
+class ScaledBoxes(nn.Module):
+    """An image and a float [N, 2] `scale_factor` that scales the box output, as Paddle's detectors take it; a second
+    output of class scores."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                                  nn.Conv2d(16, 32, 3, padding=1, stride=2), nn.BatchNorm2d(32), nn.ReLU(),
+                                  nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.box, self.cls = nn.Linear(32, 4), nn.Linear(32, 5)
+
+    def forward(self, image: torch.Tensor, scale_factor: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        f = self.body(image)
+        return self.box(f) * torch.cat([scale_factor, scale_factor], 1), self.cls(f)
+
+
+class WithIds(nn.Module):
+    """An image and an int64 id per sample (a camera, a domain) whose learned bias is added to the class scores."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                                  nn.Conv2d(16, 32, 3, padding=1, stride=2), nn.BatchNorm2d(32), nn.ReLU(),
+                                  nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.head, self.bias = nn.Linear(32, 10), nn.Embedding(7, 10)
+
+    def forward(self, image: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(image)) + self.bias(ids)
+
+
+def multi_input_onnx(model: nn.Module, inputs: dict[str, torch.Tensor], outputs: tuple[str, ...]) -> bytes:
+    """`model` exported with the inputs named (in order) and a symbolic batch N on every input and output."""
+    torch.manual_seed(0)
+    for m in model.modules():  # BatchNorm statistics that are not the identity, so recalibration changes something
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 2.0)
+    buf = io.BytesIO()
+    names = [*inputs, *outputs]
+    torch.onnx.export(model.eval(), tuple(inputs.values()), buf, dynamo=False, opset_version=17,
+                      input_names=list(inputs), output_names=list(outputs),
+                      dynamic_axes={n: {0: "N"} for n in names}, do_constant_folding=False)
+    return buf.getvalue()

@@ -113,14 +113,24 @@ def test_pretrained_cifar_resnet_loads_strictly_and_keeps_its_accuracy(resnet20_
     assert loaded.input_shape == [1, 3, 32, 32]
 
 
-def test_onnx_with_two_inputs_is_unsupported_with_a_clear_message():
-    a = helper.make_tensor_value_info("a", TensorProto.FLOAT, [1, 3])
-    b = helper.make_tensor_value_info("b", TensorProto.FLOAT, [1, 3])
-    out = helper.make_tensor_value_info("c", TensorProto.FLOAT, [1, 3])
-    graph = helper.make_graph([helper.make_node("Add", ["a", "b"], ["c"])], "g", [a, b], [out])
-    data = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
-    with pytest.raises(UnsupportedModelError, match="2 inputs"):
-        load_model(data)
+def _two_inputs(a_dims, b_dims, b_type=TensorProto.FLOAT) -> bytes:
+    a = helper.make_tensor_value_info("a", TensorProto.FLOAT, a_dims)
+    b = helper.make_tensor_value_info("b", b_type, b_dims)
+    out = helper.make_tensor_value_info("c", TensorProto.FLOAT, a_dims)
+    nodes = [helper.make_node("Cast", ["b"], ["bf"], to=TensorProto.FLOAT), helper.make_node("ReduceSum", ["bf"], ["s"]),
+             helper.make_node("Add", ["a", "s"], ["c"])]
+    graph = helper.make_graph(nodes, "g", [a, b], [out])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+
+
+def test_onnx_with_two_inputs_is_loaded_with_both_in_graph_order():
+    loaded = load_model(_two_inputs(["N", 3], ["N", 1], TensorProto.INT64))
+    assert [(i.name, i.shape, i.dtype) for i in loaded.inputs] == [("a", [1, 3], "float32"), ("b", [1, 1], "int64")]
+    assert loaded.dynamic_axes == {"a": {0: "N"}, "b": {0: "N"}, "c": {0: "N"}}
+    with pytest.raises(UnsupportedModelError, match="fix different batch sizes"):
+        load_model(_two_inputs([1, 3], [2, 3]))
+    with pytest.raises(UnsupportedModelError, match="input 'b' has no shape"):
+        load_model(_two_inputs([1, 3], []))
 
 
 def test_exported_torchvision_model_imports_and_matches(resnet20_weights):
