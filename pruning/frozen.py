@@ -39,7 +39,6 @@ class FrozenRegion:
     outputs: list[onnx.ValueInfoProto]  # the model's outputs, in the sent order
     opset_imports: list[onnx.OperatorSetIdProto]
     reasons: dict[str, str] = field(default_factory=dict)  # node -> why it is frozen (the nodes that started it)
-    inputs: list[onnx.ValueInfoProto] = field(default_factory=list)  # the model's inputs, in the sent order
 
     def describe(self, macs: int) -> dict[str, Any]:
         """For the report; `macs`, what the frozen nodes cost, is counted on the joined graph."""
@@ -145,7 +144,7 @@ def split(proto: onnx.ModelProto, opset: int) -> tuple[onnx.ModelProto, FrozenRe
     region = FrozenRegion(
         nodes=frozen_nodes, initializers=[inits[t] for t in inits if t in used_by_frozen],
         boundary=boundary, outputs=list(proto.graph.output), opset_imports=list(proto.opset_import),
-        reasons=reasons, inputs=list(graph_inputs(proto)),
+        reasons=reasons,
     )
     return model, region
 
@@ -212,12 +211,6 @@ def join(pruned: bytes, region: FrozenRegion) -> bytes:
         g.node.append(copy)
     del g.output[:]
     g.output.extend(region.outputs)
-    # an input only the frozen nodes read (a detector's scale factor, say) is not one the pruned part's export kept
-    kept = {i.name: i for i in g.input}
-    if region.inputs and any(i.name not in kept for i in region.inputs):
-        ordered = [kept.pop(i.name, i) for i in region.inputs]
-        del g.input[:]
-        g.input.extend([*ordered, *kept.values()])
     have = {o.domain: o for o in part.opset_import}
     for o in region.opset_imports:
         if o.domain not in have:

@@ -44,6 +44,7 @@ def export(
     opset: int,
 ) -> bytes:
     buf = io.BytesIO()
+    names = [input_name] if isinstance(input_name, str) else list(input_name)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         torch.onnx.export(
@@ -52,17 +53,38 @@ def export(
             buf,
             dynamo=False,
             opset_version=opset,
-            input_names=[input_name] if isinstance(input_name, str) else list(input_name),
+            input_names=names,
             output_names=output_names,
             dynamic_axes=dynamic_axes or None,
             do_constant_folding=True,
         )
-    data = buf.getvalue()
+    data = _keep_inputs(buf.getvalue(), names, as_tuple(example), dynamic_axes)
     try:
         onnx.checker.check_model(onnx.load_model_from_string(data), full_check=True)
     except Exception as e:
         raise PruningError(f"the exported ONNX fails onnx.checker: {str(e)[:300]}") from None
     return data
+
+
+def _keep_inputs(data: bytes, names: list[str], example: tuple[torch.Tensor, ...],
+                 dynamic_axes: dict[str, dict[int, str]]) -> bytes:
+    """The exporter drops an input the module does not read (a detector's scale factor that only frozen nodes
+    after the pruned part use): it is put back, in its place, so the model keeps the interface it was sent with."""
+    proto = onnx.load_model_from_string(data)
+    have = {i.name: i for i in proto.graph.input}
+    if all(n in have for n in names):
+        return data
+    ordered = []
+    for name, t in zip(names, example, strict=True):
+        if name in have:
+            ordered.append(have.pop(name))
+            continue
+        dims = [dynamic_axes.get(name, {}).get(i, d) for i, d in enumerate(t.shape)]
+        elem = onnx.helper.np_dtype_to_tensor_dtype(t.detach().cpu().numpy().dtype)
+        ordered.append(onnx.helper.make_tensor_value_info(name, elem, dims))
+    del proto.graph.input[:]
+    proto.graph.input.extend([*ordered, *have.values()])
+    return proto.SerializeToString()
 
 
 def session(data: bytes, threads: int = 1, spin: bool = True) -> ort.InferenceSession:

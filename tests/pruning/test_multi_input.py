@@ -195,3 +195,21 @@ def test_a_dataset_object_can_be_built_in_code_for_several_inputs():
     buf = io.BytesIO()
     np.savez(buf, **dict(zip(held.names, held.arrays(), strict=True)))
     assert load_npz(buf.getvalue()).names == ["image", "scale_factor"]
+
+
+def test_an_input_only_frozen_nodes_read_stays_in_the_returned_model():
+    proto = onnx.load_model_from_string(scaled_boxes())
+    g = proto.graph
+    mul = next(n for n in g.node if n.op_type == "Mul")  # boxes = box(f) * [scale_factor, scale_factor]
+    g.node.remove(mul)
+    g.node.append(onnx.helper.make_node("Hardmax", [mul.input[0]], ["hard"], axis=1))  # not convertible: frozen
+    mul.input[0] = "hard"
+    g.node.append(mul)
+    sent = proto.SerializeToString()
+    r = prune(sent, PruneSpec.model_validate({"target": {"macs": 0.5}}))
+    assert r.report["frozen"]["ops"] == {"Concat": 1, "Hardmax": 1, "Mul": 1}
+    assert r.report["prunable_kept"] <= 0.5
+    assert _interface(r.onnx) == _interface(sent)
+    image = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    boxes = _run(r.onnx, {"image": image, "scale_factor": np.full((2, 2), 3.0, np.float32)})[0]
+    np.testing.assert_array_equal(np.sort(boxes, 1), [[0, 0, 0, 3]] * 2)  # a one-hot, scaled by the input
