@@ -14,7 +14,7 @@ import struct
 import tokenize
 import zipfile
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
@@ -41,13 +41,15 @@ class ModelHeader:
     format: str  # "onnx" or "safetensors"
     input_shape: list[int]  # with batch 1
     opset: int | None = None
+    inputs: dict[str, list[int]] = field(default_factory=dict)  # every input's shape, in graph order (ONNX)
 
 
 @dataclass
 class DataHeader:
     samples: int
-    shape: list[int]  # of one sample
+    shape: list[int]  # of one sample (the first input's)
     labelled: bool
+    inputs: dict[str, list[int]] = field(default_factory=dict)  # every input key's sample shape, in archive order
 
 
 def sniff(f: BinaryIO, size: int) -> str:
@@ -367,49 +369,67 @@ def _read_onnx(f: BinaryIO, size: int) -> ModelHeader:
     if not outputs:
         raise BadModelError("the ONNX graph has no outputs")
     graph_inputs = [(name, dims) for name, dims in inputs if name not in initializers]
-    if len(graph_inputs) != 1:
-        raise UnsupportedModelError(f"models with {len(graph_inputs)} inputs are not supported yet (one image input)")
-    dims = graph_inputs[0][1]
-    shape = [d if isinstance(d, int) and d > 0 else -1 for d in dims]
-    if not shape:
-        raise UnsupportedModelError("the model's input has no shape: re-export it with its input shape")
-    # symbolic dimensions besides the batch (-1 here) are chosen where the job runs: from its data, the spec's
-    # input_shape, or sizes the model runs at (loading.trace_shape)
-    if math.prod(abs(s) for s in shape[1:]) > MAX_TENSOR_ELEMENTS:  # the worker would allocate it to trace the model
-        raise BadModelError(f"the model's input {shape} is over the limit of {MAX_TENSOR_ELEMENTS} elements a sample")
-    return ModelHeader("onnx", [1, *shape[1:]], opset)
+    if not graph_inputs:
+        raise UnsupportedModelError("the model has no inputs: nothing to feed it")
+    shapes = {}
+    for name, dims in graph_inputs:
+        shape = [d if isinstance(d, int) and d > 0 else -1 for d in dims]
+        what = "the model's input" if len(graph_inputs) == 1 else f"input {name!r}"
+        if not shape:
+            raise UnsupportedModelError(f"{what} has no shape: re-export it with its input shape")
+        # symbolic dimensions besides the batch (-1 here) are chosen where the job runs: from its data, the spec's
+        # input_shape, or sizes the model runs at (loading.trace_shapes)
+        if math.prod(abs(s) for s in shape[1:]) > MAX_TENSOR_ELEMENTS:  # the worker would allocate it to trace it
+            raise BadModelError(f"{what} {shape} is over the limit of {MAX_TENSOR_ELEMENTS} elements a sample")
+        shapes[name] = [1, *shape[1:]]
+    return ModelHeader("onnx", next(iter(shapes.values())), opset, shapes)
 
 
 # ------------------------------------------------------------------------------------------------- .npz
 
 
 def read_npz_header(path: str | Path, max_elements: int = 1 << 31, chunk: int = 4 << 20) -> DataHeader:
-    """The checks of data.load_npz from the archive's .npy headers, then x scanned for NaN/inf a chunk at a
-    time: bounded memory whatever the archive's size."""
+    """The checks of data.load_npz from the archive's .npy headers, then the float inputs scanned for NaN/inf a chunk
+    at a time: bounded memory whatever the archive's size. Every key but y is a model input: x, or one key per ONNX
+    input name for a model with several."""
     try:
         archive = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError) as e:
         raise BadDataError(f"not a readable .npz archive: {str(e)[:200]}") from None
     with archive:
         names = {n[:-4]: n for n in archive.namelist() if n.endswith(".npy")}
-        if "x" not in names:
+        keys = [k for k in names if k != "y"]
+        if not keys:
             raise BadDataError(f"the .npz has no key 'x' (keys: {', '.join(sorted(names)) or 'none'})")
-        x_shape, x_dtype = _npy_header(archive, names["x"])
-        y_shape, y_dtype = _npy_header(archive, names["y"]) if "y" in names else (None, None)
-        n_elements = math.prod(x_shape)  # Python ints: a declared shape must not overflow past the check
+        alone = keys == ["x"]  # a single-input model's input, which the engine takes as float
+        headers = {k: _npy_header(archive, names[k]) for k in keys}
+        n_elements = sum(math.prod(shape) for shape, _ in headers.values())  # Python ints: no overflow past the check
         if n_elements > max_elements:
-            raise BadDataError(f"x has {n_elements} elements, over the limit of {max_elements}")
-        if len(x_shape) < 2 or x_shape[0] == 0:
-            raise BadDataError(f"x must be N x (input dims) with N >= 1, got shape {list(x_shape)}")
-        if not np.issubdtype(x_dtype, np.floating):
-            raise BadDataError(
-                f"x must hold float model inputs exactly as the model takes them (normalised), got {x_dtype}"
-            )
-        if y_shape is not None and (len(y_shape) != 1 or y_shape[0] != x_shape[0]
+            raise BadDataError(f"{'x' if alone else 'the inputs'} {'has' if alone else 'have'} {n_elements} elements, "
+                               f"over the limit of {max_elements}")
+        samples = None
+        for key, (shape, dtype) in headers.items():
+            if len(shape) < (2 if alone else 1) or shape[0] == 0:
+                raise BadDataError(f"{key} must be N x (input dims) with N >= 1, got shape {list(shape)}")
+            if alone and not np.issubdtype(dtype, np.floating):
+                raise BadDataError(
+                    f"x must hold float model inputs exactly as the model takes them (normalised), got {dtype}")
+            if dtype.kind not in "fiub":
+                raise BadDataError(f"{key} holds {dtype}: model inputs are numbers (float, integer or bool)")
+            if samples is not None and shape[0] != samples:
+                raise BadDataError(f"{key} has {shape[0]} samples, {keys[0]} {samples}: every input needs the same "
+                                   "number")
+            samples = shape[0]
+        assert samples is not None
+        y_shape, y_dtype = _npy_header(archive, names["y"]) if "y" in names else (None, None)
+        if y_shape is not None and (len(y_shape) != 1 or y_shape[0] != samples
                                     or not np.issubdtype(y_dtype, np.integer)):
-            raise BadDataError(f"y must be {x_shape[0]} integer class labels, got {y_dtype} {list(y_shape)}")
-        _check_finite(archive, names["x"], x_dtype, chunk)
-    return DataHeader(samples=int(x_shape[0]), shape=[int(d) for d in x_shape[1:]], labelled=y_shape is not None)
+            raise BadDataError(f"y must be {samples} integer class labels, got {y_dtype} {list(y_shape)}")
+        for key, (_, dtype) in headers.items():
+            if np.issubdtype(dtype, np.floating):
+                _check_finite(archive, names[key], dtype, chunk, key)
+    inputs = {k: [int(d) for d in shape[1:]] for k, (shape, _) in headers.items()}
+    return DataHeader(samples=int(samples), shape=inputs[keys[0]], labelled=y_shape is not None, inputs=inputs)
 
 
 def _npy_header(archive: zipfile.ZipFile, member: str) -> tuple[tuple[int, ...], np.dtype]:
@@ -434,7 +454,7 @@ def _array_header(f: BinaryIO) -> tuple[tuple[int, ...], np.dtype]:
     return shape, dtype
 
 
-def _check_finite(archive: zipfile.ZipFile, member: str, dtype: np.dtype, chunk: int) -> None:
+def _check_finite(archive: zipfile.ZipFile, member: str, dtype: np.dtype, chunk: int, key: str = "x") -> None:
     step = max(chunk // dtype.itemsize, 1) * dtype.itemsize
     try:
         with archive.open(member) as f:
@@ -442,6 +462,6 @@ def _check_finite(archive: zipfile.ZipFile, member: str, dtype: np.dtype, chunk:
             while block := f.read(step):
                 values = np.frombuffer(block, dtype=dtype, count=len(block) // dtype.itemsize)
                 if not np.isfinite(values).all():
-                    raise BadDataError("x holds NaN or infinite values")
+                    raise BadDataError(f"{key} holds NaN or infinite values")
     except (OSError, EOFError, zipfile.BadZipFile) as e:
         raise BadDataError(f"not a readable .npz archive: {member}: {str(e)[:160]}") from None

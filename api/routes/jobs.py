@@ -53,7 +53,6 @@ def _check(body: JobCreate, tenant_id: str, session: SessionDep, settings: Any) 
     if model is None:
         raise _invalid("model_id", f"no model {body.model_id!r}")
     spec = body.spec
-    shape = model.input_shape.get("shape") or []
     for name in ("calibration", "evaluation"):
         ref = getattr(spec, name).dataset_id
         if ref is None:
@@ -61,11 +60,9 @@ def _check(body: JobCreate, tenant_id: str, session: SessionDep, settings: Any) 
         ds = session.execute(select(Dataset).where(Dataset.id == ref, Dataset.tenant_id == tenant_id)).scalar_one_or_none()
         if ds is None:
             raise _invalid(f"spec.{name}.dataset_id", f"no dataset {ref!r}")
-        sample = list(ds.sample_shape.get("shape") or [])
-        if shape and (len(sample) != len(shape) - 1
-                      or any(want not in (-1, got) for want, got in zip(shape[1:], sample, strict=False))):
-            raise _invalid(f"spec.{name}.dataset_id", f"samples of shape {ds.sample_shape.get('shape')} do not fit "
-                           f"the model's input {shape}")
+        why = _misfit(model.input_shape, ds.sample_shape)
+        if why is not None:
+            raise _invalid(f"spec.{name}.dataset_id", why)
         if name == "calibration" and spec.needs_labels and not ds.labelled:
             raise _invalid("spec.calibration.dataset_id", "recovery finetune needs labelled data (a y array)")
     if spec.needs_data and spec.calibration.dataset_id is None:
@@ -82,6 +79,36 @@ def _check(body: JobCreate, tenant_id: str, session: SessionDep, settings: Any) 
             check_target(body.webhook_url, settings.webhook_allow_private)
         except ValueError as e:
             raise _invalid("webhook_url", str(e)) from None
+
+
+def _misfit(model_shape: dict[str, Any], sample_shape: dict[str, Any]) -> str | None:
+    """Why a dataset's arrays do not fit a model's inputs (x for a model with one input, one key per input name for
+    a model with several), or None. Models and datasets stored before several inputs were taken have no `inputs`."""
+    model_inputs: dict[str, list[int]] = model_shape.get("inputs") or {}
+    data_inputs: dict[str, list[int]] = sample_shape.get("inputs") or {"x": sample_shape.get("shape") or []}
+    if len(model_inputs) > 1:
+        missing = [k for k in model_inputs if k not in data_inputs]
+        unknown = [k for k in data_inputs if k not in model_inputs]
+        listed = ", ".join(model_inputs)
+        if missing:
+            return (f"the dataset has no key {missing[0]!r}: a model with several inputs takes one key per ONNX input "
+                    f"name ({listed}); keys: {', '.join(data_inputs)}")
+        if unknown:
+            return f"key {unknown[0]!r} of the dataset is none of the model's inputs ({listed})"
+        pairs = [(k, model_inputs[k], data_inputs[k]) for k in model_inputs]
+    else:
+        shape = model_shape.get("shape") or []
+        if not shape:
+            return None
+        if list(data_inputs) not in (["x"], list(model_inputs)):
+            return f"the model has one input: give its samples under key 'x' (keys: {', '.join(data_inputs)})"
+        pairs = [("x", shape, next(iter(data_inputs.values())))]
+    for key, shape, sample in pairs:
+        if len(sample) != len(shape) - 1 or any(want not in (-1, got)
+                                               for want, got in zip(shape[1:], sample, strict=False)):
+            what = "samples" if len(pairs) == 1 else f"key {key!r}: samples"
+            return f"{what} of shape {sample} do not fit the model's input {shape}"
+    return None
 
 
 @router.post("/jobs", status_code=201, summary="Create a pruning job")

@@ -323,3 +323,30 @@ def test_the_dashboard_is_served_by_the_api_itself_with_nothing_from_a_cdn(clien
     assert client.get("/static/dashboard.js").headers["content-type"].startswith("text/javascript")
     assert _is_problem(client.get("/static/secrets.py"), 404)
     assert "/" not in client.get("/openapi.json").json()["paths"]
+
+
+def test_a_two_input_model_takes_a_dataset_with_one_key_per_input_name(client, alice):
+    import torch
+
+    from tests.pruning.exporters import TwoStems, multi_input_onnx
+
+    torch.manual_seed(0)
+    onnx_bytes = multi_input_onnx(TwoStems(), {"left": torch.randn(1, 3, 32, 32), "right": torch.randn(1, 3, 32, 32)},
+                                  ("logits",))
+    r = client.post("/v1/models", headers=alice, files={"file": ("two.onnx", onnx_bytes)})
+    assert r.status_code == 201, r.text
+    model_id = r.json()["id"]
+    x = np.zeros((8, 3, 32, 32), np.float32)
+
+    def job_with(**arrays):
+        ds = client.post("/v1/datasets", headers=alice, files={"file": ("d.npz", _npz(**arrays))})
+        assert ds.status_code == 201, ds.text
+        return client.post("/v1/jobs", headers=alice, json={
+            "model_id": model_id, "spec": {"signal": "taylor", "calibration": {"dataset_id": ds.json()["id"]}}})
+
+    ok = job_with(left=x, right=x)
+    assert ok.status_code == 201 and ok.json()["status"] == "queued", ok.text
+    body = _is_problem(job_with(x=x), 422)
+    assert body["errors"][0]["field"] == "spec.calibration.dataset_id" and "no key 'left'" in body["detail"]
+    body = _is_problem(job_with(left=x, right=x[:, :, :16]), 422)
+    assert "key 'right'" in body["detail"] and "do not fit" in body["detail"]

@@ -73,7 +73,6 @@ def test_safetensors_header_matches_the_importer(tmp_path):
     (np.random.default_rng(0).bytes(4096), BadModelError, "ONNX"),
     (_onnx(external=True), BadModelError, "external"),
     (_onnx(opset=6), UnsupportedModelError, "opset"),
-    (_onnx(inputs=2), UnsupportedModelError, "2 inputs"),
     (_onnx(weight_elements=3000)[:-200], BadModelError, "ONNX"),
 ])
 def test_refusals_say_what_is_wrong(tmp_path, data, error, needle):
@@ -128,6 +127,26 @@ def test_npz_header_matches_load_npz_and_refuses_what_it_refuses(tmp_path):
     bad["pickle"] = z.getvalue()
     for needle, data in bad.items():
         with pytest.raises(BadDataError, match=needle if needle != "nan" else "NaN"):
+            read_npz_header(_file(tmp_path, data, "bad.npz"))
+
+
+def test_a_model_with_several_inputs_lists_them_all(tmp_path):
+    header = read_model_header(_file(tmp_path, _onnx(inputs=2, dims=("N", 3, "H", 8))))
+    assert header.inputs == {"x": [1, 3, -1, 8], "x1": [1, 3, -1, 8]} and header.input_shape == [1, 3, -1, 8]
+
+
+def test_npz_header_of_several_inputs_keeps_their_keys_and_checks_each(tmp_path):
+    x = np.zeros((5, 3, 4, 4), np.float32)
+    data = npz_bytes(image=x, ids=np.arange(5), scale_factor=np.ones((5, 2), np.float32))
+    header = read_npz_header(_file(tmp_path, data, "d.npz"))
+    assert header.inputs == {"image": [3, 4, 4], "ids": [], "scale_factor": [2]} and header.samples == 5
+    bad = {
+        "ids has 4 samples, image 5": npz_bytes(image=x, ids=np.arange(4)),
+        "scale_factor holds NaN": npz_bytes(image=x, scale_factor=np.full((5, 2), np.nan, np.float32)),
+        "names holds <U1": npz_bytes(image=x, names=np.array(list("abcde"))),
+    }
+    for needle, data in bad.items():
+        with pytest.raises(BadDataError, match=needle):
             read_npz_header(_file(tmp_path, data, "bad.npz"))
 
 
