@@ -42,14 +42,18 @@ class ModelHeader:
     input_shape: list[int]  # with batch 1
     opset: int | None = None
     inputs: dict[str, list[int]] = field(default_factory=dict)  # every input's shape, in graph order (ONNX)
+    dtypes: dict[str, str] = field(default_factory=dict)  # every input's numpy dtype name, where ONNX says it
 
 
 @dataclass
 class DataHeader:
-    samples: int
-    shape: list[int]  # of one sample (the first input's)
+    samples: int  # the labels', or the first array's (x's) when unlabelled
+    shape: list[int]  # of one sample of the first array: x, else the archive's first
     labelled: bool
-    inputs: dict[str, list[int]] = field(default_factory=dict)  # every input key's sample shape, in archive order
+    inputs: dict[str, list[int]] = field(default_factory=dict)  # every array but y: its sample shape, archive order
+    # every array but y: {"samples": N (None for a scalar), "dtype": numpy's name, "finite": False for floats holding
+    # NaN or inf}. Which arrays a model takes is known only at job submission, which checks them from this.
+    arrays: dict[str, dict[str, object]] = field(default_factory=dict)
 
 
 def sniff(f: BinaryIO, size: int) -> str:
@@ -293,9 +297,15 @@ def _other_graph(f: BinaryIO, end: int, depth: int = 0) -> None:
             _sparse_tensor(f, _message_end(f, wire, value))
 
 
-def _value_info(f: BinaryIO, end: int) -> tuple[str, list[int | str]]:
-    """ValueInfoProto -> (name, dims): TypeProto.tensor_type.shape.dim, a dim as dim_value or dim_param."""
-    name, dims = "", []
+# TensorProto.DataType (onnx/onnx.proto) -> numpy's name, for the types a model input fed from an .npz may have
+ONNX_DTYPES = {1: "float32", 2: "uint8", 3: "int8", 4: "uint16", 5: "int16", 6: "int32", 7: "int64", 9: "bool",
+               10: "float16", 11: "float64", 12: "uint32", 13: "uint64"}
+
+
+def _value_info(f: BinaryIO, end: int) -> tuple[str, list[int | str], str | None]:
+    """ValueInfoProto -> (name, dims, numpy dtype name or None): TypeProto.tensor_type's elem_type and shape.dim, a
+    dim as dim_value or dim_param."""
+    name, dims, dtype = "", [], None
     for number, wire, value in _fields(f, end):
         if number == 1:
             name = _string(f, wire, value)
@@ -304,12 +314,14 @@ def _value_info(f: BinaryIO, end: int) -> tuple[str, list[int | str]]:
                 if t_number != 1:  # tensor_type
                     continue
                 for s_number, s_wire, s_value in _fields(f, _message_end(f, t_wire, t_value)):
+                    if s_number == 1 and s_wire == 0:  # elem_type
+                        dtype = ONNX_DTYPES.get(s_value)
                     if s_number != 2:  # shape
                         continue
                     for d_number, d_wire, d_value in _fields(f, _message_end(f, s_wire, s_value)):
                         if d_number == 1:  # dim
                             dims.append(_dimension(f, _message_end(f, d_wire, d_value)))
-    return name, dims
+    return name, dims, dtype
 
 
 def _dimension(f: BinaryIO, end: int) -> int | str:
@@ -326,7 +338,7 @@ def _read_onnx(f: BinaryIO, size: int) -> ModelHeader:
     opset: int | None = None
     nodes = 0
     initializers: set[str] = set()
-    inputs: list[tuple[str, list[int | str]]] = []
+    inputs: list[tuple[str, list[int | str], str | None]] = []
     outputs = 0
     f.seek(0)
     for number, wire, value in _fields(f, size):
@@ -368,7 +380,8 @@ def _read_onnx(f: BinaryIO, size: int) -> ModelHeader:
     refuse_old_opset(opset)
     if not outputs:
         raise BadModelError("the ONNX graph has no outputs")
-    graph_inputs = [(name, dims) for name, dims in inputs if name not in initializers]
+    graph_inputs = [(name, dims) for name, dims, _ in inputs if name not in initializers]
+    dtypes = {name: dtype for name, _, dtype in inputs if name not in initializers and dtype is not None}
     if not graph_inputs:
         raise UnsupportedModelError("the model has no inputs: nothing to feed it")
     shapes = {}
@@ -382,54 +395,69 @@ def _read_onnx(f: BinaryIO, size: int) -> ModelHeader:
         if math.prod(abs(s) for s in shape[1:]) > MAX_TENSOR_ELEMENTS:  # the worker would allocate it to trace it
             raise BadModelError(f"{what} {shape} is over the limit of {MAX_TENSOR_ELEMENTS} elements a sample")
         shapes[name] = [1, *shape[1:]]
-    return ModelHeader("onnx", next(iter(shapes.values())), opset, shapes)
+    return ModelHeader("onnx", next(iter(shapes.values())), opset, shapes, dtypes)
 
 
 # ------------------------------------------------------------------------------------------------- .npz
 
 
 def read_npz_header(path: str | Path, max_elements: int = 1 << 31, chunk: int = 4 << 20) -> DataHeader:
-    """The checks of data.load_npz from the archive's .npy headers, then the float inputs scanned for NaN/inf a chunk
-    at a time: bounded memory whatever the archive's size. Every key but y is a model input: x, or one key per ONNX
-    input name for a model with several."""
+    """What data.load_npz refuses, from the archive's .npy headers: no arrays, arrays over the size limit (all of
+    them count), arrays needing pickle, labels that are not labels; and x, when it is the only array besides y, as
+    Dataset.bind checks a single-input model's input. Which other arrays a model takes (one key per ONNX input name,
+    or x and others to ignore) is known at job submission: each array's samples, dtype and finiteness are kept for
+    it (`DataHeader.arrays`). Floats are scanned for NaN/inf a chunk at a time: bounded memory whatever the size.
+    Members that are not .npy (a README, __MACOSX/ entries) are ignored, as load_npz ignores them."""
     try:
         archive = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError) as e:
         raise BadDataError(f"not a readable .npz archive: {str(e)[:200]}") from None
     with archive:
-        names = {n[:-4]: n for n in archive.namelist() if n.endswith(".npy")}
+        names = npy_members(archive.namelist())
         keys = [k for k in names if k != "y"]
         if not keys:
             raise BadDataError(f"the .npz has no key 'x' (keys: {', '.join(sorted(names)) or 'none'})")
-        alone = keys == ["x"]  # a single-input model's input, which the engine takes as float
-        headers = {k: _npy_header(archive, names[k]) for k in keys}
+        alone = keys == ["x"]  # what a single-input model takes, and nothing else: checked as bind will check it
+        headers = {k: _npy_header(archive, names[k]) for k in names}
         n_elements = sum(math.prod(shape) for shape, _ in headers.values())  # Python ints: no overflow past the check
         if n_elements > max_elements:
-            raise BadDataError(f"{'x' if alone else 'the inputs'} {'has' if alone else 'have'} {n_elements} elements, "
-                               f"over the limit of {max_elements}")
-        samples = None
-        for key, (shape, dtype) in headers.items():
-            if len(shape) < (2 if alone else 1) or shape[0] == 0:
-                raise BadDataError(f"{key} must be N x (input dims) with N >= 1, got shape {list(shape)}")
-            if alone and not np.issubdtype(dtype, np.floating):
+            raise BadDataError(f"{'x has' if alone else 'the arrays have'} {n_elements} elements, over the limit of "
+                               f"{max_elements}")
+        if alone:
+            shape, dtype = headers["x"]
+            if len(shape) < 2 or shape[0] == 0:
+                raise BadDataError(f"x must be N x (input dims) with N >= 1, got shape {list(shape)}")
+            if not np.issubdtype(dtype, np.floating):
                 raise BadDataError(
                     f"x must hold float model inputs exactly as the model takes them (normalised), got {dtype}")
-            if dtype.kind not in "fiub":
-                raise BadDataError(f"{key} holds {dtype}: model inputs are numbers (float, integer or bool)")
-            if samples is not None and shape[0] != samples:
-                raise BadDataError(f"{key} has {shape[0]} samples, {keys[0]} {samples}: every input needs the same "
-                                   "number")
-            samples = shape[0]
-        assert samples is not None
-        y_shape, y_dtype = _npy_header(archive, names["y"]) if "y" in names else (None, None)
-        if y_shape is not None and (len(y_shape) != 1 or y_shape[0] != samples
-                                    or not np.issubdtype(y_dtype, np.integer)):
-            raise BadDataError(f"y must be {samples} integer class labels, got {y_dtype} {list(y_shape)}")
-        for key, (_, dtype) in headers.items():
-            if np.issubdtype(dtype, np.floating):
-                _check_finite(archive, names[key], dtype, chunk, key)
-    inputs = {k: [int(d) for d in shape[1:]] for k, (shape, _) in headers.items()}
-    return DataHeader(samples=int(samples), shape=inputs[keys[0]], labelled=y_shape is not None, inputs=inputs)
+        batched = [k for k in keys if headers[k][0]]
+        if not batched:
+            raise BadDataError(f"the .npz has no array of samples, N first (keys: {', '.join(keys)})")
+        first = "x" if "x" in batched else batched[0]
+        samples = headers[first][0][0]
+        y_shape, y_dtype = headers.get("y", (None, None))
+        if y_shape is not None:
+            if len(y_shape) != 1 or not np.issubdtype(y_dtype, np.integer) or (alone and y_shape[0] != samples):
+                raise BadDataError(f"y must be {samples if alone else 'N'} integer class labels, got {y_dtype} "
+                                   f"{list(y_shape)}")
+            samples = y_shape[0]
+        arrays: dict[str, dict[str, object]] = {}
+        for key in keys:
+            shape, dtype = headers[key]
+            finite = not np.issubdtype(dtype, np.floating) or _finite(archive, names[key], dtype, chunk)
+            if alone and not finite:
+                raise BadDataError("x holds NaN or infinite values")  # else refused at submission if a model takes it
+            arrays[key] = {"samples": int(shape[0]) if shape else None, "dtype": str(dtype), "finite": finite}
+    inputs = {k: [int(d) for d in headers[k][0][1:]] for k in batched}
+    return DataHeader(samples=int(samples), shape=inputs[first], labelled=y_shape is not None, inputs=inputs,
+                      arrays=arrays)
+
+
+def npy_members(names: list[str]) -> dict[str, str]:
+    """The archive's arrays, member by key: its .npy members, but for the resource forks a Mac's zip adds
+    (__MACOSX/._x.npy), which are no arrays. Other members (a README) are not read."""
+    return {n[:-4]: n for n in names
+            if n.endswith(".npy") and not n.startswith("__MACOSX/") and not n.rsplit("/", 1)[-1].startswith("._")}
 
 
 def _npy_header(archive: zipfile.ZipFile, member: str) -> tuple[tuple[int, ...], np.dtype]:
@@ -454,7 +482,7 @@ def _array_header(f: BinaryIO) -> tuple[tuple[int, ...], np.dtype]:
     return shape, dtype
 
 
-def _check_finite(archive: zipfile.ZipFile, member: str, dtype: np.dtype, chunk: int, key: str = "x") -> None:
+def _finite(archive: zipfile.ZipFile, member: str, dtype: np.dtype, chunk: int) -> bool:
     step = max(chunk // dtype.itemsize, 1) * dtype.itemsize
     try:
         with archive.open(member) as f:
@@ -462,6 +490,7 @@ def _check_finite(archive: zipfile.ZipFile, member: str, dtype: np.dtype, chunk:
             while block := f.read(step):
                 values = np.frombuffer(block, dtype=dtype, count=len(block) // dtype.itemsize)
                 if not np.isfinite(values).all():
-                    raise BadDataError(f"{key} holds NaN or infinite values")
+                    return False
     except (OSError, EOFError, zipfile.BadZipFile) as e:
         raise BadDataError(f"not a readable .npz archive: {member}: {str(e)[:160]}") from None
+    return True

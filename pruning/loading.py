@@ -168,8 +168,8 @@ def _load_onnx(data: bytes, input_shape: list[int] | None,
     dynamic_axes: dict[str, dict[int, str]] = {}
     inputs = _graph_inputs(proto, dynamic_axes)
     data_shapes = dict(data_shapes or {})
-    if len(inputs) == 1 and "x" in data_shapes:  # a single input's samples come under key x
-        data_shapes.setdefault(inputs[0].name, data_shapes["x"])
+    if len(inputs) == 1 and "x" in data_shapes:  # a single input's samples come under key x (Dataset.bind)
+        data_shapes[inputs[0].name] = data_shapes["x"]
     for k, graph_input in enumerate(inputs):
         shape = graph_input.shape
         given = input_shape if k == 0 else None

@@ -464,8 +464,7 @@ def _load(model: bytes | LoadedModel, spec: PruneSpec, arch: str | None, num_cla
     if isinstance(model, LoadedModel):
         return model
     return load_model(model, arch=arch, num_classes=num_classes, input_shape=spec.input_shape,
-                      data_shapes=None if data is None else {k: list(a.shape)
-                                                             for k, a in zip(data.names, data.arrays(), strict=True)})
+                      data_shapes=None if data is None else {k: list(a.shape) for k, a in data.members.items()})
 
 
 def _search_data(calibration: Dataset | None, evaluation: Dataset | None,

@@ -60,7 +60,7 @@ def _check(body: JobCreate, tenant_id: str, session: SessionDep, settings: Any) 
         ds = session.execute(select(Dataset).where(Dataset.id == ref, Dataset.tenant_id == tenant_id)).scalar_one_or_none()
         if ds is None:
             raise _invalid(f"spec.{name}.dataset_id", f"no dataset {ref!r}")
-        why = _misfit(model.input_shape, ds.sample_shape)
+        why = _misfit(model.input_shape, ds.sample_shape, ds.samples if ds.labelled else None)
         if why is not None:
             raise _invalid(f"spec.{name}.dataset_id", why)
         if name == "calibration" and spec.needs_labels and not ds.labelled:
@@ -81,33 +81,48 @@ def _check(body: JobCreate, tenant_id: str, session: SessionDep, settings: Any) 
             raise _invalid("webhook_url", str(e)) from None
 
 
-def _misfit(model_shape: dict[str, Any], sample_shape: dict[str, Any]) -> str | None:
-    """Why a dataset's arrays do not fit a model's inputs (x for a model with one input, one key per input name for
-    a model with several), or None. Models and datasets stored before several inputs were taken have no `inputs`."""
+def _misfit(model_shape: dict[str, Any], sample_shape: dict[str, Any], labels: int | None = None) -> str | None:
+    """Why a dataset's arrays do not fit a model's inputs, or None: the arrays the engine will take (Dataset.bind: x
+    for a model with one input, one key per input name for a model with several; the others are ignored) checked as
+    it will check them. `labels`: how many the dataset has, if any. Rows stored before several inputs were taken
+    have no `inputs` (datasets: x was checked whole at upload), nor `dtypes`/`arrays` before they were kept."""
+    import numpy as np
+    from secateurs.pruning.data import same_kind, used_keys
+
     model_inputs: dict[str, list[int]] = model_shape.get("inputs") or {}
-    data_inputs: dict[str, list[int]] = sample_shape.get("inputs") or {"x": sample_shape.get("shape") or []}
-    if len(model_inputs) > 1:
-        missing = [k for k in model_inputs if k not in data_inputs]
-        unknown = [k for k in data_inputs if k not in model_inputs]
-        listed = ", ".join(model_inputs)
-        if missing:
-            return (f"the dataset has no key {missing[0]!r}: a model with several inputs takes one key per ONNX input "
-                    f"name ({listed}); keys: {', '.join(data_inputs)}")
-        if unknown:
-            return f"key {unknown[0]!r} of the dataset is none of the model's inputs ({listed})"
-        pairs = [(k, model_inputs[k], data_inputs[k]) for k in model_inputs]
-    else:
-        shape = model_shape.get("shape") or []
-        if not shape:
+    if not model_inputs:
+        if not model_shape.get("shape"):
             return None
-        if list(data_inputs) not in (["x"], list(model_inputs)):
-            return f"the model has one input: give its samples under key 'x' (keys: {', '.join(data_inputs)})"
-        pairs = [("x", shape, next(iter(data_inputs.values())))]
-    for key, shape, sample in pairs:
-        if len(sample) != len(shape) - 1 or any(want not in (-1, got)
-                                               for want, got in zip(shape[1:], sample, strict=False)):
-            what = "samples" if len(pairs) == 1 else f"key {key!r}: samples"
+        model_inputs = {"x": model_shape["shape"]}
+    dtypes: dict[str, str] = model_shape.get("dtypes") or {}
+    data_inputs: dict[str, list[int]] = sample_shape.get("inputs") or {"x": sample_shape.get("shape") or []}
+    arrays: dict[str, dict[str, Any]] = sample_shape.get("arrays") or {}
+    keys = used_keys(list(model_inputs), list(arrays or data_inputs))
+    if isinstance(keys, str):
+        return keys.replace("the .npz", "the dataset")
+    several = len(keys) > 1
+    counts: dict[str, int] = {}
+    for name, key in zip(model_inputs, keys, strict=True):
+        shape, sample, info = model_inputs[name], data_inputs.get(key), arrays.get(key)
+        if info is not None:
+            dtype = np.dtype(info["dtype"])
+            if dtype.kind not in "fiub":
+                return f"key {key!r} holds {dtype}: model inputs are numbers (float, integer or bool)"
+            if name in dtypes and not same_kind(dtype, np.dtype(dtypes[name])):
+                return f"key {key!r} holds {dtype}, but the model's input {name!r} takes {dtypes[name]}"
+            if not info["finite"]:
+                return f"key {key!r} holds NaN or infinite values"
+            if info["samples"] is not None:
+                counts[key] = info["samples"]
+        if sample is None or len(sample) != len(shape) - 1 or any(
+                want not in (-1, got) for want, got in zip(shape[1:], sample, strict=False)):
+            what = f"key {key!r}: samples" if several else "samples"
             return f"{what} of shape {sample} do not fit the model's input {shape}"
+    for (k0, n0), (key, n) in itertools.pairwise(counts.items()):
+        if n != n0:
+            return f"key {key!r} has {n} samples, {k0!r} {n0}: every input needs the same number"
+    if labels is not None and counts and (n := next(iter(counts.values()))) != labels:
+        return f"y has {labels} labels, but key {next(iter(counts))!r} has {n} samples"
     return None
 
 

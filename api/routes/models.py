@@ -38,14 +38,15 @@ def _validate_model(path: str, arch: str | None, num_classes: int | None) -> dic
 
     header = read_model_header(path, arch=arch, num_classes=num_classes)
     return {"format": header.format, "input_shape": header.input_shape, "num_classes": num_classes,
-            "inputs": header.inputs}
+            "inputs": header.inputs, "dtypes": header.dtypes}
 
 
 def _validate_dataset(path: str) -> dict[str, Any]:
     from secateurs.pruning.headers import read_npz_header
 
     header = read_npz_header(path)
-    return {"samples": header.samples, "shape": header.shape, "labelled": header.labelled, "inputs": header.inputs}
+    return {"samples": header.samples, "shape": header.shape, "labelled": header.labelled, "inputs": header.inputs,
+            "arrays": header.arrays}
 
 
 def _int_field(up: Upload, name: str) -> int | None:
@@ -73,7 +74,8 @@ async def upload_model(request: Request, tenant: CurrentTenant, settings: Settin
         num_classes = _int_field(up, "num_classes")
         info = await run_in_threadpool(_validate_model, str(up.path), arch, num_classes)
         model = Model(id=new_id("mdl"), tenant_id=tenant.id, filename=up.filename, format=info["format"],
-                      arch=arch, num_classes=num_classes, input_shape={"shape": info["input_shape"], "inputs": info["inputs"]},
+                      arch=arch, num_classes=num_classes, input_shape={"shape": info["input_shape"], "inputs": info["inputs"],
+                                                                   "dtypes": info["dtypes"]},
                       size_bytes=up.size, sha256=up.sha256, storage_key="")
         await run_in_threadpool(_store, model, f"{tenant.id}/models/{model.id}", up, storage, settings)
         return model_out(model)
@@ -101,7 +103,8 @@ async def upload_dataset(request: Request, tenant: CurrentTenant, settings: Sett
     try:
         info = await run_in_threadpool(_validate_dataset, str(up.path))
         ds = Dataset(id=new_id("dst"), tenant_id=tenant.id, filename=up.filename, samples=info["samples"],
-                     sample_shape={"shape": info["shape"], "inputs": info["inputs"]}, labelled=info["labelled"], size_bytes=up.size,
+                     sample_shape={"shape": info["shape"], "inputs": info["inputs"],
+                                   "arrays": info["arrays"]}, labelled=info["labelled"], size_bytes=up.size,
                      sha256=up.sha256, storage_key="")
         await run_in_threadpool(_store, ds, f"{tenant.id}/datasets/{ds.id}", up, storage, settings)
         return dataset_out(ds)

@@ -350,3 +350,59 @@ def test_a_two_input_model_takes_a_dataset_with_one_key_per_input_name(client, a
     assert body["errors"][0]["field"] == "spec.calibration.dataset_id" and "no key 'left'" in body["detail"]
     body = _is_problem(job_with(left=x, right=x[:, :, :16]), 422)
     assert "key 'right'" in body["detail"] and "do not fit" in body["detail"]
+
+
+def _submit(client, alice, model_id, data: bytes):
+    ds = client.post("/v1/datasets", headers=alice, files={"file": ("d.npz", data)})
+    assert ds.status_code == 201, ds.text
+    return ds.json()["id"], client.post("/v1/jobs", headers=alice, json={
+        "model_id": model_id, "spec": {"signal": "taylor", "calibration": {"dataset_id": ds.json()["id"]}}})
+
+
+def test_an_npz_with_members_besides_x_and_y_still_feeds_a_single_input_model(client, alice, model, app_settings):
+    import torch
+    from secateurs.db.models import Dataset
+    from secateurs.db.session import sessions
+
+    from tests.pruning.exporters import multi_input_onnx, small_classifier
+    from tests.pruning.test_data import classifier_npz
+
+    r = client.post("/v1/models", headers=alice, files={"file": ("image.onnx", multi_input_onnx(
+        small_classifier(), {"image": torch.randn(1, 3, 32, 32)}, ("logits",)))})
+    assert r.status_code == 201, r.text
+    for model_id in (model["id"], r.json()["id"]):  # safetensors (no input names) and ONNX (its input "image")
+        dataset_id, job = _submit(client, alice, model_id, classifier_npz(16))
+        assert job.status_code == 201, job.text
+    # rows stored before several inputs were taken have only x's shape: the job is still taken
+    with sessions(app_settings)() as s:
+        row = s.get(Dataset, dataset_id)
+        row.sample_shape = {"shape": row.sample_shape["shape"]}
+        s.commit()
+    job = client.post("/v1/jobs", headers=alice, json={
+        "model_id": model["id"], "spec": {"signal": "taylor", "calibration": {"dataset_id": dataset_id}}})
+    assert job.status_code == 201, job.text
+
+
+def test_the_arrays_a_model_takes_are_checked_at_submission_and_no_others(client, alice):
+    import torch
+
+    from tests.pruning.exporters import WithIds, multi_input_onnx
+
+    torch.manual_seed(0)
+    r = client.post("/v1/models", headers=alice, files={"file": ("ids.onnx", multi_input_onnx(
+        WithIds(), {"image": torch.randn(1, 3, 32, 32), "ids": torch.zeros(1, dtype=torch.long)}, ("logits",)))})
+    assert r.status_code == 201, r.text
+    image, ids, nan = np.zeros((6, 3, 32, 32), np.float32), np.arange(6), np.full((6, 2), np.nan, np.float32)
+    _, ok = _submit(client, alice, r.json()["id"], _npz(ids=ids, image=image, y=ids % 2, other=nan, mean=np.zeros(3)))
+    assert ok.status_code == 201, ok.text
+    for arrays, needle in [
+        ({"image": image, "ids": ids.astype(np.float32)}, "key 'ids' holds float32, but the model's input 'ids' takes "
+                                                          "int64"),
+        ({"image": image, "ids": ids[:5]}, "key 'ids' has 5 samples, 'image' 6"),
+        ({"image": image, "ids": ids, "y": ids[:5]}, "y has 5 labels, but key 'image' has 6 samples"),
+        ({"image": image.copy() * np.nan, "ids": ids}, "key 'image' holds NaN"),
+        ({"image": image, "ids": np.array(list("abcdef"))}, "key 'ids' holds <U1"),
+    ]:
+        _, job = _submit(client, alice, r.json()["id"], _npz(**arrays))
+        body = _is_problem(job, 422)
+        assert body["errors"][0]["field"] == "spec.calibration.dataset_id" and needle in body["detail"], body

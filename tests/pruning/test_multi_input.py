@@ -127,7 +127,6 @@ def test_wrong_npz_keys_are_refused_naming_the_key():
     a = _arrays()["two_stems"]
     assert "no key 'right'" in _bad("two_stems", left=a["left"])
     assert "no key 'left'" in _bad("two_stems", x=a["left"])
-    assert "'extra' of the .npz is none of the model's inputs" in _bad("two_stems", **a, extra=a["left"])
     b = _arrays()["with_ids"]
     assert "'ids' holds float32, but the model's input 'ids' takes int64" in _bad(
         "with_ids", image=b["image"], ids=b["ids"].astype(np.float32))
@@ -143,15 +142,29 @@ def test_a_single_input_model_takes_x_not_several_keys():
         prune(sent, PruneSpec.model_validate({"target": {"macs": 0.5}}), calibration=load_npz(npz_bytes(**a)))
 
 
+FLOATS = [np.dtype(np.float32)] * 2
+
+
 @pytest.mark.parametrize("arrays,needle", [
     ({"left": np.zeros((4, 3), np.float32), "right": np.zeros((5, 3), np.float32)}, "right has 5 samples, left 4"),
-    ({"left": np.zeros((4, 3), np.float32), "names": np.array(["a", "b", "c", "d"])}, "names holds <U1"),
+    ({"left": np.zeros((4, 3), np.float32), "right": np.array(["a", "b", "c", "d"])}, "right holds <U1"),
     ({"left": np.zeros((4, 3), np.float32), "right": np.full((4, 3), np.nan, np.float32)}, "right holds NaN"),
-    ({"left": np.zeros((4, 3), np.float32), "y": np.zeros(3, np.int64)}, "y must be 4 integer class labels"),
+    ({"left": np.zeros((4, 3), np.float32), "right": np.zeros((4, 3), np.float32), "y": np.zeros(3, np.int64)},
+     "y must be 4 integer class labels"),
 ])
-def test_npz_with_several_inputs_is_checked_member_by_member(arrays, needle):
+def test_npz_with_several_inputs_is_checked_member_by_member_when_bound(arrays, needle):
+    data = load_npz(npz_bytes(**arrays))
     with pytest.raises(BadDataError, match=needle):
-        load_npz(npz_bytes(**arrays))
+        data.bind(["left", "right"], FLOATS)
+
+
+def test_keys_no_input_takes_are_left_out_unchecked():
+    left = np.zeros((4, 3), np.float32)
+    data = load_npz(npz_bytes(left=left, right=left + 1, mean=np.zeros(3), names=np.array(list("abcd")),
+                              other=np.full((4, 3), np.nan, np.float32), scale=np.float64(2.0)))
+    bound = data.bind(["left", "right"], FLOATS)
+    assert bound.names == ["left", "right"] and len(bound) == 4
+    np.testing.assert_array_equal(bound.extra["right"], left + 1)
 
 
 def test_every_member_counts_towards_the_declared_size_limit():
