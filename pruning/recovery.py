@@ -256,16 +256,35 @@ def _autocast(precision: str, device: torch.device | str) -> contextlib.Abstract
 def _augment(x: Example, generator: torch.Generator, flips: bool = True) -> Example:
     """Random horizontal flips (unless `flips` is False: text read left to right) and 4-pixel crops, each image its
     own, for image batches (N, C, H, W) of 16 pixels or more. (One crop offset for a whole batch moves every image alike: 81 variants of the batch
-    instead of 81 per image.) A model's other inputs (sizes, ids) stay as they are."""
-    if isinstance(x, tuple):
-        return tuple(_augment(t, generator, flips) for t in x)
-    if x.dim() != 4 or min(x.shape[2:]) < 16 or not x.is_floating_point():
+    instead of 81 per image.) With several image inputs (two views of one scene), a sample's flip and crop are drawn
+    once and shared: every image input of the first one's height and width gets both, one of another size the flip
+    only (the same offset would not cut the same part of it). A model's other inputs (sizes, ids) stay as they
+    are."""
+    tensors = as_tuple(x)
+    images = [t for t in tensors if _is_image(t)]
+    if not images:
+        return x
+    n, size = images[0].shape[0], images[0].shape[2:]
+    flip = (torch.rand(n, generator=generator) < 0.5) & flips
+    dy, dx = torch.randint(0, 9, (2, n), generator=generator)
+    out = tuple(_flip_crop(t, flip, (dy, dx) if t.shape[2:] == size else None) if _is_image(t) else t
+                for t in tensors)
+    return out if isinstance(x, tuple) else out[0]
+
+
+def _is_image(t: torch.Tensor) -> bool:
+    return t.dim() == 4 and min(t.shape[2:]) >= 16 and t.is_floating_point()
+
+
+def _flip_crop(x: torch.Tensor, flip: torch.Tensor, shift: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+    """Each image flipped where `flip` says, then, given `shift` (rows, columns, 0 to 8 each), cut at that offset
+    from the image padded by 4 pixels."""
+    x = torch.where(flip.to(x.device)[:, None, None, None], x.flip(3), x)
+    if shift is None:
         return x
     n, c, h, w = x.shape
-    flip = (torch.rand(n, generator=generator) < 0.5) & flips
-    x = torch.where(flip.to(x.device)[:, None, None, None], x.flip(3), x)
+    dy, dx = (s.to(x.device) for s in shift)
     padded = F.pad(x, (4, 4, 4, 4))
-    dy, dx = torch.randint(0, 9, (2, n), generator=generator).to(x.device)
     rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]  # [N, 1, H, 1]
     cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]  # [N, 1, 1, W]
     batch = torch.arange(n, device=x.device)[:, None, None, None]

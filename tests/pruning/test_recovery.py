@@ -99,6 +99,28 @@ def test_augmentation_flips_and_crops_each_image_on_its_own():
     assert len(offsets) > 32  # offsets drawn per image, not one for the whole batch
 
 
+def test_several_image_inputs_get_one_flip_and_crop_a_sample_and_other_inputs_none():
+    import torch
+    import torch.nn.functional as F
+    from secateurs.pruning.recovery import _augment, _mix
+
+    g = torch.Generator().manual_seed(0)
+    left = torch.randn(32, 3, 32, 32)
+    small = left[:, :, ::2, ::2].contiguous()  # another size: [32, 3, 16, 16]
+    sizes, ids = torch.rand(32, 2), torch.arange(32)
+    out = _augment((left, left.clone(), small, sizes, ids), g)
+    assert torch.equal(out[0], out[1]) and not torch.equal(out[0], left)  # two views of one scene stay one
+    flipped = [not torch.equal(o, s) for o, s in zip(out[2], small, strict=True)]
+    assert all(torch.equal(o, s.flip(2) if f else s) for o, s, f in zip(out[2], small, flipped, strict=True))
+    assert 0 < sum(flipped) < 32  # flipped or not, as the first input's samples are, and never cut
+    for a, x, f in zip(out[0], left, flipped, strict=True):  # the same flip as the sample's full-size views
+        assert any(torch.equal(F.pad(x.flip(2) if f else x, (4, 4, 4, 4))[:, dy:dy + 32, dx:dx + 32], a)
+                   for dy in range(9) for dx in range(9))
+    assert out[3] is sizes and out[4] is ids
+    mixed = _mix((left, left.clone(), sizes, ids), g)
+    assert torch.equal(mixed[0], mixed[1]) and mixed[2] is sizes and mixed[3] is ids
+
+
 def test_the_distillation_teacher_runs_in_onnx_runtime_with_the_modules_outputs():
     import numpy as np
     import torch
