@@ -103,9 +103,15 @@ def run(sess: ort.InferenceSession, *xs: np.ndarray) -> np.ndarray:
     return run_outputs(sess, *xs)[0]
 
 
-def run_outputs(sess: ort.InferenceSession, *xs: np.ndarray) -> list[np.ndarray]:
-    """Every output, the inputs `xs` given in graph order."""
-    feed = {i.name: x for i, x in zip(sess.get_inputs(), xs, strict=True)}
+def run_outputs(sess: ort.InferenceSession, *xs: np.ndarray, names: list[str] | None = None) -> list[np.ndarray]:
+    """Every output, the inputs `xs` given in graph order, or, with `names` (the inputs' names, as many), fed by
+    name wherever the session's inputs carry those names: a file whose inputs come in another order than the data's
+    still gets each array at its own input."""
+    inputs = [i.name for i in sess.get_inputs()]
+    if names is not None and len(xs) > 1 and sorted(inputs) == sorted(names):
+        feed = dict(zip(names, xs, strict=True))
+    else:
+        feed = dict(zip(inputs, xs, strict=True))
     return [np.asarray(v) for v in sess.run(None, feed)]
 
 

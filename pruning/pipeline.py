@@ -951,7 +951,7 @@ def _fidelity(before: bytes, after: bytes, kinds: list[fidelity.OutputKind], spe
     for start in range(0, len(d), step):
         chunk = d.arrays(slice(start, start + step))
         for i, sess in enumerate(sessions):
-            outs[i].append(onnx_tools.run_outputs(sess, *chunk))
+            outs[i].append(onnx_tools.run_outputs(sess, *chunk, names=d.names))
     results = []
     for i, kind in enumerate(kinds):
         b = np.concatenate([chunk[i] for chunk in outs[0]], axis=kind.batch_axis)

@@ -226,3 +226,26 @@ def test_an_input_only_frozen_nodes_read_stays_in_the_returned_model():
     image = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
     boxes = _run(r.onnx, {"image": image, "scale_factor": np.full((2, 2), 3.0, np.float32)})[0]
     np.testing.assert_array_equal(np.sort(boxes, 1), [[0, 0, 0, 3]] * 2)  # a one-hot, scaled by the input
+
+
+def test_fidelity_feeds_each_array_to_its_own_input_whatever_the_files_input_order():
+    from onnx import TensorProto, helper
+    from secateurs.pruning import fidelity
+    from secateurs.pruning.pipeline import _fidelity
+
+    def difference(order: list[str]) -> bytes:  # y = a - b, the inputs declared in `order`
+        info = {n: helper.make_tensor_value_info(n, TensorProto.FLOAT, ["N", 4]) for n in ("a", "b")}
+        graph = helper.make_graph([helper.make_node("Sub", ["a", "b"], ["y"])], "g", [info[n] for n in order],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])])
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+
+    rng = np.random.default_rng(0)
+    data = Dataset(rng.normal(size=(32, 4)).astype(np.float32), None,
+                   {"b": rng.normal(size=(32, 4)).astype(np.float32)}, "a")
+    kinds = [fidelity.OutputKind("y", "classes", None)]
+    spec = PruneSpec()
+    same = _fidelity(difference(["a", "b"]), difference(["b", "a"]), kinds, spec, data, "evaluation", None, "")
+    assert same["outputs"][0]["value"] == 1.0  # fed by position, the second file would compute b - a
+    swapped = Dataset(data.extra["b"], None, {"a": data.x}, "b")  # the archive's keys in the other order
+    assert _fidelity(difference(["a", "b"]), difference(["b", "a"]), kinds, spec, swapped, "evaluation", None,
+                     "")["outputs"][0]["value"] == 1.0
