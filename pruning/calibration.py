@@ -19,6 +19,8 @@ from torch import nn
 
 from .analysis import Analysis
 from .data import Dataset
+from .distill import hard_target_loss, outputs_of
+from .fidelity import OutputKind
 from .inputs import Example, call, tensors, to
 
 
@@ -87,9 +89,12 @@ class Collector:
         self.stats: dict[str, LayerStats] = {}
         self.alias: dict[str, str] = {}  # consumer -> the first consumer that read the same tensor
 
-    def run(self, data: Dataset, samples: int, batch_size: int = 64, teacher: nn.Module | None = None) -> None:
-        """One pass over the data; with gradients, of the task loss (labels) or of the cross-entropy
-        against the teacher's (the original model's) own predictions."""
+    def run(self, data: Dataset, samples: int, batch_size: int = 64, teacher: nn.Module | None = None,
+            kinds: list[OutputKind] | None = None) -> None:
+        """One pass over the data; with gradients, of the task loss (labels) or, without labels, of the loss
+        against the teacher's (the original model's) hardened predictions: with the outputs' `kinds`, every
+        output by its kind (`distill.hard_target_loss`), else the cross-entropy of the first output, flattened,
+        against the teacher's argmax."""
         handles = []
         # tensor id -> (first consumer, the tensor): holding the tensor keeps its id from being reused
         seen: dict[int, tuple[str, torch.Tensor]] = {}
@@ -119,15 +124,20 @@ class Collector:
                         call(self.model, x)
                     continue
                 self.model.zero_grad(set_to_none=True)
-                out = _logits(call(self.model, x))
+                out = call(self.model, x)
                 if y is None:
                     if teacher is None:
                         raise ValueError("gradients without labels need a teacher")
                     with torch.no_grad():
-                        y_used = _logits(call(teacher, x)).argmax(1)
+                        target = call(teacher, x)
+                    outs, targets = outputs_of(out), outputs_of(target)
+                    if kinds is not None and len(outs) == len(targets) == len(kinds):
+                        loss = torch.stack([hard_target_loss(k, o, t, self.generator)
+                                            for k, o, t in zip(kinds, outs, targets, strict=True)]).sum()
+                    else:
+                        loss = F.cross_entropy(_logits(out), _logits(target).argmax(1), reduction="sum")
                 else:
-                    y_used = y.to(self.device)
-                loss = F.cross_entropy(out, y_used, reduction="sum")
+                    loss = F.cross_entropy(_logits(out), y.to(self.device), reduction="sum")
                 loss.backward()
         finally:
             for h in handles:

@@ -109,3 +109,35 @@ def total_loss(kinds: list[OutputKind], student: list[torch.Tensor], teacher: li
         raise ValueError(f"{len(kinds)} outputs expected, the student gave {len(student)}, the teacher {len(teacher)}")
     losses = [output_loss(k, s, t, temperature) for k, s, t in zip(kinds, student, teacher, strict=True)]
     return torch.stack(losses).sum()
+
+
+def hard_target_loss(kind: OutputKind, student: torch.Tensor, teacher: torch.Tensor,
+                     generator: torch.Generator | None = None) -> torch.Tensor:
+    """The loss of one output against the teacher's hardened prediction, summed over samples and averaged over
+    every other position: what gradient signals (Taylor, Fisher) differentiate when there are no labels. The
+    teacher is the original model, which the student still is when channels are scored, so a distillation loss
+    would have no gradient at all; a hard target is what the model would be trained on. By kind: class scores,
+    segmentation pixels and sequence steps take the teacher's argmax (cross-entropy); sigmoid scores, maps and a
+    detection head's class rows take the teacher's side of 0.5 (binary cross-entropy; a head's boxes have no hard
+    form and are left out); other values (embeddings, regressions) a target drawn around the teacher's output
+    with its own root mean square as the deviation (the squared error's expected gradient is then the sampled
+    Fisher of a Gaussian model of the output)."""
+    student, teacher = student.float(), teacher.detach().float()
+    n = student.shape[kind.batch_axis]
+    z_s, z_t = _logits(student, kind.activation), _logits(teacher, kind.activation)
+    k = kind.kind
+    if k == "detection" and kind.classes is not None:
+        c0, c1 = kind.classes
+        z_s, z_t, k = z_s[:, c0:c1], z_t[:, c0:c1], "map"
+    if k == "classes" and kind.activation == "sigmoid":
+        k = "map"
+    if k in ("classes", "segmentation", "sequence"):
+        axis = student.dim() - 1 if k == "sequence" else 1
+        log_p = F.log_softmax(z_s, axis)
+        picked = log_p.gather(axis, z_t.argmax(axis, keepdim=True))
+        return -picked.mean() * n
+    if k == "map":
+        return F.binary_cross_entropy_with_logits(z_s, (z_t > 0).float()) * n
+    rms = teacher.pow(2).mean().sqrt().clamp_min(EPS)
+    noise = torch.randn(teacher.shape, generator=generator).to(teacher.device)
+    return ((student - (teacher + rms * noise)) ** 2).mean() / rms**2 * n

@@ -211,6 +211,16 @@ def _prune(
         latency_goal = {"target_ms": goal, "original_ms": lat0}
         kind, goal, steps = "macs", min(1.0, goal / lat0), 1
     origin = {name: np.arange(c) for name, c in channels_before.items()}
+    known: dict[str, list[fidelity.OutputKind] | None] = {}
+
+    def output_kinds() -> list[fidelity.OutputKind] | None:
+        """What each output is, read once: None with a frozen region, whose module answers the tensors the frozen
+        nodes read, not the model's outputs (those are distilled as the first output always was)."""
+        if "kinds" not in known:
+            known["kinds"] = None if loaded.frozen is not None or calibration is None else _output_kinds(
+                before_onnx, loaded, spec, _probe_inputs(loaded, calibration))
+        return known["kinds"]
+
     base_total = 0.0  # the original's MACs, parameters or channels: the measure of the target's kind
     total = 0.0  # the same measure of the pruned model so far
     extra: dict[str, Any] = {}
@@ -232,7 +242,7 @@ def _prune(
                 options={**spec.signal_options.model_dump(), "target": goal, "kind": kind,
                          "lr": spec.recovery.lr, "batch_size": spec.recovery.batch_size},
                 progress=lambda f, msg, metrics, b=base: run.tell("score", 0.15 + b + 0.1 * f, msg, **metrics),
-                check=run.check,
+                check=run.check, output_kinds=output_kinds,
             )
             scores = _score(ctx, spec)
             extra.update(ctx.report)
@@ -256,10 +266,8 @@ def _prune(
     kinds: list[fidelity.OutputKind] | None = None  # what each output is: read once, when first needed
     if (method != "none" or options.get("reconstruct")) and calibration is not None:
         with run.stage("recover", 0.55, f"recovering accuracy ({method})"):
-            # with a frozen region the module answers the tensors the frozen nodes read, not the model's outputs:
-            # those are distilled as the first output always was, the kinds being the whole model's
-            if method == "distill" and loaded.frozen is None:
-                kinds = _output_kinds(before_onnx, loaded, spec, _probe_inputs(loaded, calibration))
+            if method == "distill":
+                kinds = output_kinds()
             extra["recovery"] = _recover(net, original, origin, calibration, spec, dev, run, options, kinds)
 
     net = net.cpu().eval()

@@ -20,6 +20,7 @@ from ..calibration import Collector
 from ..catalog import SIGNALS
 from ..data import Dataset
 from ..errors import SpecError
+from ..fidelity import OutputKind
 
 GroupScorer = Callable[[int], np.ndarray | None]
 
@@ -47,6 +48,8 @@ class ScoringContext:
     merges: dict[int, dict[int, tuple[int, float, float]]] = field(default_factory=dict)
     progress: Callable[[float, str, dict[str, float]], None] | None = None
     check: Callable[[], None] | None = None  # raises Cancelled when the job is cancelled
+    # what each output is (fidelity.py), asked for only when gradients are taken without labels
+    output_kinds: Callable[[], list[OutputKind] | None] | None = None
     _collectors: dict[tuple[bool, int], Collector] = field(default_factory=dict)
 
     def collect(self, *, gradients: bool = False, rows: int = 0) -> Collector:
@@ -57,7 +60,10 @@ class ScoringContext:
             if (has_grad or not gradients) and has_rows >= rows:
                 return c
         c = Collector(self.model, self.analysis, gradients=gradients, rows=rows, device=self.device, seed=self.seed)
-        c.run(self.calibration, self.samples, teacher=self.teacher)
+        kinds = None
+        if gradients and self.calibration.y is None and self.output_kinds is not None:
+            kinds = self.output_kinds()
+        c.run(self.calibration, self.samples, teacher=self.teacher, kinds=kinds)
         self._collectors[(gradients, rows)] = c
         return c
 

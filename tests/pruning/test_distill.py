@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from secateurs.pruning import PruneSpec, prune
 from secateurs.pruning.data import Dataset
-from secateurs.pruning.distill import output_loss, total_loss
+from secateurs.pruning.distill import hard_target_loss, output_loss, total_loss
 from secateurs.pruning.fidelity import OutputKind
 
 from tests.conftest import cifar_inputs
@@ -140,3 +140,25 @@ def test_a_model_with_a_frozen_region_distils_its_part_without_the_whole_models_
     assert "validation_samples" not in r["recovery"]
     (out,) = r["fidelity"]["outputs"]
     assert out["kind"] == "sequence" and out["samples"] == 6
+
+
+def test_hard_targets_are_the_teachers_argmax_or_side_of_one_half_by_kind():
+    """What gradient signals differentiate without labels: for class scores, the cross-entropy against the teacher's
+    argmax summed over samples (what the first output alone always took); for a sigmoid map, a push of every pixel
+    towards the teacher's side of 0.5; values get a gradient although the student equals the teacher."""
+    torch.manual_seed(0)
+    logits = torch.randn(8, 5)
+    student = logits.clone().requires_grad_()
+    loss = hard_target_loss(OutputKind("y", "classes", None), student, logits)
+    assert torch.allclose(loss, F.cross_entropy(logits, logits.argmax(1), reduction="sum"))
+
+    z = torch.randn(4, 1, 6, 6)
+    p = torch.sigmoid(z)
+    student = p.clone().requires_grad_()
+    hard_target_loss(OutputKind("map", "map", "sigmoid"), student, p).backward()
+    assert (student.grad[z > 0] < 0).all() and (student.grad[z < 0] > 0).all()  # descent moves each pixel outwards
+
+    emb = torch.randn(4, 16)
+    student = emb.clone().requires_grad_()
+    hard_target_loss(OutputKind("e", "values", None), student, emb, torch.Generator().manual_seed(0)).backward()
+    assert student.grad.abs().sum() > 0

@@ -329,3 +329,44 @@ def test_per_mac_ranks_across_groups_by_cost():
     cost_ratio = analysis.channel_macs(g["stream"]).mean() / analysis.channel_macs(g["b1"]).mean()
     assert cost_ratio > 2
     assert np.isclose(ratio_aware, ratio_plain / cost_ratio)
+
+
+class TwoHeads(nn.Module):
+    """A stem feeding class scores (a -> fc) and a sigmoid map (b -> head): b's channels reach the map only."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 3, padding=1)
+        self.a = nn.Conv2d(4, 6, 3, padding=1)
+        self.fc = nn.Linear(6, 3)
+        self.b = nn.Conv2d(4, 5, 3, padding=1)
+        self.head = nn.Conv2d(5, 1, 1)
+
+    def forward(self, x):
+        s = torch.relu(self.stem(x))
+        return self.fc(torch.relu(self.a(s)).mean((2, 3))), torch.sigmoid(self.head(torch.relu(self.b(s))))
+
+
+def test_gradient_signals_without_labels_score_every_output_by_its_kind():
+    """Without labels, Taylor differentiates each output's loss against the original's hardened prediction: the
+    channels that reach only the second output (a map) are scored by its gradient. The first output alone, as
+    before the kinds were known, leaves them at zero whatever they do."""
+    import copy
+
+    from secateurs.pruning.fidelity import OutputKind
+
+    torch.manual_seed(0)
+    model = TwoHeads().eval()
+    analysis = analyse(model, torch.zeros(1, 3, 8, 8), [])
+    kinds = [OutputKind("scores", "classes", None), OutputKind("map", "map", "sigmoid")]
+
+    def b_scores(output_kinds):  # noqa: ANN001, ANN202
+        ctx = ScoringContext(model=model, analysis=analysis, calibration=_data(labels=False),
+                             teacher=copy.deepcopy(model), samples=64, has_batchnorm=False,
+                             output_kinds=output_kinds)
+        scores = _score(ctx, PruneSpec.model_validate({"signal": "taylor"}))
+        return scores[next(i for i, g in enumerate(analysis.groups) if g.root == "b")]
+
+    assert np.allclose(b_scores(None), 0.0)
+    by_kind = b_scores(lambda: kinds)
+    assert (by_kind > 0).all() and np.isfinite(by_kind).all()
