@@ -43,6 +43,9 @@ class ModelHeader:
     opset: int | None = None
     inputs: dict[str, list[int]] = field(default_factory=dict)  # every input's shape, in graph order (ONNX)
     dtypes: dict[str, str] = field(default_factory=dict)  # every input's numpy dtype name, where ONNX says it
+    # every input's dimensions as the model declares them (what a user's .npz must fit): an int when fixed, the
+    # dimension's name when symbolic, None when neither (a dynamic dimension without a name)
+    dims: dict[str, list[int | str | None]] = field(default_factory=dict)
 
 
 @dataclass
@@ -100,7 +103,10 @@ def read_model_header(path: str | Path, *, arch: str | None = None, num_classes:
                 raise BadModelError("safetensors weights need an architecture: give --arch (and --num-classes)")
             check_arch(arch, num_classes)
             _check_safetensors(f, size)
-            return ModelHeader("safetensors", [1, *default_input_shape(arch)[1:]])
+            # the engine's module takes one float32 input it calls "input", batch "batch" (loading._load_safetensors)
+            sample = default_input_shape(arch)[1:]
+            return ModelHeader("safetensors", [1, *sample], inputs={"input": [1, *sample]},
+                               dtypes={"input": "float32"}, dims={"input": ["batch", *sample]})
         if arch is not None:
             raise BadModelError("--arch goes with safetensors weights; this file is not safetensors")
         try:
@@ -381,6 +387,8 @@ def _read_onnx(f: BinaryIO, size: int) -> ModelHeader:
     if not outputs:
         raise BadModelError("the ONNX graph has no outputs")
     graph_inputs = [(name, dims) for name, dims, _ in inputs if name not in initializers]
+    declared = {name: [d if (isinstance(d, int) and d > 0) or (isinstance(d, str) and d) else None for d in dims]
+                for name, dims in graph_inputs}
     dtypes = {name: dtype for name, _, dtype in inputs if name not in initializers and dtype is not None}
     if not graph_inputs:
         raise UnsupportedModelError("the model has no inputs: nothing to feed it")
@@ -395,7 +403,7 @@ def _read_onnx(f: BinaryIO, size: int) -> ModelHeader:
         if math.prod(abs(s) for s in shape[1:]) > MAX_TENSOR_ELEMENTS:  # the worker would allocate it to trace it
             raise BadModelError(f"{what} {shape} is over the limit of {MAX_TENSOR_ELEMENTS} elements a sample")
         shapes[name] = [1, *shape[1:]]
-    return ModelHeader("onnx", next(iter(shapes.values())), opset, shapes, dtypes)
+    return ModelHeader("onnx", next(iter(shapes.values())), opset, shapes, dtypes, declared)
 
 
 # ------------------------------------------------------------------------------------------------- .npz

@@ -38,7 +38,7 @@ def _validate_model(path: str, arch: str | None, num_classes: int | None) -> dic
 
     header = read_model_header(path, arch=arch, num_classes=num_classes)
     return {"format": header.format, "input_shape": header.input_shape, "num_classes": num_classes,
-            "inputs": header.inputs, "dtypes": header.dtypes}
+            "inputs": header.inputs, "dtypes": header.dtypes, "dims": header.dims}
 
 
 def _validate_dataset(path: str) -> dict[str, Any]:
@@ -75,7 +75,7 @@ async def upload_model(request: Request, tenant: CurrentTenant, settings: Settin
         info = await run_in_threadpool(_validate_model, str(up.path), arch, num_classes)
         model = Model(id=new_id("mdl"), tenant_id=tenant.id, filename=up.filename, format=info["format"],
                       arch=arch, num_classes=num_classes, input_shape={"shape": info["input_shape"], "inputs": info["inputs"],
-                                                                   "dtypes": info["dtypes"]},
+                                                                   "dtypes": info["dtypes"], "dims": info["dims"]},
                       size_bytes=up.size, sha256=up.sha256, storage_key="")
         await run_in_threadpool(_store, model, f"{tenant.id}/models/{model.id}", up, storage, settings)
         return model_out(model)

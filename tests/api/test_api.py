@@ -406,3 +406,89 @@ def test_the_arrays_a_model_takes_are_checked_at_submission_and_no_others(client
         _, job = _submit(client, alice, r.json()["id"], _npz(**arrays))
         body = _is_problem(job, 422)
         assert body["errors"][0]["field"] == "spec.calibration.dataset_id" and needle in body["detail"], body
+
+
+def test_a_model_lists_each_input_by_name_with_its_declared_shape_and_dtype(client, alice, model):
+    import torch
+
+    from tests.conftest import onnx_of
+    from tests.pruning.exporters import WithIds, multi_input_onnx
+
+    r = client.post("/v1/models", headers=alice, files={"file": ("one.onnx", onnx_of(torch.nn.Conv2d(3, 4, 3), 16))})
+    assert r.status_code == 201, r.text
+    one = r.json()
+    assert one["inputs"] == [{"name": "input", "shape": ["batch", 3, 16, 16], "dtype": "float32"}]
+    assert one["input_shape"] == [1, 3, 16, 16]  # the field as it was
+    # a safetensors model: its one input as the engine names it, and it takes its samples under that name too
+    assert model["inputs"] == [{"name": "input", "shape": ["batch", 3, 32, 32], "dtype": "float32"}]
+    _, job = _submit(client, alice, model["id"], _npz(input=np.zeros((4, 3, 32, 32), np.float32)))
+    assert job.status_code == 201, job.text
+
+    torch.manual_seed(0)
+    r = client.post("/v1/models", headers=alice, files={"file": ("ids.onnx", multi_input_onnx(
+        WithIds(), {"image": torch.randn(1, 3, 32, 32), "ids": torch.zeros(1, dtype=torch.long)}, ("logits",)))})
+    assert r.status_code == 201, r.text
+    two = r.json()
+    expected = [{"name": "image", "shape": ["N", 3, 32, 32], "dtype": "float32"},
+                {"name": "ids", "shape": ["N"], "dtype": "int64"}]  # graph order
+    assert two["inputs"] == expected and two["input_shape"] == [1, 3, 32, 32]
+    assert client.get(f"/v1/models/{two['id']}", headers=alice).json()["inputs"] == expected
+    listed = {m["id"]: m for m in client.get("/v1/models?limit=100", headers=alice).json()["data"]}
+    assert listed[two["id"]]["inputs"] == expected and listed[one["id"]]["inputs"] == one["inputs"]
+
+
+def test_a_dataset_lists_each_array_but_the_labels_in_archive_order(client, alice):
+    image, ids = np.zeros((6, 3, 8, 8), np.float32), np.arange(6)
+    r = client.post("/v1/datasets", headers=alice, files={"file": ("d.npz", _npz(
+        ids=ids, image=image, y=ids % 2, mean=np.zeros(3, np.float64), scale=np.float32(2)))})
+    assert r.status_code == 201, r.text
+    d = r.json()
+    expected = [{"key": "ids", "shape": [6], "dtype": "int64"},
+                {"key": "image", "shape": [6, 3, 8, 8], "dtype": "float32"},
+                {"key": "mean", "shape": [3], "dtype": "float64"},
+                {"key": "scale", "shape": [], "dtype": "float32"}]
+    assert d["arrays"] == expected
+    assert (d["samples"], d["sample_shape"], d["labelled"]) == (6, [], True)  # the fields as they were: ids first
+    assert client.get(f"/v1/datasets/{d['id']}", headers=alice).json()["arrays"] == expected
+    listed = {x["id"]: x for x in client.get("/v1/datasets?limit=100", headers=alice).json()["data"]}
+    assert listed[d["id"]]["arrays"] == expected
+
+
+def test_rows_stored_before_the_lists_were_kept_give_what_they_have(client, alice, app_settings):
+    import torch
+    from secateurs.db.models import Dataset, Model
+    from secateurs.db.session import sessions
+
+    from tests.conftest import onnx_of
+    from tests.pruning.exporters import TwoStems, multi_input_onnx
+
+    one = client.post("/v1/models", headers=alice, files={"file": ("one.onnx", onnx_of(torch.nn.Conv2d(3, 4, 3), 16))})
+    two = client.post("/v1/models", headers=alice, files={"file": ("two.onnx", multi_input_onnx(
+        TwoStems(), {"left": torch.randn(1, 3, 32, 32), "right": torch.randn(1, 3, 32, 32)}, ("logits",)))})
+    x = np.zeros((5, 3, 8, 8), np.float32)
+    old = client.post("/v1/datasets", headers=alice, files={"file": ("d.npz", _npz(x=x, y=np.arange(5)))})
+    keyed = client.post("/v1/datasets", headers=alice, files={"file": ("k.npz", _npz(left=x, right=x[:, :1]))})
+    for r in (one, two, old, keyed):
+        assert r.status_code == 201, r.text
+    with sessions(app_settings)() as s:
+        # before several inputs were taken: the first input's shape alone (batch 1, -1 where not fixed)
+        s.get(Model, one.json()["id"]).input_shape = {"shape": [1, 3, -1, 16]}
+        s.get(Dataset, old.json()["id"]).sample_shape = {"shape": [3, 8, 8]}
+        # after, before dtypes, declared dimensions and each array were kept
+        s.get(Model, two.json()["id"]).input_shape = {"shape": [1, 3, 32, 32],
+                                                      "inputs": {"left": [1, 3, 32, 32], "right": [1, 3, -1, 32]}}
+        s.get(Dataset, keyed.json()["id"]).sample_shape = {"shape": [3, 8, 8],
+                                                          "inputs": {"left": [3, 8, 8], "right": [1, 8, 8]}}
+        s.commit()
+
+    def get(kind, r):
+        return client.get(f"/v1/{kind}/{r.json()['id']}", headers=alice).json()
+
+    assert get("models", one)["inputs"] == [{"name": None, "shape": [None, 3, None, 16], "dtype": None}]
+    assert get("models", one)["input_shape"] == [1, 3, -1, 16]
+    assert get("models", two)["inputs"] == [{"name": "left", "shape": [None, 3, 32, 32], "dtype": None},
+                                            {"name": "right", "shape": [None, 3, None, 32], "dtype": None}]
+    assert get("datasets", old)["arrays"] == [{"key": "x", "shape": [5, 3, 8, 8], "dtype": None}]
+    assert get("datasets", old)["sample_shape"] == [3, 8, 8]
+    assert get("datasets", keyed)["arrays"] == [{"key": "left", "shape": [5, 3, 8, 8], "dtype": None},
+                                               {"key": "right", "shape": [5, 1, 8, 8], "dtype": None}]

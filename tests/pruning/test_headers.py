@@ -63,6 +63,9 @@ def test_safetensors_header_matches_the_importer(tmp_path):
     header = read_model_header(_file(tmp_path, data), arch="resnet20_cifar", num_classes=10)
     loaded = load_model(data, arch="resnet20_cifar", num_classes=10)
     assert (header.format, header.input_shape) == ("safetensors", loaded.input_shape)
+    # the module's one input, as the engine names it and exports it
+    assert header.dims == {loaded.input_name: [loaded.dynamic_axes[loaded.input_name][0], *loaded.input_shape[1:]]}
+    assert header.inputs == {loaded.input_name: loaded.input_shape} and header.dtypes == {loaded.input_name: "float32"}
 
 
 @pytest.mark.parametrize("data,error,needle", [
@@ -134,6 +137,9 @@ def test_a_model_with_several_inputs_lists_them_all(tmp_path):
     header = read_model_header(_file(tmp_path, _onnx(inputs=2, dims=("N", 3, "H", 8))))
     assert header.inputs == {"x": [1, 3, -1, 8], "x1": [1, 3, -1, 8]} and header.input_shape == [1, 3, -1, 8]
     assert header.dtypes == {"x": "float32", "x1": "float32"}
+    assert header.dims == {"x": ["N", 3, "H", 8], "x1": ["N", 3, "H", 8]}  # as declared, the names kept
+    header = read_model_header(_file(tmp_path, _onnx(dims=(None, 3, 0, 8)), "anonymous.onnx"))
+    assert header.dims == {"x": [None, 3, None, 8]} and header.inputs == {"x": [1, 3, -1, 8]}  # dynamic, no name
 
 
 def test_npz_header_of_several_inputs_keeps_what_submission_checks_of_each(tmp_path):
