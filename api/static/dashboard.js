@@ -533,13 +533,59 @@ function validateJob(f) {
   else if (calib && method === "finetune" && !calib.labelled) errors.calibration = "Recovery finetune needs labelled data (a y array).";
   for (const field of ["calibration", "evaluation"]) {
     const ds = state.datasets.find((d) => d.id === f[field].value);
-    const want = model?.input_shape?.slice(1);
-    const fits = (got) => got.length === want.length && want.every((w, i) => w === -1 || w === got[i]);  // -1: free
-    if (ds && want && want.length && !fits(ds.sample_shape)) {
-      errors[field] = `Samples of shape [${ds.sample_shape}] do not fit the model's input [${model.input_shape}].`;
-    }
+    const why = model && ds ? dataMisfit(model, ds) : null;
+    if (why) errors[field] = why;
   }
   return errors;
+}
+
+const dims = (shape) => `[${shape.map((d) => d ?? "?").join(", ")}]`;  // null: not fixed, no name
+const kindOf = (dtype) => ({f: "float", i: "integer", u: "integer", b: "bool"})[dtype[0]];
+
+// The arrays the server takes for the model's inputs, matched by name as it matches them (data.used_keys): x, else
+// the input's own name, for a model with one input; one key per input name for a model with several; other keys
+// are ignored. Each is then checked as at submission, from what the two objects list: sample shape, kind of dtype.
+function dataMisfit(model, ds) {
+  const inputs = model.inputs || [], arrays = new Map((ds.arrays || []).map((a) => [a.key, a]));
+  if (!inputs.length) return null;
+  const keys = [...arrays.keys()].join(", ") || "none";
+  let pairs;
+  if (inputs.length === 1) {
+    const name = inputs[0].name, key = arrays.has("x") || !name ? "x" : name;
+    if (!arrays.has(key)) return `The model has one input${name ? ` (${name})` : ""}: give its samples under key x (keys: ${keys}).`;
+    pairs = [[inputs[0], key]];
+  } else {
+    const missing = inputs.find((i) => !arrays.has(i.name));
+    if (missing) {
+      return `The dataset has no key ${missing.name}: a model with several inputs takes one key per input name (${inputs.map((i) => i.name).join(", ")}); keys: ${keys}.`;
+    }
+    pairs = inputs.map((i) => [i, i.name]);
+  }
+  for (const [input, key] of pairs) {
+    const a = arrays.get(key), want = input.shape.slice(1), got = a.shape.slice(1);
+    if (a.dtype && !kindOf(a.dtype)) return `Key ${key} holds ${a.dtype}: model inputs are numbers (float, integer or bool).`;
+    if (a.dtype && input.dtype && kindOf(a.dtype) !== kindOf(input.dtype)) {
+      return `Key ${key} holds ${a.dtype}, but the model's input ${input.name} takes ${input.dtype}.`;
+    }
+    // a string or null dimension is free; a scalar (shape []) has no samples
+    if (!a.shape.length || got.length !== want.length || want.some((w, i) => typeof w === "number" && w !== got[i])) {
+      return `${pairs.length > 1 ? `Key ${key}: samples` : "Samples"} of shape [${got.join(", ")}] do not fit the model's input${input.name ? ` ${input.name}` : ""} ${dims(input.shape)}.`;
+    }
+  }
+  return null;
+}
+
+// What the model's .npz must hold, from its inputs: the keys and each sample's shape and dtype.
+function dataNeeds(model) {
+  const inputs = model?.inputs || [];
+  const one = (i) => (i.shape.length > 1 ? `${dims(i.shape.slice(1))}${i.dtype ? " " + i.dtype : ""}`
+    : `one ${i.dtype ?? "number"} per sample`);
+  if (!inputs.length) return "";
+  if (inputs.length === 1) {
+    const name = inputs[0].name;
+    return `Its data: samples ${one(inputs[0])} under key x${name && name !== "x" ? ` (or ${name})` : ""}.`;
+  }
+  return `Its data: one key per input, ${inputs.map((i) => `${i.name}: ${one(i)}`).join("; ")}.`;
 }
 
 const SERVER_FIELDS = {"model_id": "model", "spec.signal": "signal", "spec.target": "value",
@@ -582,8 +628,10 @@ function options(items, label, blank) {
 
 async function newView(out) {
   await loadCatalogue();
-  const modelLabel = (m) => `${m.filename} (${m.format}${m.arch ? ", " + m.arch : ""}, input [${m.input_shape}]) ${m.id}`;
-  const dataLabel = (d) => `${d.filename} (${d.samples} samples${d.labelled ? ", labelled" : ""}) ${d.id}`;
+  const shapes = (m) => (m.inputs?.length > 1 ? `inputs ${m.inputs.map((i) => `${i.name} ${dims(i.shape)}`).join(", ")}`
+    : `input ${m.inputs?.length ? dims(m.inputs[0].shape) : `[${m.input_shape}]`}`);
+  const modelLabel = (m) => `${m.filename} (${m.format}${m.arch ? ", " + m.arch : ""}, ${shapes(m)}) ${m.id}`;
+  const dataLabel = (d) => `${d.filename} (${d.samples} samples${d.labelled ? ", labelled" : ""}${d.arrays?.length ? `; keys ${d.arrays.map((a) => a.key).join(", ")}` : ""}) ${d.id}`;
   const msg = (id) => h("p", {id, role: "status", class: "hint"});
 
   const modelForm = h("form", {id: "model-form", novalidate: true},
@@ -593,7 +641,7 @@ async function newView(out) {
     field("Number of classes (safetensors only)", h("input", {id: "model-classes", name: "num_classes", type: "number", min: 1})),
     h("div", {class: "actions"}, h("button", {type: "submit"}, "Upload model")), msg("model-msg"));
   const dataForm = h("form", {id: "data-form", novalidate: true},
-    field("Data file (.npz: x = inputs, optional y = labels)", h("input", {id: "data-file", name: "file", type: "file", accept: ".npz"})),
+    field("Data file (.npz: x = inputs, or one key per input name; optional y = labels)", h("input", {id: "data-file", name: "file", type: "file", accept: ".npz"})),
     h("div", {class: "actions"}, h("button", {type: "submit"}, "Upload data")), msg("data-msg"));
 
   const signalSel = h("select", {id: "job-signal", name: "signal"},
@@ -618,8 +666,14 @@ async function newView(out) {
   kindSel.addEventListener("change", hintValue);
   hintValue();
   const methods = enumOf("Recovery", "method");
+  const modelSel = h("select", {id: "job-model", name: "model", "aria-describedby": "job-model-hint", "data-describedby": "job-model-hint"},
+    options(state.models, modelLabel, state.models.length ? null : "no model uploaded yet"));
+  const modelHint = h("p", {class: "hint", id: "job-model-hint"});
+  const hintModel = () => { modelHint.textContent = dataNeeds(state.models.find((m) => m.id === modelSel.value)); };
+  modelSel.addEventListener("change", hintModel);
+  hintModel();
   const jobForm = h("form", {id: "job-form", novalidate: true},
-    field("Model", h("select", {id: "job-model", name: "model"}, options(state.models, modelLabel, state.models.length ? null : "no model uploaded yet"))),
+    h("div", {}, h("label", {for: "job-model"}, "Model"), modelHint, modelSel),
     h("label", {for: "job-signal"}, "Signal"), signalSel, signalDesc,
     h("div", {class: "row"}, field("Target", kindSel), h("div", {}, h("label", {for: "job-value"}, "Value"), valueInput)), valueHint,
     field("Calibration data", h("select", {id: "job-calibration", name: "calibration"}, options(state.datasets, dataLabel, "none")),
@@ -649,6 +703,7 @@ async function newView(out) {
       state.models.unshift(m);
       jobForm.elements.model.replaceChildren(...options(state.models, modelLabel));
       jobForm.elements.model.value = m.id;
+      hintModel();
       modelForm.reset();
       $("model-msg").textContent = `Uploaded ${m.filename} as ${m.id}; it is chosen below.`;
     }, {file: "file", arch: "arch", num_classes: "num_classes"});

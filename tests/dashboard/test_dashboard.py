@@ -245,3 +245,55 @@ def test_a_budget_search_shows_its_probes_and_each_outputs_fidelity(browsing: Br
     assert "budget 10 points held" in cards
     no_problems(browsing, "budget search")
     browsing.screenshot("job-search")
+
+
+def test_data_is_matched_to_a_models_inputs_by_name_not_by_order(browsing: Browsing):
+    import torch
+
+    from tests.pruning.exporters import WithIds, multi_input_onnx
+
+    page, stack = browsing.page, browsing.stack
+    key = stack.new_key("dashboard-inputs")
+    torch.manual_seed(0)
+    image, ids = np.zeros((6, 3, 32, 32), np.float32), np.arange(6)
+    with stack.client(key) as c:
+        model = c.post("/v1/models", files={"file": ("ids.onnx", multi_input_onnx(
+            WithIds(), {"image": torch.randn(1, 3, 32, 32), "ids": torch.zeros(1, dtype=torch.long)}, ("logits",)))})
+        assert model.status_code == 201, model.text
+        data = {}
+        for name, arrays in {"reordered": {"ids": ids, "image": image, "mean": np.zeros(3)},  # not the graph's order
+                             "no-ids": {"image": image, "x": image},
+                             "small": {"image": image[:, :, :16], "ids": ids},
+                             "float-ids": {"image": image, "ids": ids.astype(np.float32)}}.items():
+            r = c.post("/v1/datasets", files={"file": (f"{name}.npz", npz_bytes(**arrays))})
+            assert r.status_code == 201, r.text
+            data[name] = r.json()["id"]
+    enter_key(browsing, key)
+    page.locator("main h1", has_text="Jobs").wait_for()
+    page.get_by_role("link", name="New job").click()
+    page.locator("#job-model").select_option(model.json()["id"])
+    hint = page.locator("#job-model-hint").inner_text()
+    assert "one key per input" in hint and "image: [3, 32, 32] float32; ids: one int64 per sample" in hint, hint
+    page.get_by_label("Value").fill("1.5")  # keeps the form from sending a job whatever the data checks say
+
+    def calibration_error(dataset: str) -> str:
+        page.get_by_label("Calibration data").select_option(data[dataset])
+        page.get_by_role("button", name="Submit job").click()
+        page.locator("#job-form-value-error").wait_for()
+        error = page.locator("#job-form-calibration-error")
+        return error.inner_text() if error.count() else ""
+
+    assert calibration_error("reordered") == ""
+    assert "no key ids" in calibration_error("no-ids")
+    assert "Key image: samples of shape [3, 16, 32] do not fit the model's input image [N, 3, 32, 32]" in \
+        calibration_error("small")
+    assert "Key ids holds float32, but the model's input ids takes int64" in calibration_error("float-ids")
+    assert calibration_error("reordered") == ""
+    assert not [u for u in browsing.requests if u.endswith("/v1/jobs")], "an invalid job was sent"
+    no_problems(browsing, "new job, several inputs")
+    browsing.screenshot("new-job-inputs")
+    # the server takes the dataset the page took
+    with stack.client(key) as c:
+        job = c.post("/v1/jobs", json={"model_id": model.json()["id"], "spec": {
+            "signal": "l1_norm", "calibration": {"dataset_id": data["reordered"]}}})
+        assert job.status_code == 201, job.text
