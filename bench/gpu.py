@@ -218,8 +218,9 @@ def step_seconds(student: nn.Module, teacher: nn.Module, data: Any, device: torc
     stamps: list[float] = []
 
     def stamp(module: nn.Module, args: Any) -> None:
-        sync(dev)
-        stamps.append(time.perf_counter())
+        if module.training:  # training passes only: the channels-last layout is first tried in eval mode
+            sync(dev)
+            stamps.append(time.perf_counter())
 
     handle = model.register_forward_pre_hook(stamp)
     try:
