@@ -512,13 +512,13 @@ class _ChannelsLast:
             m.to(memory_format=torch.channels_last)
         try:
             with torch.no_grad():
-                probe = tuple(t[:2].contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t[:2]
-                              for t in as_tuple(self.example))
+                probe = _to_channels_last(tuple(t[:2] for t in as_tuple(self.example)))
                 for m in self.modules:
                     was = m.training
-                    m.eval()
-                    call(m, probe)
-                    m.train(was)
+                    try:
+                        call(m.eval(), probe)
+                    finally:  # a failed probe leaves the module in the mode it came in
+                        m.train(was)
             self.on = True
         except Exception:  # noqa: BLE001 - any failure in that layout: train in the usual one
             self._restore()
@@ -533,9 +533,14 @@ class _ChannelsLast:
             self._restore()
 
     def __call__(self, x: Example) -> Example:
-        if isinstance(x, tuple):  # a model's several inputs: its image ones
-            return tuple(self(t) for t in x)  # type: ignore[misc]
-        return x.contiguous(memory_format=torch.channels_last) if self.on and x.dim() == 4 else x
+        return _to_channels_last(x) if self.on else x
+
+
+def _to_channels_last(x: Example) -> Example:
+    """The 4-D inputs in the channels-last layout (a model's several inputs: its image ones), the others as they are."""
+    if isinstance(x, tuple):
+        return tuple(_to_channels_last(t) for t in x)  # type: ignore[misc]
+    return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
 
 
 class _State:
