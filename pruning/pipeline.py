@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -211,15 +212,14 @@ def _prune(
         latency_goal = {"target_ms": goal, "original_ms": lat0}
         kind, goal, steps = "macs", min(1.0, goal / lat0), 1
     origin = {name: np.arange(c) for name, c in channels_before.items()}
-    known: dict[str, list[fidelity.OutputKind] | None] = {}
 
+    @functools.cache
     def output_kinds() -> list[fidelity.OutputKind] | None:
         """What each output is, read once: None with a frozen region, whose module answers the tensors the frozen
         nodes read, not the model's outputs (those are distilled as the first output always was)."""
-        if "kinds" not in known:
-            known["kinds"] = None if loaded.frozen is not None or calibration is None else _output_kinds(
-                before_onnx, loaded, spec, _probe_inputs(loaded, calibration))
-        return known["kinds"]
+        if loaded.frozen is not None or calibration is None:
+            return None
+        return _output_kinds(before_onnx, loaded, spec, _probe_inputs(loaded, calibration))
 
     base_total = 0.0  # the original's MACs, parameters or channels: the measure of the target's kind
     total = 0.0  # the same measure of the pruned model so far
